@@ -1,0 +1,51 @@
+# shrinkflow: two commands on a fresh machine with Python 3.11 and make.
+#   make run    set up .venv, then run the pipeline on params.yaml (digits by default)
+#   make test   set up .venv, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Project-local state and no telemetry (the CLI sets the same defaults when run without make).
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install run test test-fast ui server bench lock clean help
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# requirements.lock pins the whole dependency tree; pyproject.toml pins the direct ones
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install shrinkflow with pinned dependencies
+
+run: $(STAMP)  ## run the pipeline (prepare -> baseline) on params.yaml
+	$(BIN)/shrinkflow run
+
+test: $(STAMP)  ## run the whole test suite
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## skip the slow accuracy-target tests
+	$(BIN)/pytest -m "not slow"
+
+ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
+	$(BIN)/shrinkflow ui
+
+server: $(STAMP)  ## run a local MLflow tracking server on the project's store
+	bash infra/mlflow-server.sh
+
+bench: $(STAMP)  ## measure the pipeline and write reports/bench.{md,json}
+	$(BIN)/python bench/run.py
+
+lock: $(STAMP)  ## re-pin the whole dependency tree into requirements.lock
+	$(BIN)/pip freeze --exclude-editable > requirements.lock
+
+clean:  ## remove outputs, stores and caches (keeps .venv)
+	rm -rf data/raw data/processed models metrics reports mlflow.db mlartifacts .prefect .dvc/cache .dvc/tmp .dvc-storage

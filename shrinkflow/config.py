@@ -1,0 +1,235 @@
+"""Typed, frozen view of params.yaml.
+
+Every knob of the pipeline lives in params.yaml, one section per stage. It is parsed once into
+these pydantic models, which are frozen (a stage cannot mutate its inputs) and forbid unknown keys
+(a typo stops the run at once, naming the key). DVC reads the same file, so `dvc exp run -S
+baseline.train.lr=0.01` and `shrinkflow run --set baseline.train.lr=0.01` mean the same thing.
+
+The meaning of each key is documented twice on purpose: as a comment in params.yaml (for people
+editing the file) and as the `description` of the field here (for `--help` and error messages).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) is missing, malformed, or names an unknown key/bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+class CsvSource(_Section):
+    """A user CSV: one row per sample, numeric feature columns and one target column."""
+
+    path: str | None = Field(None, description="path to the CSV file, relative to the project root")
+    target: str = Field("label", description="name of the target (class label) column")
+
+
+class ValidationRules(_Section):
+    """Data-quality rules enforced with Great Expectations on raw and processed data."""
+
+    min_rows: int = Field(50, ge=1, description="fewest rows a data set may have")
+    max_abs_value: float = Field(1e6, gt=0, description="largest |feature| accepted; inf fails")
+    imbalance_warn_ratio: float = Field(
+        5.0, ge=1, description="warn when the largest class is this many times the smallest"
+    )
+
+
+class PrepareConfig(_Section):
+    """Stage `prepare`: load a source, validate it, split it, fit normalization on train only."""
+
+    source: Literal["digits", "mnist1d", "breast_cancer", "csv"] = Field(
+        "digits", description="data set: digits | mnist1d | breast_cancer | csv"
+    )
+    csv: CsvSource = CsvSource()
+    mnist1d_samples: int = Field(10_000, ge=100, description="samples generated for mnist1d")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of rows for the test split")
+    seed: int = Field(0, description="seed of the stratified split (and of mnist1d generation)")
+    validation: ValidationRules = ValidationRules()
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> PrepareConfig:
+        if self.source == "csv" and not self.csv.path:
+            raise ValueError("prepare.source is 'csv' but prepare.csv.path is not set")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# baseline
+# ---------------------------------------------------------------------------------------------
+class ModelConfig(_Section):
+    """Architecture: an MLP for tabular data, a CNN for images (2-D) and signals (1-D)."""
+
+    family: Literal["auto", "mlp", "cnn"] = Field(
+        "auto", description="auto picks cnn for images/signals, mlp for tabular data"
+    )
+    depth: int = Field(2, ge=1, le=8, description="hidden layers (mlp) or conv blocks (cnn)")
+    width: int = Field(32, ge=1, le=4096, description="units (mlp) or channels of the first block")
+    width_multiplier: float = Field(
+        2.0, ge=1.0, le=4.0, description="cnn: each block has this many times the previous channels"
+    )
+    kernel_size: int = Field(3, ge=1, le=15, description="cnn kernel size (odd keeps the length)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the classifier")
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation for images and signals (never applied to val/test)."""
+
+    enabled: bool = Field(True, description="augment image/signal batches while training")
+    max_shift: int = Field(1, ge=0, description="largest random shift, in pixels or samples")
+    max_rotation_deg: float = Field(10.0, ge=0, le=180, description="images: largest rotation")
+    noise_std: float = Field(0.05, ge=0, description="std of Gaussian noise, in normalized units")
+
+
+class TrainConfig(_Section):
+    """The one training loop: optimizer, schedule, early stopping, device and precision."""
+
+    epochs: int = Field(60, ge=1, description="upper bound on epochs; early stopping may end sooner")
+    batch_size: int = Field(64, ge=1, description="mini-batch size")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate of AdamW (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    patience: int = Field(15, ge=1, description="epochs without val-accuracy gain before stopping")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA if present")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16)")
+    seed: int = Field(0, description="seed for init, shuffling and augmentation")
+
+
+class BaselineConfig(_Section):
+    """Stage `baseline`: train the reference model every compressed model is compared with."""
+
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# measure
+# ---------------------------------------------------------------------------------------------
+class MeasureConfig(_Section):
+    """How latency and throughput are measured (the same settings for every model)."""
+
+    threads: int = Field(1, ge=1, description="intra-op threads for torch and ONNX Runtime")
+    warmup: int = Field(20, ge=0, description="untimed calls before timing")
+    repeats: int = Field(200, ge=5, description="timed calls at batch 1 (p50/p95 over these)")
+    throughput_repeats: int = Field(20, ge=3, description="timed calls at batch 256")
+
+
+# ---------------------------------------------------------------------------------------------
+# project / tracking
+# ---------------------------------------------------------------------------------------------
+class ProjectConfig(_Section):
+    """Names shared by all stages."""
+
+    experiment: str = Field("shrinkflow", min_length=1, description="MLflow experiment name")
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    project: ProjectConfig = ProjectConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    measure: MeasureConfig = MeasureConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+def _format_errors(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}' (check the spelling against params.yaml)")
+        else:
+            lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, found {type(data).__name__}")
+    return data
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """Turn `a.b.c=value` into {'a': {'b': {'c': value}}}; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    value: Any = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    overlays: list[str | Path] | None = None,
+    overrides: list[str] | None = None,
+) -> Params:
+    """Load params.yaml, deep-merge overlay files then `key=value` overrides, and validate.
+
+    Raises:
+        ConfigError: naming the file and every bad key or value.
+    """
+    path = Path(path)
+    data = _read_yaml(path)
+    origins = [str(path)]
+    for overlay in overlays or []:
+        data = _deep_merge(data, _read_yaml(Path(overlay)))
+        origins.append(str(overlay))
+    for assignment in overrides or []:
+        data = _deep_merge(data, parse_override(assignment))
+        origins.append(f"--set {assignment}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, " + ".join(origins))) from None
+
+
+def flatten(section: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """{'baseline.train.lr': 0.003, ...}: the form MLflow params and DVC `-S` use."""
+    flat: dict[str, Any] = {}
+    for key, value in section.model_dump().items():
+        _flatten_into(flat, f"{prefix}{key}", value)
+    return flat
+
+
+def _flatten_into(flat: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for sub_key, sub_value in value.items():
+            _flatten_into(flat, f"{key}.{sub_key}", sub_value)
+    else:
+        flat[key] = value

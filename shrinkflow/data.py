@@ -1,0 +1,289 @@
+"""Data sets, splits, normalization and augmentation.
+
+Sources (params.yaml `prepare.source`):
+  digits         scikit-learn's 8x8 handwritten digits, 1,797 images, 10 classes (image, 1x8x8)
+  mnist1d        the MNIST-1D benchmark (Greydanus 2020): 40-sample signals, 10 classes, generated
+                 locally with `mnist1d.data.make_dataset` and a fixed seed, never downloaded (signal, 1x40)
+  breast_cancer  scikit-learn's Wisconsin breast cancer table, 30 features, 2 classes (tabular)
+  csv            any user CSV: numeric feature columns plus `prepare.csv.target` (tabular)
+
+Every source is first expressed as one raw table (feature columns + a `label` column for the built-in
+ones), which is what DVC versions and Great Expectations validates. `DatasetSpec` says how to read
+that table back into tensors. Other keys read from `prepare`: `val_fraction`, `test_fraction`, `seed`
+(stratified split) and `mnist1d_samples`. Augmentation keys come from `baseline.augment`.
+
+Normalization is fitted on the training split only and stored with the data, so the exact same
+transform is applied at serving time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from shrinkflow.config import AugmentConfig, PrepareConfig
+
+Kind = Literal["image", "signal", "tabular"]
+BUILTIN_TARGET = "label"
+
+
+class DataError(ValueError):
+    """The data does not have the shape or content a stage needs."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a raw table holds and how to turn it into model inputs."""
+
+    name: str
+    kind: Kind
+    input_shape: tuple[int, ...]  # per-sample shape fed to the model, e.g. (1, 8, 8)
+    feature_columns: tuple[str, ...]
+    target: str
+    classes: tuple[str, ...]  # class names; a label's index here is its integer target
+    value_range: tuple[float, float] | None = None  # known bounds of raw features, if any
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "feature_columns": list(self.feature_columns),
+            "target": self.target,
+            "classes": list(self.classes),
+            "value_range": list(self.value_range) if self.value_range else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetSpec:
+        value_range = data.get("value_range")
+        return cls(
+            name=data["name"],
+            kind=data["kind"],
+            input_shape=tuple(data["input_shape"]),
+            feature_columns=tuple(data["feature_columns"]),
+            target=data["target"],
+            classes=tuple(data["classes"]),
+            value_range=tuple(value_range) if value_range else None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in sources as raw tables
+# ---------------------------------------------------------------------------------------------
+def _digits_table() -> tuple[pd.DataFrame, DatasetSpec]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    columns = [f"px_{row}_{col}" for row in range(8) for col in range(8)]
+    frame = pd.DataFrame(bunch.data.astype(np.float64), columns=columns)
+    frame[BUILTIN_TARGET] = bunch.target.astype(np.int64)
+    spec = DatasetSpec(
+        "digits", "image", (1, 8, 8), tuple(columns), BUILTIN_TARGET,
+        tuple(str(c) for c in range(10)), value_range=(0.0, 16.0),
+    )
+    return frame, spec
+
+
+def _mnist1d_table(samples: int, seed: int) -> tuple[pd.DataFrame, DatasetSpec]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = samples
+    args.seed = seed
+    args.train_split = 1.0  # we split ourselves (stratified, with a validation set)
+    generated = make_dataset(args)  # pure numpy generation: no download, no pickle cache
+    signals, labels = generated["x"], generated["y"]
+    columns = [f"x_{i}" for i in range(signals.shape[1])]
+    frame = pd.DataFrame(signals.astype(np.float64), columns=columns)
+    frame[BUILTIN_TARGET] = labels.astype(np.int64)
+    spec = DatasetSpec(
+        "mnist1d", "signal", (1, signals.shape[1]), tuple(columns), BUILTIN_TARGET,
+        tuple(str(c) for c in range(10)), value_range=(-50.0, 50.0),
+    )
+    return frame, spec
+
+
+def _breast_cancer_table() -> tuple[pd.DataFrame, DatasetSpec]:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    columns = [name.replace(" ", "_") for name in bunch.feature_names]
+    frame = pd.DataFrame(bunch.data.astype(np.float64), columns=columns)
+    frame[BUILTIN_TARGET] = bunch.target.astype(np.int64)
+    spec = DatasetSpec(
+        "breast_cancer", "tabular", (len(columns),), tuple(columns), BUILTIN_TARGET,
+        tuple(str(name) for name in bunch.target_names), value_range=(0.0, 1e4),
+    )
+    return frame, spec
+
+
+def builtin_table(cfg: PrepareConfig) -> tuple[pd.DataFrame, DatasetSpec]:
+    """The raw table of a built-in source, generated deterministically from `cfg`."""
+    if cfg.source == "digits":
+        return _digits_table()
+    if cfg.source == "mnist1d":
+        return _mnist1d_table(cfg.mnist1d_samples, cfg.seed)
+    if cfg.source == "breast_cancer":
+        return _breast_cancer_table()
+    raise DataError(f"prepare.source {cfg.source!r} is not a built-in source")
+
+
+def csv_spec(frame: pd.DataFrame, target: str, name: str) -> DatasetSpec:
+    """Spec of a user table: every column but `target` is a feature; classes are sorted labels."""
+    if target not in frame.columns:
+        raise DataError(
+            f"target column {target!r} not found; columns are {list(frame.columns)} "
+            "(set prepare.csv.target)"
+        )
+    features = tuple(column for column in frame.columns if column != target)
+    if not features:
+        raise DataError(f"the table has only the target column {target!r} and no features")
+    classes = tuple(sorted({str(value) for value in frame[target].dropna()}))
+    return DatasetSpec(name, "tabular", (len(features),), features, target, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Table -> arrays -> splits
+# ---------------------------------------------------------------------------------------------
+def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
+    features = frame.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float32)
+    index = {name: i for i, name in enumerate(spec.classes)}
+    labels = frame[spec.target].map(lambda value: index.get(str(value), -1)).to_numpy(np.int64)
+    unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels) if i < 0})
+    if unknown:
+        raise DataError(f"column {spec.target!r} has labels outside {list(spec.classes)}: {unknown}")
+    return features.reshape(len(frame), *spec.input_shape), labels
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+
+def stratified_split(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> Splits:
+    """Train/val/test with the class proportions of the whole set, reproducible from `seed`."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(y))
+    rest, test = train_test_split(indices, test_size=test_fraction, stratify=y, random_state=seed)
+    # val_fraction is a share of the whole set, so rescale it to the remaining rows
+    val_share = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
+    return Splits(*(Split(x[part], y[part]) for part in (train, val, test)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization (fitted on train only)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Normalizer:
+    """x -> (x - mean) / std, per feature for tables and per channel for images/signals."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kind: Kind) -> Normalizer:
+        # tables: features have unrelated units; images/signals: one scale per channel keeps
+        # the spatial structure (a per-pixel std would blow up near-constant border pixels)
+        axes = (0,) if kind == "tabular" else tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axis=axes, keepdims=True)[0]
+        std = x.std(axis=axes, keepdims=True)[0]
+        std = np.where(std < 1e-8, 1.0, std)  # constant features stay as they are
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalizer:
+        return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32))
+
+
+def normalize_splits(splits: Splits, kind: Kind) -> tuple[Splits, Normalizer]:
+    normalizer = Normalizer.fit(splits.train.x, kind)
+    normalized = Splits(*(Split(normalizer(s.x), s.y) for s in (splits.train, splits.val, splits.test)))
+    return normalized, normalizer
+
+
+def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(y, minlength=n_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation and loaders
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Augmenter:
+    """Random shifts, small rotations (images) and Gaussian noise, applied per training batch."""
+
+    cfg: AugmentConfig
+    kind: Kind
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.enabled or self.kind == "tabular":
+            return x
+        if self.kind == "image":
+            x = self._affine_2d(x)
+        elif self.cfg.max_shift:
+            x = self._shift_1d(x)
+        if self.cfg.noise_std:
+            noise = torch.randn(x.shape, generator=self.generator, device="cpu").to(x.device)
+            x = x + self.cfg.noise_std * noise
+        return x
+
+    def _uniform(self, n: int, bound: float) -> torch.Tensor:
+        return (torch.rand(n, generator=self.generator) * 2 - 1) * bound
+
+    def _affine_2d(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        angle = self._uniform(n, math.radians(self.cfg.max_rotation_deg))
+        # affine_grid works in [-1, 1] coordinates: one pixel is 2 / size
+        shift_x = self._uniform(n, self.cfg.max_shift * 2.0 / width)
+        shift_y = self._uniform(n, self.cfg.max_shift * 2.0 / height)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
+        ).to(x.device, x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+    def _shift_1d(self, x: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape[0], x.shape[-1]
+        bound = self.cfg.max_shift
+        shift = torch.randint(-bound, bound + 1, (n, 1, 1), generator=self.generator)
+        # edge padding: a shifted signal repeats its end value instead of wrapping around
+        positions = (torch.arange(length).view(1, 1, -1) - shift).clamp(0, length - 1)
+        return torch.gather(x, -1, positions.expand(x.shape).to(x.device))
+
+
+def make_loader(split: Split, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    dataset = TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)

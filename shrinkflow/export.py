@@ -1,0 +1,57 @@
+"""ONNX export and ONNX Runtime sessions.
+
+Models are exported with torch's dynamo exporter (it needs onnxscript) with a dynamic batch axis, so
+one file serves batch 1 and batch 256. ONNX is what gets registered and served: loading it executes
+no pickled code, unlike a pickled torch module.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shrinkflow.measure import Predictor
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+    """Write `model` as ONNX to `path` (the caller picks a temporary path for atomic writes)."""
+    model = model.eval().cpu()
+    example = torch.zeros(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1)
+    # the exporter reports each pass at INFO level; keep the pipeline's console readable
+    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
+    )
+    program.save(str(path))
+    return Path(path)
+
+
+def onnx_session(path: str | Path, threads: int = 1):
+    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(path: str | Path, threads: int = 1) -> Predictor:
+    session = onnx_session(path, threads)
+    name = session.get_inputs()[0].name
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x.astype(np.float32, copy=False)})[0]
+
+    return predict

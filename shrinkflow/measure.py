@@ -1,0 +1,219 @@
+"""The one place where model quality, size and speed are computed.
+
+Every number that reaches MLflow, DVC metrics or the benchmark report comes from here, with the
+standard names: accuracy, f1_macro, params_count, nonzero_params, size_bytes, flops, macs,
+latency_ms_p50_b1, latency_ms_p95_b1, throughput_sps_b256.
+
+Keys read from `measure`:
+  threads             intra-op threads for torch and ONNX Runtime (fixed so numbers compare)
+  warmup              untimed calls before timing
+  repeats             timed calls at batch 1; p50/p95 are taken over them
+  throughput_repeats  timed calls at batch 256; the median gives samples per second
+
+A model is measured through a `Predictor`: a function from a float32 numpy batch to logits. The
+same timing harness serves eager torch and ONNX Runtime, so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shrinkflow.config import MeasureConfig
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+THROUGHPUT_BATCH = 256  # fixed: it is part of the standard metric name throughput_sps_b256
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality
+# ---------------------------------------------------------------------------------------------
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def predict_batched(predict: Predictor, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    return np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Size and compute
+# ---------------------------------------------------------------------------------------------
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, non-zero parameters) of a torch model."""
+    tensors = list(model.parameters())
+    return sum(t.numel() for t in tensors), sum(int(t.count_nonzero()) for t in tensors)
+
+
+def count_onnx_params(path: str | Path) -> tuple[int, int]:
+    """(all, non-zero) numbers held in an ONNX file's float and integer initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    arrays = [numpy_helper.to_array(init) for init in model.graph.initializer]
+    arrays = [a for a in arrays if a.dtype.kind in "fiu" and a.size > 1]  # skip scalars/shapes
+    return sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays)
+
+
+def file_size(path: str | Path) -> int:
+    return Path(path).stat().st_size
+
+
+def compute(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, multiply-accumulates per layer) for one sample, counted by torch itself."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    per_module = counter.get_flop_counts()
+    leaves = {name for name, module in model.named_modules() if not list(module.children())}
+    # a FLOP is one multiply or one add; a MAC is one of each
+    macs = {
+        name: int(sum(counts.values())) // 2
+        for name, counts in per_module.items()
+        if name.removeprefix(f"{type(model).__name__}.") in leaves
+    }
+    macs = {name.removeprefix(f"{type(model).__name__}."): value for name, value in macs.items()}
+    return int(counter.get_total_flops()), macs
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def torch_predictor(model: nn.Module) -> Predictor:
+    model = model.eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return predict
+
+
+def _timed_ms(predict: Predictor, x: np.ndarray, warmup: int, repeats: int) -> np.ndarray:
+    for _ in range(warmup):
+        predict(x)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        started = time.perf_counter_ns()
+        predict(x)
+        times[i] = (time.perf_counter_ns() - started) / 1e6
+    return times
+
+
+def latency(predict: Predictor, sample: np.ndarray, cfg: MeasureConfig) -> dict[str, float]:
+    """Batch-1 latency percentiles and throughput at the configured batch size."""
+    one = np.ascontiguousarray(sample[:1])
+    batch = np.ascontiguousarray(np.resize(sample, (THROUGHPUT_BATCH, *sample.shape[1:])))
+    at_one = _timed_ms(predict, one, cfg.warmup, cfg.repeats)
+    at_batch = _timed_ms(predict, batch, max(1, cfg.warmup // 10), cfg.throughput_repeats)
+    return {
+        "latency_ms_p50_b1": float(np.percentile(at_one, 50)),
+        "latency_ms_p95_b1": float(np.percentile(at_one, 95)),
+        "throughput_sps_b256": float(THROUGHPUT_BATCH / (np.median(at_batch) / 1e3)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """One model's standard metrics (names as in MLflow and the benchmark report)."""
+
+    accuracy: float
+    f1_macro: float
+    params_count: int
+    nonzero_params: int
+    size_bytes: int
+    latency_ms_p50_b1: float
+    latency_ms_p95_b1: float
+    throughput_sps_b256: float
+    flops: int | None = None
+    macs: int | None = None
+
+    def metrics(self) -> dict[str, float]:
+        return {key: float(value) for key, value in asdict(self).items() if value is not None}
+
+
+def machine_info(threads: int) -> dict[str, object]:
+    import platform
+
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def measure(
+    predict: Predictor,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    artifact: str | Path,
+    cfg: MeasureConfig,
+    model: nn.Module | None = None,
+) -> Measurement:
+    """Accuracy on the test split, size of `artifact`, speed of `predict`.
+
+    Parameter and compute counts come from `model` when given (torch), else from the ONNX file.
+    """
+    with torch_threads(cfg.threads):
+        quality = classification_metrics(y_test, predict_batched(predict, x_test).argmax(1))
+        speed = latency(predict, x_test, cfg)
+    if model is not None:
+        params, nonzero = count_params(model)
+        flops, per_layer = compute(model, x_test.shape[1:])
+        macs: int | None = sum(per_layer.values())
+    else:
+        params, nonzero = count_onnx_params(artifact)
+        flops = macs = None
+    return Measurement(
+        accuracy=quality["accuracy"],
+        f1_macro=quality["f1_macro"],
+        params_count=params,
+        nonzero_params=nonzero,
+        size_bytes=file_size(artifact),
+        latency_ms_p50_b1=speed["latency_ms_p50_b1"],
+        latency_ms_p95_b1=speed["latency_ms_p95_b1"],
+        throughput_sps_b256=speed["throughput_sps_b256"],
+        flops=flops,
+        macs=macs,
+    )
