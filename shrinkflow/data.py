@@ -32,6 +32,7 @@ from shrinkflow.config import AugmentConfig, PrepareConfig
 
 Kind = Literal["image", "signal", "tabular"]
 BUILTIN_TARGET = "label"
+_DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 
 
 class DataError(ValueError):
@@ -47,7 +48,8 @@ class DatasetSpec:
     input_shape: tuple[int, ...]  # per-sample shape fed to the model, e.g. (1, 8, 8)
     feature_columns: tuple[str, ...]
     target: str
-    classes: tuple[str, ...]  # class names; a label's index here is its integer target
+    classes: tuple[str, ...]  # class names, in the order of the integer targets
+    labels: tuple[str, ...]  # the target column's values (as text), in the same order
     value_range: tuple[float, float] | None = None  # known bounds of raw features, if any
 
     def to_dict(self) -> dict:
@@ -58,6 +60,7 @@ class DatasetSpec:
             "feature_columns": list(self.feature_columns),
             "target": self.target,
             "classes": list(self.classes),
+            "labels": list(self.labels),
             "value_range": list(self.value_range) if self.value_range else None,
         }
 
@@ -71,6 +74,7 @@ class DatasetSpec:
             feature_columns=tuple(data["feature_columns"]),
             target=data["target"],
             classes=tuple(data["classes"]),
+            labels=tuple(data["labels"]),
             value_range=tuple(value_range) if value_range else None,
         )
 
@@ -87,7 +91,7 @@ def _digits_table() -> tuple[pd.DataFrame, DatasetSpec]:
     frame[BUILTIN_TARGET] = bunch.target.astype(np.int64)
     spec = DatasetSpec(
         "digits", "image", (1, 8, 8), tuple(columns), BUILTIN_TARGET,
-        tuple(str(c) for c in range(10)), value_range=(0.0, 16.0),
+        _DIGIT_NAMES, _DIGIT_NAMES, value_range=(0.0, 16.0),
     )
     return frame, spec
 
@@ -106,7 +110,7 @@ def _mnist1d_table(samples: int, seed: int) -> tuple[pd.DataFrame, DatasetSpec]:
     frame[BUILTIN_TARGET] = labels.astype(np.int64)
     spec = DatasetSpec(
         "mnist1d", "signal", (1, signals.shape[1]), tuple(columns), BUILTIN_TARGET,
-        tuple(str(c) for c in range(10)), value_range=(-50.0, 50.0),
+        _DIGIT_NAMES, _DIGIT_NAMES, value_range=(-50.0, 50.0),
     )
     return frame, spec
 
@@ -120,7 +124,8 @@ def _breast_cancer_table() -> tuple[pd.DataFrame, DatasetSpec]:
     frame[BUILTIN_TARGET] = bunch.target.astype(np.int64)
     spec = DatasetSpec(
         "breast_cancer", "tabular", (len(columns),), tuple(columns), BUILTIN_TARGET,
-        tuple(str(name) for name in bunch.target_names), value_range=(0.0, 1e4),
+        tuple(str(name) for name in bunch.target_names),
+        tuple(str(i) for i in range(len(bunch.target_names))), value_range=(0.0, 1e4),
     )
     return frame, spec
 
@@ -147,7 +152,7 @@ def csv_spec(frame: pd.DataFrame, target: str, name: str) -> DatasetSpec:
     if not features:
         raise DataError(f"the table has only the target column {target!r} and no features")
     classes = tuple(sorted({str(value) for value in frame[target].dropna()}))
-    return DatasetSpec(name, "tabular", (len(features),), features, target, classes)
+    return DatasetSpec(name, "tabular", (len(features),), features, target, classes, classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,11 +161,11 @@ def csv_spec(frame: pd.DataFrame, target: str, name: str) -> DatasetSpec:
 def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
     features = frame.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float32)
-    index = {name: i for i, name in enumerate(spec.classes)}
+    index = {label: i for i, label in enumerate(spec.labels)}
     labels = frame[spec.target].map(lambda value: index.get(str(value), -1)).to_numpy(np.int64)
     unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels) if i < 0})
     if unknown:
-        raise DataError(f"column {spec.target!r} has labels outside {list(spec.classes)}: {unknown}")
+        raise DataError(f"column {spec.target!r} has labels outside {list(spec.labels)}: {unknown}")
     return features.reshape(len(frame), *spec.input_shape), labels
 
 

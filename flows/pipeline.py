@@ -1,0 +1,37 @@
+"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline, then version and summarise.
+
+Wiring only: which task runs in which order and which MLflow run id each one gets. The maths is in
+`shrinkflow/`, the I/O, tracking and caching in `tasks/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from shrinkflow.config import load_params
+from tasks import stages, tracking
+
+STAGES = ["prepare", "baseline"]
+
+
+@flow(name="shrinkflow-pipeline")
+def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None,
+             overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
+    """Run every stage on the configuration in `params_file` (+ overlays and key=value overrides)."""
+    project = Path(root).resolve()
+    params = load_params(project / params_file, overlays, overrides)
+    summaries: dict[str, dict[str, Any]] = {}
+    with tracking.pipeline_run(params, project, project / params_file) as parent:
+        for stage in STAGES:
+            summaries[stage] = stages.stage_task(stage, project)(stage, params, project,
+                                                                 parent.run_id)
+            parent.record(summaries[stage])
+        stages.record_versions(project, STAGES)
+        links = {stage: tracking.run_link(project, summary["run_id"])
+                 for stage, summary in summaries.items()}
+        links["pipeline"] = tracking.run_link(project, parent.run_id)
+        stages.publish_summary(project, summaries, links)
+    return {"run_id": parent.run_id, "links": links, "stages": summaries}

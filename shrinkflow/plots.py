@@ -1,0 +1,63 @@
+"""Figures people would rather look at than read: training curves and confusion matrices.
+
+Each function draws one figure into the path it is given (PNG) and returns that path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shrinkflow.train import EpochLog
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: Sequence[EpochLog], path: Path, title: str) -> Path:
+    """Loss (train and validation) and validation accuracy per epoch; the best epoch marked."""
+    plt = _pyplot()
+    epochs = [log.epoch for log in history]
+    best = max(history, key=lambda log: (log.val_accuracy, -log.val_loss))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [log.train_loss for log in history], label="train")
+    loss_ax.plot(epochs, [log.val_loss for log in history], label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [log.val_accuracy for log in history], color="tab:green")
+    acc_ax.axvline(best.epoch, color="grey", linestyle="--", label=f"best epoch {best.epoch}")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    acc_ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+    """Counts per (true, predicted) class; off-diagonal cells are the mistakes."""
+    plt = _pyplot()
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center",
+                color="white" if count > threshold else "black", fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,215 @@
+"""MLflow: the one tracking service of the pipeline.
+
+One parent run per pipeline run and one nested run per stage. Run ids are passed explicitly
+(MLflow's active run is thread-local and Prefect runs tasks in worker threads). The store is
+`sqlite:///mlflow.db` in the project root unless MLFLOW_TRACKING_URI selects another (a server with
+a SQL backend and S3 artifacts needs no code change).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shrinkflow.config import Params, flatten
+
+PIPELINE_TAG = "shrinkflow.kind"
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _client(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri(root))
+
+
+def _experiment_id(root: Path, name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    return mlflow.set_experiment(name).experiment_id
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _base_tags(root: Path, kind: str) -> dict[str, str]:
+    tags = {PIPELINE_TAG: kind}
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    params = [Param(key, str(value)) for key, value in flat.items()]
+    for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+        _client(root).log_batch(run_id, params=params[start : start + 100])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent run (one per pipeline run)
+# ---------------------------------------------------------------------------------------------
+def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None) -> str:
+    """Open the parent run, log all of params.yaml (flattened) and return its id."""
+    experiment_id = _experiment_id(root, params.project.experiment)
+    run = _client(root).create_run(experiment_id, run_name="pipeline",
+                                   tags=_base_tags(root, "pipeline"))
+    _log_params(run.info.run_id, root, flatten(params))
+    if params_file is not None and params_file.is_file():
+        _client(root).log_artifact(run.info.run_id, str(params_file))
+    return run.info.run_id
+
+
+def finish_pipeline_run(root: Path, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+                        failed: bool = False) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(root)
+    now = int(1000 * time.time())
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        tags=[RunTag(key, str(value)) for key, value in tags.items()],
+    )
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client = _client(root)
+    if path.is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    elif path.is_file():
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def run_link(root: Path, run_id: str) -> str:
+    """Where a person opens the run: the server's page, or the local UI started by `make ui`."""
+    run = _client(root).get_run(run_id)
+    uri = tracking_uri(root)
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+class PipelineRun:
+    """The open parent run: collects what the stages report and logs it when the run closes."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.root, self.run_id = root, run_id
+        self.metrics: dict[str, float] = {}
+        self.tags: dict[str, str] = {}
+
+    def record(self, summary: dict[str, Any]) -> None:
+        """Copy a stage's metrics (prefixed by stage) and its run id onto the parent run."""
+        stage = summary["stage"]
+        self.metrics.update({f"{stage}.{key}": value for key, value in summary["metrics"].items()})
+        self.tags[f"{stage}.run_id"] = summary["run_id"]
+        self.tags["dataset"] = summary["dataset"]
+
+
+@contextmanager
+def pipeline_run(params: Params, root: Path, params_file: Path | None = None
+                 ) -> Iterator[PipelineRun]:
+    """Open the parent run; close it as FINISHED, or FAILED if the block raises."""
+    run = PipelineRun(root, start_pipeline_run(params, root, params_file))
+    try:
+        yield run
+    except BaseException:
+        finish_pipeline_run(root, run.run_id, run.metrics, run.tags, failed=True)
+        raise
+    finish_pipeline_run(root, run.run_id, run.metrics, run.tags)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage runs (nested under the parent)
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None = None,
+              section: Any = None) -> Iterator[Any]:
+    """A run for one stage, nested under `parent_run_id` when given; logs the stage's section."""
+    import mlflow
+
+    experiment_id = _experiment_id(root, params.project.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
+                          parent_run_id=parent_run_id, tags=_base_tags(root, "stage")) as run:
+        if section is not None:
+            mlflow.log_params({key: str(v) for key, v in flatten(section, f"{stage}.").items()})
+        yield run
+
+
+def log_epoch(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    elif path.is_file():
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_dataset(x: np.ndarray, y: np.ndarray, name: str, source: Path, digest: str,
+                context: str) -> None:
+    """Record a split as a run input; its digest is the DVC md5 of the raw table."""
+    import mlflow
+
+    with warnings.catch_warnings():  # a local path matches two equivalent source types
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(x, targets=y, source=str(source), name=name,
+                                         digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def log_onnx_model(path: Path, input_example: np.ndarray, output_example: np.ndarray) -> None:
+    """Log the ONNX file as an MLflow model with signature and input example (no pickle)."""
+    import mlflow
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    mlflow.onnx.log_model(
+        onnx.load(str(path)),
+        name="model",
+        signature=infer_signature(input_example, output_example),
+        input_example=input_example,
+        # explicit requirements: skips MLflow's slow environment inference
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}",
+                          f"onnx=={onnx.__version__}", f"mlflow=={mlflow.__version__}"],
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+    )

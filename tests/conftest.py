@@ -1,0 +1,61 @@
+"""Shared fixtures: one temporary MLflow store and Prefect home per session, tiny projects per test.
+
+Services are real (SQLite MLflow store, Prefect's test harness, DVC in a temporary git repo); only
+their locations are temporary. Heavy imports stay inside fixtures so core tests start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Overrides that keep pipeline tests to seconds: few epochs, short timing loops.
+TINY = [
+    "baseline.train.epochs=2",
+    "measure.warmup=2",
+    "measure.repeats=10",
+    "measure.throughput_repeats=3",
+]
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_services(services_dir: Path) -> None:
+    """Point MLflow, Prefect and DVC at session-temporary locations, never the user's own."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{services_dir / 'mlflow.db'}"
+    os.environ["PREFECT_HOME"] = str(services_dir / "prefect")
+    os.environ["DVC_SITE_CACHE_DIR"] = str(services_dir / "dvc-site-cache")
+    from tasks.environment import configure
+
+    configure(services_dir)  # the remaining defaults (telemetry off, timeouts)
+
+
+def copy_project(destination: Path) -> Path:
+    """A copy of the project's code and configuration (no outputs) in `destination`."""
+    for name in ("shrinkflow", "tasks", "flows", "configs", "data/external"):
+        shutil.copytree(REPO / name, destination / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture
+def tiny_params(project: Path):
+    """Default params.yaml with the TINY overrides (digits, 2 epochs)."""
+    from shrinkflow.config import load_params
+
+    return load_params(project / "params.yaml", overrides=TINY)
