@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from shrinkflow.config import load_params
 from tasks import stages, tracking
@@ -21,6 +21,7 @@ STAGES = ["prepare", "baseline"]
 def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None,
              overrides: list[str] | None = None, root: str = ".") -> dict[str, Any]:
     """Run every stage on the configuration in `params_file` (+ overlays and key=value overrides)."""
+    log = get_run_logger()
     project = Path(root).resolve()
     params = load_params(project / params_file, overlays, overrides)
     summaries: dict[str, dict[str, Any]] = {}
@@ -29,7 +30,11 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
             summaries[stage] = stages.stage_task(stage, project)(stage, params, project,
                                                                  parent.run_id)
             parent.record(summaries[stage])
-        stages.record_versions(project, STAGES)
+        if stages.recordable(params_file, overlays, overrides):
+            stages.record_versions(project, STAGES)
+        else:
+            log.warning("run with overlays/overrides: outputs are not recorded in dvc.lock "
+                        "(use `dvc exp run -S key=value` to version an experiment)")
         links = {stage: tracking.run_link(project, summary["run_id"])
                  for stage, summary in summaries.items()}
         links["pipeline"] = tracking.run_link(project, parent.run_id)

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    # coerce_numbers_to_str: `--set project.experiment=2024` parses as YAML int, means the name
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, coerce_numbers_to_str=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +54,9 @@ class PrepareConfig(_Section):
         "digits", description="data set: digits | mnist1d | breast_cancer | csv"
     )
     csv: CsvSource = CsvSource()
-    mnist1d_samples: int = Field(10_000, ge=100, description="samples generated for mnist1d")
+    mnist1d_samples: int = Field(
+        10_000, ge=100, multiple_of=10, description="samples generated for mnist1d (10 classes)"
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for validation")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of rows for the test split")
     seed: int = Field(0, description="seed of the stratified split (and of mnist1d generation)")

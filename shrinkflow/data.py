@@ -214,9 +214,11 @@ class Normalizer:
         # tables: features have unrelated units; images/signals: one scale per channel keeps
         # the spatial structure (a per-pixel std would blow up near-constant border pixels)
         axes = (0,) if kind == "tabular" else tuple(i for i in range(x.ndim) if i != 1)
+        x = x.astype(np.float64)  # float32 sums leave a constant column with std ~1e-4
         mean = x.mean(axis=axes, keepdims=True)[0]
         std = x.std(axis=axes, keepdims=True)[0]
-        std = np.where(std < 1e-8, 1.0, std)  # constant features stay as they are
+        constant = x.max(axis=axes, keepdims=True)[0] == x.min(axis=axes, keepdims=True)[0]
+        std = np.where(constant | (std < 1e-12), 1.0, std)  # constant features stay as they are
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -87,15 +87,18 @@ def compute(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[s
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, *input_shape))
-    per_module = counter.get_flop_counts()
+    root = type(model).__name__  # FlopCounterMode names modules "<RootClass>.<path>"
+
+    def path(name: str) -> str:
+        return "" if name == root else name.removeprefix(f"{root}.")
+
     leaves = {name for name, module in model.named_modules() if not list(module.children())}
     # a FLOP is one multiply or one add; a MAC is one of each
     macs = {
-        name: int(sum(counts.values())) // 2
-        for name, counts in per_module.items()
-        if name.removeprefix(f"{type(model).__name__}.") in leaves
+        path(name) or root: int(sum(counts.values())) // 2
+        for name, counts in counter.get_flop_counts().items()
+        if name != "Global" and path(name) in leaves
     }
-    macs = {name.removeprefix(f"{type(model).__name__}."): value for name, value in macs.items()}
     return int(counter.get_total_flops()), macs
 
 

@@ -120,7 +120,8 @@ def fit(
     )
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    result = FitResult(device=str(device), precision=str(amp_dtype or "fp32").replace("torch.", ""))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
+    result = FitResult(device=str(device), precision=precision)
     best_state, best_key, stale = copy.deepcopy(model.state_dict()), (-1.0, 0.0), 0
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),

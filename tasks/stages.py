@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,15 @@ def _outputs_key(task_ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     return f"dvc-record-{digest.hexdigest()}"
 
 
+def recordable(params_file: str, overlays: list[str] | None, overrides: list[str] | None) -> bool:
+    """dvc.lock pairs outputs with params.yaml: a run on other params must not be recorded there."""
+    return Path(params_file).name == "params.yaml" and not overlays and not overrides
+
+
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, timeout=600)
+    # the interpreter's own DVC: works whether or not the venv's bin/ is on PATH
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
+                          text=True, timeout=600)
 
 
 @task(name="record-versions", cache_key_fn=_outputs_key, persist_result=True,

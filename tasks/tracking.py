@@ -35,10 +35,19 @@ def _client(root: Path):
 
 
 def _experiment_id(root: Path, name: str) -> str:
+    """The experiment's id, created on first use; a local store keeps artifacts in mlartifacts/."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(root))
-    return mlflow.set_experiment(name).experiment_id
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = _client(root)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # without an explicit location a SQLite store writes artifacts to ./mlruns of whatever
+    # folder the process runs in; a server decides for itself
+    location = None if uri.startswith("http") else (root / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
 
 
 def git_commit(root: Path) -> str | None:
@@ -149,6 +158,7 @@ def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None 
     import mlflow
 
     experiment_id = _experiment_id(root, params.project.experiment)
+    mlflow.set_tracking_uri(tracking_uri(root))
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
                           parent_run_id=parent_run_id, tags=_base_tags(root, "stage")) as run:
         if section is not None:

@@ -1,24 +1,25 @@
-"""Data-quality gates on raw and processed data, enforced with Great Expectations.
+"""Data-quality gates on raw and processed data, enforced with Great Expectations (GX).
 
-Two checkpoints guard the pipeline:
+Two gates guard the pipeline:
 
-  validate_raw        the raw table (feature columns + target) before it is split: enough rows, every
-                      expected column present, features numeric, finite, non-null and within the
-                      known value range (or +/- `max_abs_value`), labels non-null and - for built-in
-                      sources - in the integer label set. Class imbalance is a warning, not a failure.
-  validate_processed  the train/val/test splits after normalization: per-sample shape, no NaN/inf,
-                      |x| <= `max_abs_value`, labels in [0, n_classes - 1], a non-empty training split
-                      that holds every class.
+  validate_raw        the raw table (feature columns + target) before it is split: enough rows,
+                      every expected column present, features numeric, non-null and within the
+                      known value range (else +/- `max_abs_value`, so inf fails), labels non-null
+                      and - for built-in sources - in the integer label set. Class imbalance is a
+                      warning, not a failure.
+  validate_processed  the train/val/test arrays after normalization: per-sample shape, no NaN/inf,
+                      |x| <= `max_abs_value`, labels in [0, n_classes - 1], a non-empty training
+                      split that holds every class.
 
-Either stops the pipeline *before* anything downstream (training, registry, serving) is touched: it
-raises `DataValidationError`, whose message names every failed expectation, its column and what was
-observed. The Great Expectations Data Docs site is written to `docs_dir` first, so the HTML report of a
-failed run is kept for inspection (and can be logged as an artifact).
+Either one stops the pipeline *before* anything downstream (splitting, training, the registry) is
+touched: it raises `DataValidationError`, whose message names every failed expectation, its column
+and what was observed. The GX Data Docs site is written to `docs_dir` first, so the HTML report of a
+failed run is kept for inspection and can be logged as an artifact.
 
-Layering: the core package `shrinkflow/` knows nothing of Great Expectations; this adapter module is the
-only place that imports it, lazily, because importing it takes seconds. The functions are pure apart from
-the Data Docs they write under `docs_dir`: an ephemeral (in-memory) GX context is built per call and no
-other file is written.
+Layering: the core package `shrinkflow/` knows nothing of GX; this adapter module is the only place
+that imports it, lazily, because the import takes seconds. Both functions write only under
+`docs_dir`: the Data Docs HTML plus the suites and results it renders (`docs_dir/_gx_store`, the
+latest one per stage and data set); the GX context itself is ephemeral and built per call.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Failure:
 
     expectation: str  # e.g. "expect_column_values_to_not_be_null"
     column: str | None  # None for table-level expectations
-    observed: str  # short human text of what was observed, e.g. "3 of 1797 values are null (rows 3, 5, 7)"
+    observed: str  # what was observed, e.g. "3 of 1797 values are null (e.g. rows 3, 5, 7)"
 
     def describe(self) -> str:
         where = f"column '{self.column}'" if self.column is not None else "table"
@@ -102,7 +103,7 @@ class ValidationReport:
 
 
 class DataValidationError(ValueError):
-    """The data failed at least one expectation; `report` holds the details (and the Data Docs path)."""
+    """The data failed at least one expectation; `report` holds the details and the Docs path."""
 
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
@@ -114,9 +115,8 @@ class DataValidationError(ValueError):
 
 def _error_message(report: ValidationReport) -> str:
     stage, _, dataset = report.name.partition(":")
-    lines = [
-        f"{stage} data '{dataset}' failed {len(report.failures)} of {report.evaluated} expectations:"
-    ]
+    failed, evaluated = len(report.failures), report.evaluated
+    lines = [f"{stage} data '{dataset}' failed {failed} of {evaluated} expectations:"]
     lines += [f"  - {failure.describe()}" for failure in report.failures]
     if report.docs_index:
         lines.append(f"Data Docs: {report.docs_index}")
@@ -147,7 +147,9 @@ def validate_raw(
         if column not in present:
             continue
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=_NUMERIC_DTYPES))
+        suite.append(
+            gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=_NUMERIC_DTYPES)
+        )
         if _is_numeric(frame[column]):  # a non-numeric column is already reported by its dtype
             suite.append(
                 gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
@@ -171,26 +173,28 @@ def _is_numeric(series: pd.Series) -> bool:
 def _imbalance_warnings(
     frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules
 ) -> tuple[str, ...]:
+    """A warning when the largest class has more than `imbalance_warn_ratio` x the smallest's rows.
+
+    Classes are named as in `spec.classes`; a class of the spec that has no rows counts as 0.
+    """
     if spec.target not in frame.columns:
         return ()
-    counts = frame[spec.target].dropna().value_counts()
-    if spec.name in BUILTIN_SOURCES:
-        # name classes as the spec does, and count classes that have no rows at all
-        names = {index: name for index, name in enumerate(spec.classes)}
-        counts = counts.reindex(
-            list(names) + [label for label in counts.index if label not in names], fill_value=0
-        )
-        counts.index = [names.get(label, label) for label in counts.index]
+    # labels are matched as text, as table_to_arrays does
+    counts = frame[spec.target].dropna().map(str).value_counts()
+    names = dict(zip(spec.labels, spec.classes))
+    counts = counts.reindex(
+        [*spec.labels, *(label for label in counts.index if label not in names)], fill_value=0
+    )
+    counts.index = [names.get(label, label) for label in counts.index]
     if len(counts) < 2:
         return ()
-    largest, smallest = counts.idxmax(), counts.idxmin()
     n_max, n_min = int(counts.max()), int(counts.min())
     ratio = math.inf if n_min == 0 else n_max / n_min
     if ratio <= rules.imbalance_warn_ratio:
         return ()
     return (
-        f"class imbalance in '{spec.target}': largest class '{largest}' has {n_max} rows, "
-        f"smallest class '{smallest}' has {n_min} (ratio {ratio:.1f} > "
+        f"class imbalance in '{spec.target}': largest class '{counts.idxmax()}' has {n_max} "
+        f"rows, smallest class '{counts.idxmin()}' has {n_min} (ratio {ratio:.1f} > "
         f"{rules.imbalance_warn_ratio:g})",
     )
 
@@ -204,8 +208,8 @@ def validate_processed(
     """Validate the train/val/test arrays and write Data Docs under `docs_dir`.
 
     The arrays are summarized into one row per sample (split, label, per-sample shape, count of
-    non-finite values, largest |x|), so the suite stays a handful of expectations whatever the number
-    of features. Every per-sample check is conditioned on its split, so each failure names the split.
+    non-finite values, largest |x|), so the suite stays 17 expectations whatever the number of
+    features. Every per-sample check is conditioned on its split, so each failure names the split.
 
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
@@ -223,8 +227,12 @@ def validate_processed(
     for name in SPLIT_NAMES:
         in_split = Column("split") == name
         suite += [
-            gxe.ExpectColumnValuesToBeInSet(column="x_shape", value_set=[shape], row_condition=in_split),
-            gxe.ExpectColumnValuesToBeInSet(column="x_nonfinite", value_set=[0], row_condition=in_split),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="x_shape", value_set=[shape], row_condition=in_split
+            ),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="x_nonfinite", value_set=[0], row_condition=in_split
+            ),
             gxe.ExpectColumnValuesToBeBetween(
                 column="x_absmax", max_value=rules.max_abs_value, row_condition=in_split
             ),
@@ -278,7 +286,7 @@ def _sample_summary(splits: Splits) -> pd.DataFrame:
 def _import_gx():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-    import great_expectations.expectations.row_conditions  # noqa: F401  (gx.expectations.row_conditions)
+    import great_expectations.expectations.row_conditions  # noqa: F401  (used as an attribute)
 
     return gx
 
@@ -289,8 +297,8 @@ STORE_DIR = "_gx_store"  # inside docs_dir: the suites and results the Data Docs
 def _context(docs_dir: Path):
     """A GX context whose only Data Docs site is `docs_dir`.
 
-    Suites and validation results are kept as JSON under `docs_dir/_gx_store` rather than in memory:
-    GX's index builder deletes every page whose suite or result is not in the context's stores, so
+    Suites and validation results are kept as JSON in `docs_dir/_gx_store`, not in memory: GX's
+    index builder deletes every page whose suite or result is not in the context's stores, so
     with in-memory stores each call would wipe the report of the previous one (validate_processed
     would delete the raw report). Everything else (data sources, validation definitions) stays in
     memory, and nothing is written outside `docs_dir`.
@@ -433,13 +441,16 @@ def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str
     if kind == "expect_column_to_exist":
         return "column missing"
     if kind == "expect_table_row_count_to_be_between":
-        return f"row count {result.get('observed_value')}, expected at least {kwargs.get('min_value')}"
+        expected = kwargs.get("min_value")
+        return f"row count {result.get('observed_value')}, expected at least {expected}"
     if kind == "expect_column_values_to_be_in_type_list":
         dtype = frame[column].dtype if column in frame.columns else result.get("observed_value")
         return f"dtype {dtype}, expected a number"
     if kind == "expect_column_distinct_values_to_contain_set":
-        seen = {_plain(value) for value in result.get("observed_value") or []}
-        missing = [value for value in kwargs["value_set"] if _plain(value) not in seen]
+        missing = result.get("partial_missing_list")  # GX 1.24 reports no observed_value here
+        if missing is None:
+            seen = {_plain(value) for value in result.get("observed_value") or []}
+            missing = [value for value in kwargs["value_set"] if _plain(value) not in seen]
         if column == "split":
             return f"no rows in split(s) {', '.join(map(str, missing))}"
         return f"values {_values(missing)} never occur"
@@ -475,7 +486,7 @@ def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str
 
 def _examples(result: dict, rows_only: bool = False) -> str:
     """' (e.g. inf at row 4, -inf at row 7)': the first offending values and where they are;
-    with `rows_only`, ' (e.g. row 4, row 7)'."""
+    with `rows_only`, ' (e.g. rows 4, 7)' or ' (e.g. val[3], val[5])'."""
     values = list(result.get("partial_unexpected_list") or [])[:_EXAMPLES]
     rows = list(result.get("partial_unexpected_index_list") or [])[:_EXAMPLES]
     if rows_only and rows:
@@ -536,7 +547,8 @@ def _split_of(row_condition: Any) -> str | None:
     column = row_condition.get("column")
     name = column.get("name") if isinstance(column, dict) else column
     parameter = row_condition.get("parameter")
-    if name == "split" and row_condition.get("operator") in ("==", "=") and isinstance(parameter, str):
+    is_equal = row_condition.get("operator") in ("==", "=")
+    if name == "split" and is_equal and isinstance(parameter, str):
         return parameter
     return None
 

@@ -276,11 +276,6 @@ def test_load_params__float_override_written_any_way_becomes_a_float(text: str, 
     assert params.baseline.train.lr == pytest.approx(value), f"lr={text} should mean {value}"
 
 
-@pytest.mark.xfail(
-    reason="parse_override parses every value as YAML, so '--set project.experiment=2024' gives the "
-    "int 2024 and the str field rejects it (pydantic does not coerce numbers to str)",
-    strict=True,
-)
 def test_load_params__numeric_looking_override_of_a_text_field_stays_text():
     # given a text field set to something that looks like a number
     params = load_params(PARAMS, overrides=["project.experiment=2024"])

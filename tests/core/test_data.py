@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from shrinkflow.config import AugmentConfig, PrepareConfig
+from shrinkflow.config import AugmentConfig, ConfigError, PrepareConfig, load_params
 from shrinkflow.data import (
     Augmenter,
     DataError,
@@ -85,6 +85,15 @@ def test_builtin_table_mnist1d_is_generated_locally_and_deterministically(monkey
     assert set(first[spec.target]) == set(range(10)), "all ten classes should be generated"
     x, _ = table_to_arrays(first, spec)
     assert x.shape == (200, 1, 40), "mnist1d arrays should be N x 1 x 40"
+
+
+def test_mnist1d_samples__not_a_multiple_of_ten_is_rejected_naming_the_key(tmp_path):
+    # given a sample count mnist1d cannot split evenly over its 10 classes
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  source: mnist1d\n  mnist1d_samples: 205\n")
+    # then it is refused up front instead of silently giving 200 rows
+    with pytest.raises(ConfigError, match=r"prepare\.mnist1d_samples"):
+        load_params(path)
 
 
 def test_builtin_table__csv_source_is_not_builtin():
@@ -268,12 +277,6 @@ def test_normalizer__constant_feature_gets_std_1_and_becomes_zero():
     assert np.all(out[:, 1] == 0), "a constant feature should become 0"
 
 
-@pytest.mark.xfail(
-    reason="Normalizer.fit computes mean/std in float32 and uses an absolute 1e-8 threshold: a "
-    "constant column whose value is not exactly summable (123.456) gets std ~3e-4 instead of 1, "
-    "so at serving time any small deviation is amplified ~3600x",
-    strict=True,
-)
 def test_normalizer__constant_non_round_feature_gets_std_1():
     x = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
     x[:, 0] = 123.456

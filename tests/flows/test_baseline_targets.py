@@ -1,0 +1,38 @@
+"""The default configurations reach their accuracy targets (real training, ~1 min on 2 cores).
+
+Targets: digits CNN >= 98.5 % (360 test rows), MNIST-1D CNN >= 97 %, breast cancer MLP >= 95 %.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shrinkflow.config import load_params
+from tasks.stages import run_stage
+from tests.conftest import copy_project
+
+TARGETS = {
+    None: ("digits", 0.985),
+    "configs/mnist1d.yaml": ("mnist1d", 0.97),
+    "configs/breast_cancer.yaml": ("breast_cancer", 0.95),
+}
+FAST_TIMING = ["measure.repeats=20", "measure.throughput_repeats=3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", list(TARGETS), ids=[name for name, _ in TARGETS.values()])
+def test_default_config_reaches_its_accuracy_target(tmp_path, overlay):
+    # given: the shipped configuration (only the timing loops shortened)
+    project = copy_project(tmp_path / "project")
+    overlays = [project / overlay] if overlay else []
+    params = load_params(project / "params.yaml", overlays, FAST_TIMING)
+    dataset, target = TARGETS[overlay]
+    # when
+    run_stage("prepare", params, project)
+    summary = run_stage("baseline", params, project)
+    # then
+    accuracy = summary["metrics"]["accuracy"]
+    assert summary["dataset"] == dataset
+    assert accuracy >= target, f"{dataset} baseline should reach {target:.1%}, got {accuracy:.2%}"
+    assert summary["metrics"]["onnx_accuracy"] >= target, "the ONNX export should keep it"
+    assert summary["metrics"]["params_count"] < 100_000, "the baseline should stay practical"

@@ -1,0 +1,23 @@
+"""The catalog's declared stage inputs agree with dvc.yaml and drive cache keys."""
+
+from __future__ import annotations
+
+import yaml
+
+from tasks.catalog import STAGE_DEPS, Catalog
+from tests.conftest import REPO
+
+
+def test_stage_deps_match_dvc_yaml():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, deps in STAGE_DEPS.items():
+        assert sorted(stages[stage]["deps"]) == sorted(deps), \
+            f"dvc.yaml deps of {stage!r} should match tasks/catalog.py STAGE_DEPS"
+
+
+def test_deps_digest_changes_with_an_input_file(project):
+    catalog = Catalog.at(project)
+    before = catalog.deps_digest("prepare")
+    (project / "data" / "external" / "new.csv").write_text("a,label\n1,0\n")
+    assert catalog.deps_digest("prepare") != before, "a new input file should change the key"
+    assert catalog.deps_digest("baseline") == catalog.deps_digest("baseline"), "stable otherwise"

@@ -1,0 +1,162 @@
+"""Stage `prepare`: real files, a real SQLite MLflow store, Great Expectations on broken data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shrinkflow.config import PrepareConfig, load_params
+from shrinkflow.data import DataError, builtin_table
+from tasks.catalog import Catalog, tree_digest
+from tasks.prepare import run_prepare
+from tasks.validation import DataValidationError
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def digits_frame() -> pd.DataFrame:
+    return builtin_table(PrepareConfig())[0]
+
+
+def csv_params(project: Path, frame: pd.DataFrame | None, text: str | None = None):
+    """Params pointing prepare at data/external/user.csv holding `frame` (or raw `text`)."""
+    path = project / "data" / "external" / "user.csv"
+    if frame is not None:
+        frame.to_csv(path, index=False)
+    else:
+        path.write_text(text or "")
+    return load_params(project / "params.yaml", overrides=[
+        *TINY, "prepare.source=csv", "prepare.csv.path=data/external/user.csv",
+        "prepare.csv.target=label"])
+
+
+def _mlflow_run(run_id: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(run_id)
+
+
+def test_run_prepare__writes_validated_splits_and_tracks_them(project, tiny_params):
+    # when
+    summary = run_prepare(tiny_params, project)
+
+    # then: splits, metadata and metrics are on disk
+    catalog = Catalog.at(project)
+    meta = json.loads(catalog.dataset_file().read_text())
+    sizes = {}
+    for split in ("train", "val", "test"):
+        with np.load(catalog.split_file(split), allow_pickle=False) as arrays:
+            assert arrays["x"].shape[1:] == (1, 8, 8), "digits should be stored as 1x8x8 images"
+            sizes[split] = len(arrays["y"])
+    assert sizes == {"train": 1167, "val": 270, "test": 360}, "split sizes should follow params"
+    assert meta["raw_md5"] == summary["raw_md5"]
+    assert catalog.raw_table("digits").is_file(), "the raw table should be kept for DVC"
+    assert (catalog.data_docs_dir / "index.html").is_file(), "Data Docs should be built"
+    # and: the MLflow run holds params, metrics, the DVC digest and the validation report
+    run = _mlflow_run(summary["run_id"])
+    assert run.data.params["prepare.source"] == "digits"
+    assert run.data.metrics["rows_test"] == 360
+    assert run.data.tags["dvc.raw_md5"] == summary["raw_md5"]
+    from mlflow import MlflowClient
+
+    artifacts = {item.path for item in MlflowClient().list_artifacts(summary["run_id"])}
+    assert {"validation.json", "data_docs", "dataset.json"} <= artifacts
+
+
+def test_run_prepare__is_deterministic(project, tiny_params):
+    # given / when: the same params twice
+    first = run_prepare(tiny_params, project)
+    digest = tree_digest(Catalog.at(project).processed_dir)
+    second = run_prepare(tiny_params, project)
+    # then
+    assert first["raw_md5"] == second["raw_md5"]
+    assert tree_digest(Catalog.at(project).processed_dir) == digest, "same params, same splits"
+
+
+BROKEN = {
+    "nan": (lambda f: f.assign(px_0_3=f["px_0_3"].where(f.index != 5, np.nan)),
+            ["px_0_3", "null"]),
+    "inf": (lambda f: f.assign(px_2_2=f["px_2_2"].where(f.index != 7, np.inf)),
+            ["px_2_2"]),
+    "missing_column": (lambda f: f.drop(columns=["label"]), ["label", "not found"]),
+    "wrong_dtype": (lambda f: f.assign(px_1_1=f["px_1_1"].astype(object).where(f.index != 3, "abc")),
+                    ["px_1_1", "dtype"]),
+    "too_few_rows": (lambda f: f.head(20), ["row count", "20"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_run_prepare__broken_csv_is_rejected_and_previous_outputs_kept(
+        project, tiny_params, digits_frame, kind):
+    # given: a good run's outputs
+    run_prepare(tiny_params, project)
+    catalog = Catalog.at(project)
+    before = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
+    breaker, words = BROKEN[kind]
+
+    # when: the source becomes a broken CSV
+    params = csv_params(project, breaker(digits_frame.copy()))
+    with pytest.raises((DataValidationError, DataError)) as raised:
+        run_prepare(params, project)
+
+    # then: the error names what is wrong, nothing downstream changed, the report is kept
+    message = str(raised.value)
+    for word in words:
+        assert word in message, f"the error should mention {word!r}: {message}"
+    after = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
+    assert after == before, "a rejected input must not touch the previous outputs"
+    assert (catalog.data_docs_dir / "index.html").is_file() or kind == "missing_column"
+
+
+def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(project, tiny_params,
+                                                                        monkeypatch, digits_frame):
+    # given: the built-in digits table with one label 10 (classes are 0..9)
+    broken = digits_frame.copy()
+    broken.loc[4, "label"] = 10
+    spec = builtin_table(PrepareConfig())[1]
+    monkeypatch.setattr("shrinkflow.data.builtin_table", lambda cfg: (broken, spec))
+    # when / then
+    with pytest.raises(DataValidationError) as raised:
+        run_prepare(tiny_params, project)
+    assert "label" in str(raised.value) and "10" in str(raised.value)
+    assert not Catalog.at(project).processed_dir.exists(), "nothing should be written"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", ["empty"]),
+    ("a,b,label\n", ["no rows"]),
+])
+def test_run_prepare__empty_csv_is_rejected_naming_the_file(project, text, words):
+    params = csv_params(project, None, text)
+    with pytest.raises(DataError) as raised:
+        run_prepare(params, project)
+    assert "user.csv" in str(raised.value)
+    for word in words:
+        assert word in str(raised.value)
+    assert not Catalog.at(project).processed_dir.exists()
+
+
+def test_run_prepare__missing_csv_names_the_key_and_path(project):
+    params = load_params(project / "params.yaml", overrides=[
+        "prepare.source=csv", "prepare.csv.path=data/external/nope.csv"])
+    with pytest.raises(DataError, match=r"prepare\.csv\.path.*nope\.csv"):
+        run_prepare(params, project)
+
+
+def test_run_prepare__user_csv_with_string_labels_is_prepared(project, tmp_path):
+    # given: a small two-class table with text labels
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(120, 3))
+    labels = np.where(features[:, 0] > 0, "yes", "no")
+    frame = pd.DataFrame(features, columns=["a", "b", "c"]).assign(label=labels)
+    # when
+    summary = run_prepare(csv_params(project, frame), project)
+    # then
+    meta = json.loads(Catalog.at(project).dataset_file().read_text())
+    assert meta["spec"]["classes"] == ["no", "yes"]
+    assert meta["spec"]["kind"] == "tabular" and meta["spec"]["input_shape"] == [3]
+    assert summary["dataset"] == "user"
