@@ -56,8 +56,11 @@ class StageInputs(CachePolicy):
         stage, params, root = inputs["stage"], inputs["params"], inputs["root"]
         sections = {name: getattr(params, name).model_dump(mode="json")
                     for name in STAGE_SECTIONS[stage]}
+        catalog = Catalog.at(root)
         digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
-        digest.update(Catalog.at(root).deps_digest(stage).encode())
+        # the project folder too: two checkouts sharing a PREFECT_HOME must not share outputs
+        digest.update(str(catalog.root).encode())
+        digest.update(catalog.deps_digest(stage).encode())
         return f"{stage}-{digest.hexdigest()}"
 
 
