@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,9 @@ CACHED_RERUN_TARGET_S = 10.0
 
 
 def fresh_project(parent: Path, name: str) -> Path:
-    project = parent / name
-    for folder in ("shrinkflow", "tasks", "flows", "configs", "data/external"):
-        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for file in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(REPO / file, project / file)
-    return project
+    from tasks.catalog import copy_sources
+
+    return copy_sources(REPO, parent / name)
 
 
 def project_env(project: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ editing the file) and as the `description` of the field here (for `--help` and e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -119,6 +119,106 @@ class BaselineConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# prune
+# ---------------------------------------------------------------------------------------------
+Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class StructuredPruneConfig(_Section):
+    """Remove whole channels/filters/neurons (Torch-Pruning): a smaller dense network."""
+
+    enabled: bool = Field(True, description="produce structured-pruning candidates")
+    ratios: tuple[Ratio, ...] = Field((0.5,), description="channel fractions to remove, one candidate each")
+    importance: Literal["l1", "l2", "group_norm"] = Field(
+        "l1", description="how channels are ranked: l1 | l2 norm of weights, group_norm over coupled layers"
+    )
+    scope: Literal["global", "layer"] = Field(
+        "layer", description="layer: the same ratio in every layer; global: one ranking across layers"
+    )
+    conv_ratio: Ratio | None = Field(None, description="override the ratio for conv layers")
+    linear_ratio: Ratio | None = Field(None, description="override the ratio for hidden linear layers")
+
+
+class UnstructuredPruneConfig(_Section):
+    """Zero individual weights by magnitude; stored sparse so the file really shrinks."""
+
+    enabled: bool = Field(True, description="produce unstructured-pruning candidates")
+    method: Literal["ratio", "threshold", "histogram"] = Field(
+        "ratio", description="ratio: zero this fraction; threshold: |w| below it; histogram: "
+        "threshold at the valley of the |w| histogram"
+    )
+    ratios: tuple[Ratio, ...] = Field((0.8,), description="method ratio: fractions of weights to zero")
+    threshold: float | None = Field(None, gt=0, description="method threshold: |w| below this is zeroed")
+    scope: Literal["global", "layer"] = Field("global", description="rank weights globally or per layer")
+
+
+class PruneConfig(_Section):
+    """Stage `prune`: structured and unstructured pruning, iterative, with fine-tuning."""
+
+    structured: StructuredPruneConfig = StructuredPruneConfig()
+    unstructured: UnstructuredPruneConfig = UnstructuredPruneConfig()
+    steps: int = Field(3, ge=1, le=50, description="prune in this many steps to the target")
+    finetune_epochs: int = Field(5, ge=0, description="fine-tuning epochs after each step")
+    penalty: Literal["none", "l1", "group_lasso"] = Field(
+        "none", description="sparsity penalty added while fine-tuning (via the extra-loss hook)"
+    )
+    penalty_weight: float = Field(1e-4, ge=0, description="weight of the sparsity penalty")
+    max_accuracy_drop_pp: float | None = Field(
+        None, gt=0, description="if set: search the highest ratio whose drop stays within it"
+    )
+    search_ratios: tuple[Ratio, ...] = Field(
+        (0.3, 0.5, 0.7, 0.8, 0.9), description="ratios tried by the accuracy-aware search"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize
+# ---------------------------------------------------------------------------------------------
+class QuantizeConfig(_Section):
+    """Stage `quantize`: fp16, int8 dynamic, int8 static (ONNX QDQ) and quantization-aware training."""
+
+    methods: tuple[Literal["fp16", "int8_dynamic", "int8_static", "qat"], ...] = Field(
+        ("fp16", "int8_dynamic", "int8_static"), description="quantized variants made of each candidate"
+    )
+    calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="int8 static calibration: minmax | percentile | entropy (KL)"
+    )
+    calibration_samples: int = Field(
+        256, ge=1, description="held-out training rows used to calibrate activation ranges"
+    )
+    percentile: float = Field(99.99, gt=50, le=100, description="percentile calibration cut-off")
+    per_channel: bool = Field(True, description="one weight scale per output channel")
+    max_accuracy_drop_pp: float = Field(
+        0.5, gt=0, description="a larger drop triggers the fallback chain"
+    )
+    fallback: tuple[Literal["percentile", "entropy", "minmax", "exclude_sensitive", "qat"], ...] = Field(
+        ("percentile", "entropy", "exclude_sensitive", "qat"),
+        description="what to try, in order, when int8 static loses too much",
+    )
+    qat_epochs: int = Field(5, ge=1, description="quantization-aware fine-tuning epochs")
+
+
+# ---------------------------------------------------------------------------------------------
+# distill
+# ---------------------------------------------------------------------------------------------
+class DistillConfig(_Section):
+    """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
+
+    enabled: bool = Field(True, description="train a distilled student")
+    student: ModelConfig = ModelConfig(width=8)
+    temperature: float = Field(4.0, gt=0, description="softens both distributions; higher shares more")
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
+    feature_pairs: tuple[tuple[str, str], ...] = Field(
+        (), description="(teacher layer, student layer) names whose outputs are matched by MSE"
+    )
+    feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching loss")
+    epochs: int | None = Field(None, ge=1, description="student epochs (default: baseline.train.epochs)")
+    train_without_teacher: bool = Field(
+        True, description="also train the student alone, to measure what distillation adds"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # measure
 # ---------------------------------------------------------------------------------------------
 class MeasureConfig(_Section):
@@ -145,6 +245,9 @@ class Params(_Section):
     project: ProjectConfig = ProjectConfig()
     prepare: PrepareConfig = PrepareConfig()
     baseline: BaselineConfig = BaselineConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    distill: DistillConfig = DistillConfig()
     measure: MeasureConfig = MeasureConfig()
 
 

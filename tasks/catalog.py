@@ -8,6 +8,7 @@ must agree with the stage's `deps` in dvc.yaml (a test checks that).
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,23 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "data/processed",
     ),
 }
+
+
+# What a project checkout is made of, outputs aside (tests and benchmarks copy this).
+PROJECT_SOURCES = ("shrinkflow", "tasks", "flows", "configs", "data/external",
+                   "params.yaml", "dvc.yaml")
+
+
+def copy_sources(source: Path, destination: Path) -> Path:
+    """Copy a project's code and configuration (no outputs, no stores) into `destination`."""
+    for name in PROJECT_SOURCES:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, destination / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, destination / name)
+    return destination
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ their locations are temporary. Heavy imports stay inside fixtures so core tests 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,12 +39,9 @@ def _isolated_services(services_dir: Path) -> None:
 
 def copy_project(destination: Path) -> Path:
     """A copy of the project's code and configuration (no outputs) in `destination`."""
-    for name in ("shrinkflow", "tasks", "flows", "configs", "data/external"):
-        shutil.copytree(REPO / name, destination / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(REPO / name, destination / name)
-    return destination
+    from tasks.catalog import copy_sources
+
+    return copy_sources(REPO, destination)
 
 
 @pytest.fixture
