@@ -32,6 +32,7 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
             parent.record(summaries[stage])
         if stages.recordable(params_file, overlays, overrides):
             stages.record_versions(project, STAGES)
+            tracking.log_artifact_to(project, parent.run_id, project / "dvc.lock")
         else:
             log.warning("run with overlays/overrides: outputs are not recorded in dvc.lock "
                         "(use `dvc exp run -S key=value` to version an experiment)")

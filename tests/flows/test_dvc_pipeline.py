@@ -37,10 +37,14 @@ def test_dvc_repro__runs_stages_then_has_nothing_to_do(dvc_project):
 
 def test_flow__records_outputs_in_dvc_lock_and_pushes(prefect_api, dvc_project):
     # when: the Prefect flow runs on params.yaml as it is
-    pipeline(root=str(dvc_project))
+    result = pipeline(root=str(dvc_project))
     # then: DVC sees the flow's outputs as the pipeline's current state, and the remote has them
     status = run(["dvc", "status"], dvc_project)
     assert "up to date" in status.stdout, status.stdout
     assert (dvc_project / "dvc.lock").is_file()
     remote = dvc_project / ".dvc-storage"
     assert remote.is_dir() and any(remote.rglob("*")), "outputs should be pushed to the remote"
+    from mlflow import MlflowClient
+
+    logged = {item.path for item in MlflowClient().list_artifacts(result["run_id"])}
+    assert "dvc.lock" in logged, "the parent run should keep the dvc.lock it produced"
