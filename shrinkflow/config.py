@@ -219,6 +219,17 @@ class DistillConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+class CompareConfig(_Section):
+    """Stage `compare`: measure every candidate side by side and pick the deployable one."""
+
+    max_accuracy_drop_pp: float = Field(
+        0.5, ge=0, description="largest accuracy drop vs the teacher a deployable model may have"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # measure
 # ---------------------------------------------------------------------------------------------
 class MeasureConfig(_Section):
@@ -248,6 +259,7 @@ class Params(_Section):
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     distill: DistillConfig = DistillConfig()
+    compare: CompareConfig = CompareConfig()
     measure: MeasureConfig = MeasureConfig()
 
 

@@ -220,3 +220,23 @@ def measure(
         flops=flops,
         macs=macs,
     )
+
+
+def relative(candidate: Measurement, torch_baseline: Measurement, onnx_baseline: Measurement,
+             teacher_accuracy: float) -> dict[str, float]:
+    """Ratios against the fp32 baseline, each taken from numbers measured in the same run.
+
+    size_ratio             baseline fp32 torch file bytes / candidate file bytes
+    speedup_b1_vs_torch    baseline eager-torch p50 latency / candidate p50 latency (batch 1)
+    speedup_b1_vs_ort_fp32 baseline ONNX Runtime fp32 p50 latency / candidate p50 latency
+    throughput_ratio_b256_vs_ort_fp32  candidate / baseline ONNX Runtime fp32 samples per second
+    accuracy_drop_pp       teacher accuracy minus candidate accuracy, in percentage points
+    """
+    return {
+        "size_ratio": torch_baseline.size_bytes / candidate.size_bytes,
+        "speedup_b1_vs_torch": torch_baseline.latency_ms_p50_b1 / candidate.latency_ms_p50_b1,
+        "speedup_b1_vs_ort_fp32": onnx_baseline.latency_ms_p50_b1 / candidate.latency_ms_p50_b1,
+        "throughput_ratio_b256_vs_ort_fp32":
+            candidate.throughput_sps_b256 / onnx_baseline.throughput_sps_b256,
+        "accuracy_drop_pp": 100.0 * (teacher_accuracy - candidate.accuracy),
+    }

@@ -237,3 +237,18 @@ def test_measurement_metrics_drop_missing_values_and_give_floats():
         "size_bytes": 100.0, "latency_ms_p50_b1": 1.0, "latency_ms_p95_b1": 2.0,
         "throughput_sps_b256": 300.0,
     }, "metrics() should list the set values under their standard names"
+
+
+def test_relative__ratios_against_the_baselines():
+    from shrinkflow.measure import Measurement, relative
+
+    def m(acc, size, lat, tput):
+        return Measurement(acc, acc, 1, 1, size, lat, lat, tput)
+
+    torch_base, onnx_base = m(0.99, 80_000, 0.09, 40_000), m(0.99, 90_000, 0.012, 250_000)
+    ratios = relative(m(0.985, 3_200, 0.006, 2_000_000), torch_base, onnx_base, 0.99)
+    assert ratios["size_ratio"] == 25.0
+    assert ratios["speedup_b1_vs_torch"] == 15.0
+    assert ratios["speedup_b1_vs_ort_fp32"] == 2.0
+    assert ratios["throughput_ratio_b256_vs_ort_fp32"] == 8.0
+    assert abs(ratios["accuracy_drop_pp"] - 0.5) < 1e-9

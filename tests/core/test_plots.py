@@ -62,3 +62,12 @@ def test_plots_do_not_leave_figures_open(tmp_path: Path):
     training_curves(_history(), tmp_path / "a.png", "a")
     confusion_matrix(np.eye(2, dtype=int), ("x", "y"), tmp_path / "b.png", "b")
     assert len(plt.get_fignums()) == before, "each figure should be closed after saving"
+
+
+def test_pareto_plot_writes_a_png(tmp_path):
+    from shrinkflow.plots import pareto
+
+    rows = [{"candidate": "a", "accuracy": 0.99, "size_bytes": 80_000, "latency_ms_p50_b1": 0.09},
+            {"candidate": "b", "accuracy": 0.98, "size_bytes": 3_000, "latency_ms_p50_b1": 0.005}]
+    path = pareto(rows, ["a", "b"], "b", tmp_path / "pareto.png", "digits")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
