@@ -18,8 +18,9 @@ import torch
 
 from shrinkflow import data, measure, models, plots, train
 from shrinkflow.config import Params
-from shrinkflow.export import export_onnx, onnx_predictor
+from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
+from tasks.candidates import Candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.baseline")
@@ -42,12 +43,6 @@ def _write_history(history: list[train.EpochLog], path: Path) -> None:
     header = ",".join(asdict(history[0]))
     rows = [",".join(f"{value:.6g}" for value in asdict(log).values()) for log in history]
     io.write_text(path, "\n".join([header, *rows]) + "\n")
-
-
-def _save_model(model: torch.nn.Module, arch: models.Architecture, folder: Path) -> None:
-    torch.save(model.state_dict(), folder / "model.pt")
-    io.write_json(folder / "architecture.json", arch.to_dict())
-    export_onnx(model, arch.input_shape, folder / "model.onnx")
 
 
 def _plots(history: list[train.EpochLog], model: torch.nn.Module, splits: data.Splits,
@@ -86,7 +81,10 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
 
         log.info("saving, exporting to ONNX and measuring (threads=%d)", params.measure.threads)
         with io.atomic_dir(catalog.baseline_dir) as staging:
-            _save_model(model, arch, staging)
+            save_torch(model, arch, staging)
+            folder = str(catalog.baseline_dir.relative_to(catalog.root))
+            write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx",
+                                               "baseline", "fp32", torch=folder)])
             eager = measure.measure(measure.torch_predictor(model), splits.test.x, splits.test.y,
                                     staging / "model.pt", params.measure, model=model)
             onnx = measure.measure(onnx_predictor(staging / "model.onnx", params.measure.threads),

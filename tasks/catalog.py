@@ -20,7 +20,8 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
     ),
     "baseline": (
         "shrinkflow/models.py", "shrinkflow/train.py", "shrinkflow/measure.py",
-        "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "data/processed",
+        "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "tasks/candidates.py",
+        "data/processed",
     ),
 }
 

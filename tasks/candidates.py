@@ -1,0 +1,66 @@
+"""Candidates: the compressed models each stage produces, saved, listed and measured one way.
+
+A stage writes each candidate in its own folder (model.pt state_dict + architecture.json when it
+is a torch model, and the ONNX file that gets served) and lists them in the folder's
+`candidates.json` manifest: name, ONNX file, parent candidate, method. The `compare` stage reads
+every manifest and measures all candidates side by side with the one `measure` module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from shrinkflow import models
+from shrinkflow.config import MeasureConfig
+from shrinkflow.data import Splits
+from shrinkflow.export import export_onnx, onnx_predictor
+from shrinkflow.measure import Measurement, measure
+from tasks import io
+
+MANIFEST = "candidates.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # e.g. "pruned-structured-50", "student-kd-int8_static"
+    onnx: str  # the served file, relative to the project root
+    parent: str  # what it was made from ("baseline", "student-kd", ...)
+    method: str  # "structured", "unstructured", "kd", "int8_static", ...
+    torch: str | None = None  # folder with model.pt + architecture.json, if it has one
+
+
+def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path) -> None:
+    """model.pt (state_dict, loadable with weights_only=True), architecture.json, model.onnx."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    io.write_json(folder / "architecture.json", arch.to_dict())
+    export_onnx(model, arch.input_shape, folder / "model.onnx")
+
+
+def load_torch(folder: Path, produced_by: str) -> tuple[models.Architecture, torch.nn.Module]:
+    arch = models.Architecture.from_dict(io.read_json(folder / "architecture.json", produced_by))
+    state = torch.load(folder / "model.pt", weights_only=True)  # no pickled code is executed
+    return arch, models.load_model(arch, state)
+
+
+def write_manifest(folder: Path, candidates: list[Candidate]) -> None:
+    io.write_json(folder / MANIFEST, [asdict(candidate) for candidate in candidates])
+
+
+def read_manifest(folder: Path, produced_by: str) -> list[Candidate]:
+    return [Candidate(**item) for item in io.read_json(folder / MANIFEST, produced_by)]
+
+
+def measure_onnx(path: Path, splits: Splits, cfg: MeasureConfig) -> Measurement:
+    """Test accuracy, size and ONNX Runtime speed of one served file."""
+    return measure(onnx_predictor(path, cfg.threads), splits.test.x, splits.test.y, path, cfg)
+
+
+def candidate_row(candidate: Candidate, measured: Measurement, ratios: dict[str, float],
+                  deployed: bool = False) -> dict:
+    """One line of the comparison: the fields of the benchmark report (shared/BENCH.md)."""
+    return {"candidate": candidate.name, "file": candidate.onnx, "parent": candidate.parent,
+            "method": candidate.method, **measured.metrics(), **ratios, "deployed": deployed}
