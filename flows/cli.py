@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from shrinkflow.config import ConfigError, load_params
+from tasks.catalog import STAGE_DEPS
 from tasks.environment import configure
 
 app = typer.Typer(help="Make neural networks small and fast, reproducibly.", no_args_is_help=True,
@@ -21,7 +22,7 @@ OverlayOption = Annotated[list[Path] | None, typer.Option(
     "--config", "-c", help="YAML file merged over params.yaml (e.g. configs/mnist1d.yaml)")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="override one key, e.g. --set baseline.train.epochs=5")]
-STAGES = ("prepare", "baseline")
+STAGES = tuple(STAGE_DEPS)
 
 
 def _setup(params: Path, overlays: list[Path] | None, overrides: list[str] | None):
@@ -53,6 +54,9 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
     baseline = result["stages"]["baseline"]["metrics"]
     typer.echo(f"\nbaseline test accuracy {baseline['accuracy']:.4f}, "
                f"{int(baseline['params_count'])} params")
+    deployed = result["stages"]["compare"]["deployed"]
+    typer.echo(f"deployable:  {deployed or 'none within compare.max_accuracy_drop_pp'} "
+               "(reports/compare/candidates.md, reports/compare/pareto.png)")
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
     typer.echo("reports:     reports/summary.md, reports/baseline/, reports/data_docs/index.html")
     typer.echo("metrics:     metrics/*.json  (`dvc metrics show`)")

@@ -1,4 +1,4 @@
-"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline, then version and summarise.
+"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline -> compare, versioned, summarised.
 
 Wiring only: which task runs in which order and which MLflow run id each one gets. The maths is in
 `shrinkflow/`, the I/O, tracking and caching in `tasks/`.
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from shrinkflow.config import load_params
 from tasks import stages, tracking
 
-STAGES = ["prepare", "baseline"]
+STAGES = ["prepare", "baseline", "compare"]
 
 
 @flow(name="shrinkflow-pipeline")

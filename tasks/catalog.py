@@ -23,6 +23,10 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "tasks/candidates.py",
         "data/processed",
     ),
+    "compare": (
+        "shrinkflow/measure.py", "shrinkflow/gate.py", "shrinkflow/plots.py",
+        "tasks/compare.py", "tasks/candidates.py", "models/baseline", "data/processed",
+    ),
 }
 
 
@@ -92,6 +96,15 @@ class Catalog:
     def baseline_plots_dir(self) -> Path:
         return self.root / "reports" / "baseline"
 
+    # -- compression stages ----------------------------------------------------------------
+    def stage_models(self, stage: str) -> Path:
+        """models/<stage>/: one folder per candidate plus the stage's candidates.json."""
+        return self.root / "models" / stage
+
+    @property
+    def compare_dir(self) -> Path:
+        return self.root / "reports" / "compare"
+
     # -- metrics (read by `dvc metrics show` / `dvc plots show`) ---------------------------
     def metrics_file(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
@@ -110,6 +123,8 @@ class Catalog:
             return (self.processed_dir, self.raw_dir, self.metrics_file("prepare"))
         if stage == "baseline":
             return (self.baseline_dir, self.metrics_file("baseline"))
+        if stage == "compare":
+            return (self.compare_dir, self.metrics_file("compare"))
         raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")
 
     def outputs_exist(self, stage: str) -> bool:

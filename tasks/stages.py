@@ -29,12 +29,14 @@ from tasks.catalog import Catalog, tree_digest
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     "baseline": ("baseline", "measure"),
+    "compare": ("compare", "measure"),
 }
 # stage functions by module path: imported only when a stage really runs, so a fully cached
 # pipeline never pays for importing torch, pandas or Great Expectations
 STAGE_FUNCTIONS: dict[str, str] = {
     "prepare": "tasks.prepare:run_prepare",
     "baseline": "tasks.baseline:run_baseline",
+    "compare": "tasks.compare:run_compare",
 }
 
 
@@ -153,6 +155,8 @@ def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]
     lines += ["", "| stage | MLflow run |", "|---|---|"]
     lines += [f"| {stage} | [{summary['run_id']}]({links[stage]}) |"
               for stage, summary in summaries.items()]
+    if "compare" in summaries:
+        lines += ["", "## Candidates", "", summaries["compare"]["table"]]
     if "pipeline" in links:
         lines += ["", f"Pipeline run: {links['pipeline']} (open the UI with `make ui`)."]
     return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ def test_pipeline__stages_are_nested_under_one_parent_run(first_run, project):
     assert parent.data.params["baseline.train.epochs"] == "2", "params.yaml should be flattened"
     assert "baseline.accuracy" in parent.data.metrics
     names = sorted(run.info.run_name for run in _children(first_run["run_id"]))
-    assert names == ["baseline", "prepare"]
+    assert names == ["baseline", "compare", "prepare"]
     # and: the summary is a Prefect markdown artifact and a file
     summary = Catalog.at(project).summary_file.read_text()
     assert "| accuracy |" in summary and first_run["stages"]["baseline"]["run_id"] in summary
@@ -56,7 +56,7 @@ def test_pipeline__unchanged_rerun_is_cached(first_run, project):
     # when: the same configuration again
     second = _run(project)
     # then: no stage ran again; the new parent run points at the cached stage runs
-    for stage in ("prepare", "baseline"):
+    for stage in ("prepare", "baseline", "compare"):
         assert second["stages"][stage]["run_id"] == first_run["stages"][stage]["run_id"], \
             f"{stage} should come from the cache"
     assert _children(second["run_id"]) == []
@@ -69,6 +69,8 @@ def test_pipeline__changed_baseline_param_reruns_only_baseline(first_run, projec
     assert second["stages"]["prepare"]["run_id"] == first_run["stages"]["prepare"]["run_id"]
     assert second["stages"]["baseline"]["run_id"] != first_run["stages"]["baseline"]["run_id"]
     assert second["stages"]["baseline"]["metrics"]["epochs_run"] == 1
+    assert second["stages"]["compare"]["run_id"] != first_run["stages"]["compare"]["run_id"], \
+        "compare reads the baseline's outputs, so it must run again too"
 
 
 def test_pipeline__missing_outputs_force_a_rerun(first_run, project):
