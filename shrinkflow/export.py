@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -36,7 +37,24 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
             dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
         )
     program.save(str(path))
+    model_proto = onnx.load(str(path))
+    strip_metadata(model_proto)
+    onnx.save(model_proto, str(path))
     return Path(path)
+
+
+def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop what only debugging needs: per-node provenance (exporter stack traces with local paths,
+    which also cost more bytes than a small model's weights), doc strings and intermediate
+    value_info. Inputs, outputs, initializers and node names stay."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    del model.metadata_props[:]
+    model.graph.doc_string = ""
+    model.doc_string = ""
+    return model
 
 
 def onnx_session(path: str | Path, threads: int = 1):

@@ -73,9 +73,7 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         result = train.fit(
             model, splits.train, splits.val, cfg.train,
             augment=data.Augmenter(cfg.augment, spec.kind),
-            on_epoch_end=lambda epoch: tracking.log_epoch(
-                {"train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
-                 "val_accuracy": epoch.val_accuracy, "lr": epoch.lr}, epoch.epoch),
+            on_epoch_end=tracking.log_epoch,
             description=f"baseline {spec.name}",
         )
 

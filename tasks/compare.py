@@ -44,9 +44,9 @@ def _candidates(catalog: Catalog) -> list[Candidate]:
 
 def markdown_table(rows: list[dict[str, Any]], chosen: str | None, max_drop_pp: float) -> str:
     def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
+        if isinstance(value, float) and abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
              "|" + "---|" * len(TABLE_COLUMNS)]

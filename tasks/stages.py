@@ -29,6 +29,7 @@ from tasks.catalog import Catalog, tree_digest
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     "baseline": ("baseline", "measure"),
+    "distill": ("distill", "baseline", "measure"),  # the student shares baseline.train/augment
     "compare": ("compare", "measure"),
 }
 # stage functions by module path: imported only when a stage really runs, so a fully cached
@@ -36,6 +37,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 STAGE_FUNCTIONS: dict[str, str] = {
     "prepare": "tasks.prepare:run_prepare",
     "baseline": "tasks.baseline:run_baseline",
+    "distill": "tasks.distill:run_distill",
     "compare": "tasks.compare:run_compare",
 }
 

@@ -166,10 +166,22 @@ def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None 
         yield run
 
 
-def log_epoch(metrics: dict[str, float], step: int) -> None:
+def log_epoch(epoch: Any) -> None:
+    """fit's on_epoch_end: one point per epoch on the active run's curves."""
     import mlflow
 
-    mlflow.log_metrics(metrics, step=step)
+    mlflow.log_metrics({"train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
+                        "val_accuracy": epoch.val_accuracy, "lr": epoch.lr}, step=epoch.epoch)
+
+
+@contextmanager
+def candidate_run(name: str, tags: dict[str, Any] | None = None) -> Iterator[Any]:
+    """A run for one candidate, nested under the active stage run (same thread)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, nested=True,
+                          tags={PIPELINE_TAG: "candidate", **(tags or {})}) as run:
+        yield run
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
