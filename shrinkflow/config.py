@@ -159,6 +159,7 @@ class PruneConfig(_Section):
     unstructured: UnstructuredPruneConfig = UnstructuredPruneConfig()
     steps: int = Field(3, ge=1, le=50, description="prune in this many steps to the target")
     finetune_epochs: int = Field(5, ge=0, description="fine-tuning epochs after each step")
+    finetune_lr: float = Field(1e-3, gt=0, description="peak lr while fine-tuning (below the baseline's)")
     penalty: Literal["none", "l1", "group_lasso"] = Field(
         "none", description="sparsity penalty added while fine-tuning (via the extra-loss hook)"
     )

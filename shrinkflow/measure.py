@@ -16,6 +16,7 @@ same timing harness serves eager torch and ONNX Runtime, so their numbers are co
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -65,14 +66,19 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def count_onnx_params(path: str | Path) -> tuple[int, int]:
-    """(all, non-zero) numbers held in an ONNX file's float and integer initializers."""
+    """(all, non-zero) numbers held in an ONNX file's initializers, dense and sparse."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     arrays = [numpy_helper.to_array(init) for init in model.graph.initializer]
     arrays = [a for a in arrays if a.dtype.kind in "fiu" and a.size > 1]  # skip scalars/shapes
-    return sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays)
+    total = sum(a.size for a in arrays)
+    nonzero = sum(int(np.count_nonzero(a)) for a in arrays)
+    for sparse in model.graph.sparse_initializer:  # COO: only the stored values can be non-zero
+        total += math.prod(sparse.dims)
+        nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))
+    return total, nonzero
 
 
 def file_size(path: str | Path) -> int:

@@ -127,7 +127,8 @@ def structured_importance(name: str):
     """Torch-Pruning importance for `prune.structured.importance`.
 
     l1/l2 rank a channel by the p-norm of its own filter (Li et al. 2017); group_norm by the L2
-    norm of all parameters coupled to it (filter, BatchNorm scale, the next layer's inputs).
+    norm of all parameters coupled to it (filter, BatchNorm scale, the next layer's inputs;
+    Torch-Pruning averages the squared norms over the coupled layers, which ranks the same).
     Scores are divided by the layer's mean ("mean" normalizer): it does not change the order
     within a layer, and makes a global ranking compare layers of different fan-in fairly.
     """
@@ -173,7 +174,8 @@ def prune_structured(
     / linear_ratio override it per layer type) or from all of them together (global scope). It is
     reached in `steps` steps along `schedule`, with `finetune(model, step)` after each step,
     importance re-ranked on the fine-tuned weights. `example_input` (batch of >= 1 on the CPU)
-    is only used to trace the layer dependencies. The copy is returned in eval mode.
+    is only used to trace the layer dependencies. The copy is returned in eval mode; with ratio 0
+    and no override it is returned as it is, without fine-tuning.
 
     Global scope caveat (Torch-Pruning): a layer is never removed entirely; if all its channels
     fall below the global threshold, Torch-Pruning leaves that layer unpruned in that step.
@@ -398,7 +400,8 @@ def prune_unstructured(
 # ---------------------------------------------------------------------------------------------
 # Sparse storage
 # ---------------------------------------------------------------------------------------------
-def sparse_state_dict(state: Mapping[str, torch.Tensor], min_sparsity: float = 0.25) -> dict[str, torch.Tensor]:
+def sparse_state_dict(state: Mapping[str, torch.Tensor],
+                      min_sparsity: float = 0.25) -> dict[str, torch.Tensor]:
     """`state` with each sufficiently sparse float tensor stored as values + a packed bitmask.
 
     A sparse tensor `key` becomes three tensors: `key@values` (the non-zeros, same dtype, in

@@ -52,7 +52,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -85,7 +85,8 @@ ENTROPY_QUANTIZED_BINS = 128
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence onnxruntime.quantization: it prints progress and logs advice on the root logger."""
+    """Silence onnxruntime.quantization: it prints progress and logs advice on the root logger
+    (logging.disable is process-wide, so this is kept to the quantizer calls themselves)."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -118,22 +119,40 @@ def _topological(model: onnx.ModelProto) -> None:
         for node in ready:
             ordered.append(node)
             available.update(node.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
+        placed = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in placed]
     del graph.node[:]
     graph.node.extend(ordered)
 
 
 def _save_lean(model: onnx.ModelProto, dst: str | Path) -> Path:
-    """Save without what only debugging needs: the exporter's per-node stack traces and scopes
-    (~10 kB on a 20k-parameter CNN), doc strings and intermediate shapes (ORT re-infers them)."""
+    """Save without bytes that change nothing: debugging metadata (as export does), opset imports
+    of unused domains (the quantizer declares nine), all-zero int32 bias zero points (0 is the
+    default) and Q/DQ node names (ORT fuses those nodes away). ~1.5 kB: QDQ was larger than
+    float32 for an 8/16-channel CNN without this."""
     import onnx
+    from onnx import numpy_helper
 
-    model.doc_string = ""
-    model.graph.doc_string = ""
-    for node in model.graph.node:
-        node.doc_string = ""
-        del node.metadata_props[:]
-    del model.graph.value_info[:]
+    from shrinkflow.export import strip_metadata
+
+    strip_metadata(model)
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.name = ""
+            zero_point = initializers.get(node.input[2]) if len(node.input) == 3 else None
+            if zero_point is not None and zero_point.data_type == onnx.TensorProto.INT32 \
+                    and not numpy_helper.to_array(zero_point).any():
+                del node.input[2]
+    used = {name for node in graph.node for name in node.input}
+    for name, init in initializers.items():
+        if name not in used:
+            graph.initializer.remove(init)
+    domains = {node.domain for node in graph.node} | {"", "ai.onnx"}
+    kept = [opset for opset in model.opset_import if opset.domain in domains]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
     onnx.save(model, str(dst))
     return Path(dst)
 
@@ -208,9 +227,10 @@ def to_int8_dynamic(
     """int8 weights; `op_types` (MatMul/Gemm) quantize their input activations at run time.
 
     No calibration data is needed. Convolutions are left out of `op_types` on purpose:
-    ConvInteger was ~5x slower than float32 on this CPU. Their weights are still stored as int8
-    (per output channel, symmetric) followed by Cast and Mul, which ONNX Runtime constant-folds
-    when the session loads: the file shrinks like int8, the convolution runs at float32 speed.
+    ConvInteger was ~5x slower than float32 at batch 1 and ~20x at batch 256 on this CPU.
+    Their weights are still stored as int8 (per output channel, symmetric) followed by Cast and
+    Mul, which ONNX Runtime constant-folds when the session loads: the file shrinks like int8,
+    the convolution runs at float32 speed.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -277,20 +297,26 @@ def _reader(model: onnx.ModelProto, x: np.ndarray):
     return _OneBatch()
 
 
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]
+
+
 def _calibrate(pre: Path, x: np.ndarray, method: str, percentile: float, workdir: Path):
     """Activation ranges of every float tensor (ORT TensorsData), computed with our settings."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import create_calibrator
 
-    enum = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[method]
     options = {"minmax": {},
                "percentile": {"num_bins": PERCENTILE_BINS, "percentile": percentile,
                               "symmetric": True},
                "entropy": {"num_bins": ENTROPY_BINS,
                            "num_quantized_bins": ENTROPY_QUANTIZED_BINS}}[method]
     with _quiet():
-        calibrator = create_calibrator(pre, None, augmented_model_path=str(workdir / f"aug-{method}.onnx"),
-                                       calibrate_method=enum, extra_options=options)
+        calibrator = create_calibrator(pre, None, calibrate_method=_ort_method(method),
+                                       extra_options=options,
+                                       augmented_model_path=str(workdir / f"aug-{method}.onnx"))
         calibrator.collect_data(_reader(_load(pre), x))
         return calibrator.compute_data()
 
@@ -307,7 +333,7 @@ class _Calibrated:
         self._caches: dict[str, Path] = {}
 
     def cache(self, method: str) -> Path:
-        """ORT calibration cache (JSON) of `method`; quantize_static reads it instead of recalibrating."""
+        """ORT calibration cache (JSON) of `method`: quantize_static reads it, no recalibration."""
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         if method not in self._caches:
@@ -319,10 +345,8 @@ class _Calibrated:
     def quantize(self, dst: str | Path, method: str, per_channel: bool = True,
                  exclude_nodes: Sequence[str] = (), only_nodes: Sequence[str] = (),
                  quant_format: str = "qdq") -> Path:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        enum = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy}[method]
         out = self.workdir / "quantized.onnx"
         with _quiet():
             quantize_static(
@@ -330,12 +354,13 @@ class _Calibrated:
                 quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
                 per_channel=per_channel,
                 # uint8 activations with int8 weights: ORT's recommendation for x86 CPUs; int8
-                # activations in QOperator format fell to a slow path here (~3x slower)
+                # activations in QOperator format fell to a slow path here (3x slower at batch 1,
+                # 17x at batch 256)
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(exclude_nodes),
                 nodes_to_quantize=list(only_nodes),
-                calibrate_method=enum,
+                calibrate_method=_ort_method(method),
                 calibration_cache_path=str(self.cache(method)),
             )
         return _save_lean(_load(out), dst)
@@ -433,15 +458,8 @@ def fake_quantize_activation(x: torch.Tensor, low: torch.Tensor, high: torch.Ten
     zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
     codes = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
     quantized = (codes - zero_point) * scale
-    clipped = torch.minimum(torch.maximum(x, (0 - zero_point) * scale), (255 - zero_point) * scale)
+    clipped = torch.clamp(x, (0 - zero_point) * scale, (255 - zero_point) * scale)
     return clipped + (quantized - clipped).detach()
-
-
-class WeightFakeQuant(nn.Module):
-    """A parametrization: the layer sees its weight rounded to the int8 grid."""
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return fake_quantize_weight(weight)
 
 
 class ActivationFakeQuant(nn.Module):
@@ -473,7 +491,7 @@ class ActivationFakeQuant(nn.Module):
 
 
 class _QuantInput(nn.Module):
-    """Conv/Linear whose input is fake-quantized (its weight is, through a parametrization)."""
+    """Conv/Linear computed with a fake-quantized weight on a fake-quantized input."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -481,7 +499,12 @@ class _QuantInput(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(self.act(x))
+        from torch.func import functional_call
+
+        # the module runs with its weight swapped for the rounded one; gradients reach the
+        # float weight through the straight-through estimator
+        weight = fake_quantize_weight(self.module.weight)
+        return functional_call(self.module, {"weight": weight}, (self.act(x),))
 
 
 class _QuantOutput(nn.Module):
@@ -506,14 +529,11 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     BatchNorm stays separate: ORT folds it into the conv, which scales each output channel by a
     constant, and per-channel symmetric quantization is unchanged by such a scaling.
     """
-    from torch.nn.utils import parametrize
-
     qat = copy.deepcopy(model)
 
     def wrap(module: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if isinstance(child, _WEIGHTED):
-                parametrize.register_parametrization(child, "weight", WeightFakeQuant())
                 setattr(module, name, _QuantInput(child))
             elif isinstance(child, nn.ReLU):
                 setattr(module, name, _QuantOutput(child))
@@ -527,16 +547,15 @@ def prepare_qat(model: nn.Module) -> nn.Module:
 def strip_fake_quant(model: nn.Module) -> nn.Module:
     """The plain model again (same class and state_dict keys as before `prepare_qat`), in eval
     mode, with weights snapped to their int8 grid, so `to_int8_static` reproduces them."""
-    from torch.nn.utils import parametrize
-
     plain = copy.deepcopy(model)
 
     def unwrap(module: nn.Module) -> None:
         for name, child in list(module.named_children()):
             if isinstance(child, (_QuantInput, _QuantOutput)):
                 inner = child.module
-                if parametrize.is_parametrized(inner, "weight"):
-                    parametrize.remove_parametrizations(inner, "weight", leave_parametrized=True)
+                if isinstance(child, _QuantInput):
+                    with torch.no_grad():
+                        inner.weight.copy_(fake_quantize_weight(inner.weight))
                 setattr(module, name, inner)
             else:
                 unwrap(child)
@@ -608,7 +627,8 @@ class Attempt:
     accepted: bool  # drop_pp <= quantize.max_accuracy_drop_pp
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "excluded_nodes": list(self.excluded_nodes)}
+        """JSON-ready (for the stage's report and MLflow)."""
+        return {**asdict(self), "excluded_nodes": list(self.excluded_nodes)}
 
 
 @dataclass(frozen=True)

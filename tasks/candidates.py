@@ -32,18 +32,30 @@ class Candidate:
     torch: str | None = None  # folder with model.pt + architecture.json, if it has one
 
 
-def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path) -> None:
-    """model.pt (state_dict, loadable with weights_only=True), architecture.json, model.onnx."""
+def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path,
+               sparse: bool = False) -> None:
+    """model.pt (state_dict, loadable with weights_only=True), architecture.json, model.onnx.
+
+    sparse: zeroed weights are stored compactly in both files (values + bitmask in model.pt,
+    sparse initializers in the ONNX file), so unstructured pruning really shrinks them.
+    """
+    from shrinkflow.prune import sparse_state_dict, sparsify_onnx
+
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "model.pt")
+    state = model.state_dict()
+    torch.save(sparse_state_dict(state) if sparse else state, folder / "model.pt")
     io.write_json(folder / "architecture.json", arch.to_dict())
     export_onnx(model, arch.input_shape, folder / "model.onnx")
+    if sparse:
+        sparsify_onnx(folder / "model.onnx", folder / "model.onnx")
 
 
 def load_torch(folder: Path, produced_by: str) -> tuple[models.Architecture, torch.nn.Module]:
+    from shrinkflow.prune import dense_state_dict
+
     arch = models.Architecture.from_dict(io.read_json(folder / "architecture.json", produced_by))
     state = torch.load(folder / "model.pt", weights_only=True)  # no pickled code is executed
-    return arch, models.load_model(arch, state)
+    return arch, models.load_model(arch, dense_state_dict(state))
 
 
 def write_manifest(folder: Path, candidates: list[Candidate]) -> None:

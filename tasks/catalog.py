@@ -23,14 +23,18 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "tasks/candidates.py",
         "data/processed",
     ),
+    "prune": (
+        "shrinkflow/prune.py", "shrinkflow/train.py", "shrinkflow/models.py",
+        "tasks/prune.py", "tasks/candidates.py", "models/baseline", "data/processed",
+    ),
     "distill": (
         "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
         "tasks/distill.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
     "compare": (
         "shrinkflow/measure.py", "shrinkflow/gate.py", "shrinkflow/plots.py",
-        "tasks/compare.py", "tasks/candidates.py", "models/baseline", "models/distilled",
-        "data/processed",
+        "tasks/compare.py", "tasks/candidates.py", "models/baseline", "models/pruned",
+        "models/distilled", "data/processed",
     ),
 }
 
@@ -128,6 +132,8 @@ class Catalog:
             return (self.processed_dir, self.raw_dir, self.metrics_file("prepare"))
         if stage == "baseline":
             return (self.baseline_dir, self.metrics_file("baseline"))
+        if stage == "prune":
+            return (self.stage_models("pruned"), self.metrics_file("prune"))
         if stage == "distill":
             return (self.stage_models("distilled"), self.metrics_file("distill"))
         if stage == "compare":

@@ -29,6 +29,7 @@ from tasks.catalog import Catalog, tree_digest
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     "baseline": ("baseline", "measure"),
+    "prune": ("prune", "baseline", "measure"),  # fine-tuning reuses baseline.train/augment
     "distill": ("distill", "baseline", "measure"),  # the student shares baseline.train/augment
     "compare": ("compare", "measure"),
 }
@@ -37,6 +38,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 STAGE_FUNCTIONS: dict[str, str] = {
     "prepare": "tasks.prepare:run_prepare",
     "baseline": "tasks.baseline:run_baseline",
+    "prune": "tasks.prune:run_prune",
     "distill": "tasks.distill:run_distill",
     "compare": "tasks.compare:run_compare",
 }

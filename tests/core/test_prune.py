@@ -85,7 +85,9 @@ def test_structured_layer_scope_removes_half_of_every_conv_and_keeps_the_output(
     assert architecture_of(pruned, arch).widths == (4, 8), "each conv should keep half its channels"
     convs = [m for m in pruned.features if isinstance(m, nn.modules.conv._ConvNd)]
     norms = [m for m in pruned.features if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert [n.num_features for n in norms] == [c.out_channels for c in convs], "BatchNorm must follow its conv"
+    assert [n.num_features for n in norms] == [c.out_channels for c in convs], (
+        "BatchNorm must follow its conv"
+    )
     assert pruned.head[-1].out_features == 10, "the classifier's outputs are never pruned"
     assert pruned.head[-1].in_features == 8, "the classifier's inputs follow the last conv"
     x = torch.randn(5, *arch.input_shape)
@@ -241,7 +243,9 @@ def test_unstructured_global_ratio_reaches_the_requested_sparsity(ratio):
 def test_unstructured_layer_ratio_reaches_the_sparsity_in_every_layer(ratio):
     pruned, sparsity = prune_unstructured(_model(CNN_ARCH), UnstructuredPruneConfig(scope="layer"), ratio)
     for name, layer_value in layer_sparsity(pruned).items():
-        assert layer_value == pytest.approx(ratio, abs=0.01), f"{name} should be {ratio} sparse, got {layer_value}"
+        assert layer_value == pytest.approx(ratio, abs=0.01), (
+            f"{name} should be {ratio} sparse, got {layer_value}"
+        )
     assert sparsity == pytest.approx(ratio, abs=0.01)
 
 
@@ -249,7 +253,9 @@ def test_unstructured_zeroes_only_conv_and_linear_weights_and_leaves_plain_tenso
     model = _model(CNN_ARCH)
     pruned, _ = prune_unstructured(model, UnstructuredPruneConfig(), 0.8)
     state = pruned.state_dict()
-    assert not any("_orig" in k or "_mask" in k for k in state), f"masks must be made permanent: {list(state)}"
+    assert not any("_orig" in k or "_mask" in k for k in state), (
+        f"masks must be made permanent: {list(state)}"
+    )
     assert all(not layer._forward_pre_hooks for layer in pruned.modules()), "no pruning hooks may remain"
     original = model.state_dict()
     for key in original:
@@ -293,7 +299,7 @@ def test_histogram_threshold_lies_in_the_valley_of_a_bimodal_log_magnitude_histo
     useful = 10 ** rng.normal(-1, 0.3, 1000)
     weights = torch.from_numpy(np.concatenate([tiny, -useful])).float()
     threshold = histogram_threshold(weights)
-    assert 10 ** -3.2 < threshold < 10 ** -1.8, f"the threshold should fall between the modes, got {threshold}"
+    assert 10**-3.2 < threshold < 10**-1.8, f"the threshold should fall between the modes, got {threshold}"
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
@@ -331,7 +337,7 @@ def test_unstructured_iterative_reaches_the_target_and_holds_zeros_while_finetun
     pruned, sparsity = prune_unstructured(_model(CNN_ARCH), UnstructuredPruneConfig(), target,
                                           steps=steps, finetune=finetune)
     assert seen == [1, 2, 3], "fine-tuning should run once after every step"
-    assert sparsity == pytest.approx(target, abs=0.01), f"the target {target} should be reached, got {sparsity}"
+    assert sparsity == pytest.approx(target, abs=0.01), f"the target {target} should be reached: {sparsity}"
     assert not any("_orig" in k for k in pruned.state_dict()), "masks are permanent at the end"
 
 
@@ -579,7 +585,8 @@ def test_bad_ratios_fail_naming_the_key_and_the_value(ratio):
 def test_unknown_importance_fails_naming_the_value():
     with pytest.raises(ValidationError, match="l3"):
         StructuredPruneConfig(importance="l3")
-    with pytest.raises(ValueError, match=r"prune\.structured\.importance: 'l3' is not one of l1, l2, group_norm"):
+    expected = r"prune\.structured\.importance: 'l3' is not one of l1, l2, group_norm"
+    with pytest.raises(ValueError, match=expected):
         structured_importance("l3")
     cfg = StructuredPruneConfig.model_construct(importance="taylor", scope="layer",
                                                 conv_ratio=None, linear_ratio=None)

@@ -1,0 +1,95 @@
+"""Stage `prune`: structured and unstructured pruning of the teacher, iterative with fine-tuning.
+
+Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `baseline.train` /
+`baseline.augment` (fine-tuning reuses the training loop with `prune.finetune_lr` and
+`prune.finetune_epochs`) and `measure`. Writes one folder per candidate under models/pruned/ with
+candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
+`unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
+highest structured ratio within that drop on the validation split is kept as `structured-auto`,
+and every ratio tried is recorded in metrics/prune.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shrinkflow import data, prune
+from shrinkflow.config import Params
+from tasks import io, tracking
+from tasks.baseline import load_processed
+from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
+from tasks.catalog import Catalog
+
+log = logging.getLogger("shrinkflow.prune")
+STAGE_DIR = "pruned"
+
+
+def _percent(value: float) -> str:
+    return f"{round(100 * value)}"
+
+
+def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Make every configured pruning candidate; returns a JSON summary."""
+    catalog, cfg = Catalog.at(root), params.prune
+    with tracking.stage_run("prune", params, catalog.root, parent_run_id, cfg) as run:
+        splits, spec, _ = load_processed(catalog)
+        arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
+        example = torch.zeros(1, *arch.input_shape)
+        finetune_cfg = params.baseline.train.model_copy(update={"lr": cfg.finetune_lr})
+        finetune = prune.make_finetune(splits.train, splits.val, finetune_cfg, cfg,
+                                       data.Augmenter(params.baseline.augment, spec.kind))
+
+        def structured_at(ratio: float) -> torch.nn.Module:
+            return prune.iterative(teacher, cfg, "structured", ratio, example_input=example,
+                                   finetune=finetune)[0]
+
+        jobs: list[tuple[str, str, Any]] = []  # (name, method, make-model)
+        if cfg.structured.enabled:
+            jobs += [(f"structured-{_percent(r)}", "structured", lambda r=r: structured_at(r))
+                     for r in cfg.structured.ratios]
+        if cfg.unstructured.enabled:
+            ratios = cfg.unstructured.ratios if cfg.unstructured.method == "ratio" else (None,)
+            for ratio in ratios:
+                label = _percent(ratio) if ratio is not None else cfg.unstructured.method
+                jobs.append((f"unstructured-{label}", "unstructured",
+                             lambda r=ratio: prune.iterative(teacher, cfg, "unstructured", r,
+                                                             finetune=finetune)[0]))
+
+        search: dict[str, Any] = {}
+        if cfg.max_accuracy_drop_pp is not None and cfg.structured.enabled:
+            log.info("searching the highest structured ratio within %.2f pp on validation",
+                     cfg.max_accuracy_drop_pp)
+            found = prune.search_ratio(teacher, structured_at, splits.val,
+                                       cfg.max_accuracy_drop_pp, cfg.search_ratios)
+            search = {"ratio": found.ratio, "tries": found.records()}
+            if found.model is not None:
+                jobs.append(("structured-auto", "structured", lambda: found.model))
+
+        candidates, metrics = [], {}
+        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+            for name, method, make in jobs:
+                log.info("making %s", name)
+                with tracking.candidate_run(name, {"method": method}):
+                    model = make()
+                    sparse = method == "unstructured"
+                    pruned_arch = arch if sparse else prune.architecture_of(model, arch)
+                    save_torch(model, pruned_arch, staging / name, sparse=sparse)
+                    measured = measure_onnx(staging / name / "model.onnx", splits, params.measure)
+                    tracking.log_metrics({**measured.metrics(),
+                                          "sparsity": prune.weight_sparsity(model)})
+                metrics[name] = {**measured.metrics(), "sparsity": prune.weight_sparsity(model),
+                                 "widths": list(pruned_arch.widths)}
+                candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
+            write_manifest(staging, candidates)
+
+        io.write_json(catalog.metrics_file("prune"), {"candidates": metrics, "search": search})
+        flat = {f"{name}.{key}": value for name, row in metrics.items()
+                for key, value in row.items() if key in ("accuracy", "size_bytes", "sparsity")}
+        tracking.log_metrics(flat)
+        return {"stage": "prune", "run_id": run.info.run_id, "dataset": spec.name,
+                "metrics": flat}
