@@ -1,4 +1,4 @@
-"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline -> prune, distill -> compare.
+"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline -> prune, distill -> quantize -> compare.
 
 Wiring only: which task runs in which order and which MLflow run id each one gets. The maths is in
 `shrinkflow/`, the I/O, tracking and caching in `tasks/`.
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from shrinkflow.config import load_params
 from tasks import stages, tracking
 
-STAGES = ["prepare", "baseline", "prune", "distill", "compare"]
+STAGES = ["prepare", "baseline", "prune", "distill", "quantize", "compare"]
 
 
 @flow(name="shrinkflow-pipeline")

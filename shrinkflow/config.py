@@ -128,7 +128,7 @@ class StructuredPruneConfig(_Section):
     """Remove whole channels/filters/neurons (Torch-Pruning): a smaller dense network."""
 
     enabled: bool = Field(True, description="produce structured-pruning candidates")
-    ratios: tuple[Ratio, ...] = Field((0.5,), description="channel fractions to remove, one candidate each")
+    ratios: tuple[Ratio, ...] = Field((0.5, 0.75), description="channel fractions to remove, one candidate each")
     importance: Literal["l1", "l2", "group_norm"] = Field(
         "l1", description="how channels are ranked: l1 | l2 norm of weights, group_norm over coupled layers"
     )
@@ -189,6 +189,10 @@ class QuantizeConfig(_Section):
     )
     percentile: float = Field(99.99, gt=50, le=100, description="percentile calibration cut-off")
     per_channel: bool = Field(True, description="one weight scale per output channel")
+    format: Literal["qdq", "qoperator"] = Field(
+        "qoperator", description="int8 graph: qoperator (QLinearConv..., smaller file) or qdq; "
+        "ONNX Runtime runs both with the same int8 kernels"
+    )
     max_accuracy_drop_pp: float = Field(
         0.5, gt=0, description="a larger drop triggers the fallback chain"
     )
@@ -206,9 +210,9 @@ class DistillConfig(_Section):
     """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
 
     enabled: bool = Field(True, description="train a distilled student")
-    student: ModelConfig = ModelConfig(width=8)
-    temperature: float = Field(4.0, gt=0, description="softens both distributions; higher shares more")
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
+    student: ModelConfig = ModelConfig(width=16)
+    temperature: float = Field(2.0, gt=0, description="softens both distributions; higher shares more")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
     feature_pairs: tuple[tuple[str, str], ...] = Field(
         (), description="(teacher layer, student layer) names whose outputs are matched by MSE"
     )

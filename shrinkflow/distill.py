@@ -160,8 +160,8 @@ class FeatureCapture:
         if missing:
             valid = ", ".join(repr(name) for name in modules if name)
             raise DistillError(
-                f"distill.feature_pairs: {role} layer {missing[0]!r} not found in "
-                f"{type(model).__name__}; valid names are: {valid}"
+                f"distill.feature_pairs: {role} layer {', '.join(map(repr, missing))} not found "
+                f"in {type(model).__name__}; valid names are: {valid}"
             )
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [

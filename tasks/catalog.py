@@ -31,10 +31,15 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
         "tasks/distill.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
+    "quantize": (
+        "shrinkflow/quantize.py", "shrinkflow/export.py", "tasks/quantize.py",
+        "tasks/candidates.py", "models/baseline", "models/pruned", "models/distilled",
+        "data/processed",
+    ),
     "compare": (
         "shrinkflow/measure.py", "shrinkflow/gate.py", "shrinkflow/plots.py",
         "tasks/compare.py", "tasks/candidates.py", "models/baseline", "models/pruned",
-        "models/distilled", "data/processed",
+        "models/distilled", "models/quantized", "data/processed",
     ),
 }
 
@@ -136,6 +141,8 @@ class Catalog:
             return (self.stage_models("pruned"), self.metrics_file("prune"))
         if stage == "distill":
             return (self.stage_models("distilled"), self.metrics_file("distill"))
+        if stage == "quantize":
+            return (self.stage_models("quantized"), self.metrics_file("quantize"))
         if stage == "compare":
             return (self.compare_dir, self.metrics_file("compare"))
         raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")

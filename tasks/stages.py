@@ -31,6 +31,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "baseline": ("baseline", "measure"),
     "prune": ("prune", "baseline", "measure"),  # fine-tuning reuses baseline.train/augment
     "distill": ("distill", "baseline", "measure"),  # the student shares baseline.train/augment
+    "quantize": ("quantize", "baseline", "measure"),  # QAT reuses baseline.train/augment
     "compare": ("compare", "measure"),
 }
 # stage functions by module path: imported only when a stage really runs, so a fully cached
@@ -40,6 +41,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "baseline": "tasks.baseline:run_baseline",
     "prune": "tasks.prune:run_prune",
     "distill": "tasks.distill:run_distill",
+    "quantize": "tasks.quantize:run_quantize",
     "compare": "tasks.compare:run_compare",
 }
 

@@ -303,7 +303,8 @@ class ScriptedEvaluate:
 
 
 def _cfg(**changes) -> QuantizeConfig:
-    return QuantizeConfig(**{"calibration_samples": CALIBRATION_ROWS, **changes})
+    # qdq: the format the `variants` fixture was made with, so files can be compared byte for byte
+    return QuantizeConfig(**{"calibration_samples": CALIBRATION_ROWS, "format": "qdq", **changes})
 
 
 def test_fallback_stops_at_the_first_acceptable_attempt(fp32, calibration, tmp_path, variants):

@@ -36,7 +36,7 @@ def test_pipeline__stages_are_nested_under_one_parent_run(first_run, project):
     assert parent.data.params["baseline.train.epochs"] == "2", "params.yaml should be flattened"
     assert "baseline.accuracy" in parent.data.metrics
     names = sorted(run.info.run_name for run in _children(first_run["run_id"]))
-    assert names == ["baseline", "compare", "distill", "prepare", "prune"]
+    assert names == ["baseline", "compare", "distill", "prepare", "prune", "quantize"]
     # and: the summary is a Prefect markdown artifact and a file
     summary = Catalog.at(project).summary_file.read_text()
     assert "| accuracy |" in summary and first_run["stages"]["baseline"]["run_id"] in summary

@@ -1,0 +1,125 @@
+"""Stage `quantize`: fp16, int8 dynamic, int8 static (with fallback) and QAT of every candidate.
+
+Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
+params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop) and
+`measure`. Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and
+metrics/quantize.json with every fallback attempt. Unstructured-pruned candidates are skipped:
+their file is small because it is stored sparse, and int8 quantization would write it dense.
+
+Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
+accuracy checks of the fallback chain use the validation split, never the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shrinkflow import data, quantize
+from shrinkflow.config import Params
+from shrinkflow.export import onnx_predictor
+from shrinkflow.measure import classification_metrics, predict_batched
+from tasks import io, tracking
+from tasks.baseline import load_processed
+from tasks.candidates import Candidate, load_torch, measure_onnx, read_manifest, write_manifest
+from tasks.catalog import Catalog
+
+log = logging.getLogger("shrinkflow.quantize")
+STAGE_DIR = "quantized"
+SOURCE_STAGES = ("baseline", "pruned", "distilled")
+
+
+def _accuracy_on(split: data.Split):
+    def evaluate(path: Path) -> float:
+        logits = predict_batched(onnx_predictor(path), split.x)
+        return classification_metrics(split.y, logits.argmax(1))["accuracy"]
+
+    return evaluate
+
+
+def _sources(catalog: Catalog) -> list[Candidate]:
+    sources = []
+    for stage in SOURCE_STAGES:
+        folder = catalog.stage_models(stage)
+        if (folder / "candidates.json").is_file():
+            sources += [c for c in read_manifest(folder, stage) if c.method != "unstructured"]
+    return sources
+
+
+def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Quantize every candidate with every configured method; returns a JSON summary."""
+    catalog, cfg = Catalog.at(root), params.quantize
+    with tracking.stage_run("quantize", params, catalog.root, parent_run_id, cfg) as run:
+        splits, spec, _ = load_processed(catalog)
+        calibration = splits.train.x[-cfg.calibration_samples:]
+        evaluate = _accuracy_on(splits.val)
+        candidates, report = [], {}
+        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging, \
+                tempfile.TemporaryDirectory(prefix="shrinkflow-qat-") as scratch:
+            for source in _sources(catalog):
+                src = catalog.path(source.onnx)
+                reference = evaluate(src)
+                for method in cfg.methods:
+                    name = f"{source.name}-{method}"
+                    dst = staging / f"{name}.onnx"
+                    log.info("quantizing %s", name)
+                    with tracking.candidate_run(name, {"method": method, "parent": source.name}):
+                        record = _quantize_one(method, source, src, dst, calibration, reference,
+                                               evaluate, params, splits, spec, catalog,
+                                               Path(scratch))
+                        measured = measure_onnx(dst, splits, params.measure)
+                        tracking.log_metrics(measured.metrics())
+                    report[name] = {**record, "val_accuracy_fp32": reference,
+                                    "accuracy": measured.accuracy,
+                                    "size_bytes": measured.size_bytes}
+                    candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}.onnx",
+                                                source.name, method))
+            write_manifest(staging, candidates)
+        io.write_json(catalog.metrics_file("quantize"), report)
+        flat = {f"{name}.{key}": value for name, row in report.items()
+                for key, value in row.items() if key in ("accuracy", "size_bytes")}
+        tracking.log_metrics(flat)
+        return {"stage": "quantize", "run_id": run.info.run_id, "dataset": spec.name,
+                "metrics": flat}
+
+
+def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibration: np.ndarray,
+                  reference: float, evaluate, params: Params, splits: data.Splits,
+                  spec: data.DatasetSpec, catalog: Catalog, scratch: Path) -> dict[str, Any]:
+    """Write one quantized file; returns what was done (attempts of the fallback chain)."""
+    cfg = params.quantize
+
+    def qat_float_onnx() -> Path:
+        """QAT of the source's torch model, exported as float ONNX for int8 calibration."""
+        arch, model = load_torch(catalog.path(source.torch), produced_by=source.parent)
+        trained = quantize.quantization_aware_training(
+            model, splits.train, splits.val,
+            quantize.qat_train_config(params.baseline.train, cfg),
+            data.Augmenter(params.baseline.augment, spec.kind), on_epoch_end=tracking.log_epoch)
+        return quantize.export_qat_onnx(trained, arch.input_shape, scratch / f"{source.name}.onnx")
+
+    if method == "fp16":
+        quantize.to_fp16(src, dst)
+        return {"method": method}
+    if method == "int8_dynamic":
+        quantize.to_int8_dynamic(src, dst)
+        return {"method": method}
+    if method == "qat":
+        if source.torch is None:
+            raise ValueError(f"quantize.methods 'qat' needs a torch model; {source.name} has none")
+        quantize.to_int8_static(qat_float_onnx(), dst, calibration, "minmax", cfg.per_channel,
+                                quant_format=cfg.format)
+        return {"method": method}
+    result = quantize.quantize_with_fallback(
+        src, dst, calibration, evaluate, reference, cfg,
+        qat=qat_float_onnx if source.torch is not None else None)
+    attempts = [attempt.to_dict() for attempt in result.attempts]
+    if not result.accepted:
+        log.warning("%s: no int8 attempt within %.2f pp; kept the most accurate (%s)",
+                    source.name, cfg.max_accuracy_drop_pp, result.chosen.step)
+    return {"method": method, "accepted": result.accepted, "chosen": result.chosen.step,
+            "attempts": attempts}
