@@ -30,6 +30,10 @@ sys.path.insert(0, str(REPO))
 OVERLAYS = {"digits": None, "mnist1d": "configs/mnist1d.yaml",
             "breast_cancer": "configs/breast_cancer.yaml"}
 CACHED_RERUN_TARGET_S = 10.0
+# the quickest complete pipeline: only warms Prefect's database, its numbers are not reported
+WARM_UP = ["--set", "baseline.train.epochs=1", "--set", "prune.finetune_epochs=0",
+           "--set", "prune.unstructured.enabled=false", "--set", "distill.enabled=false",
+           "--set", "quantize.methods=[fp16]", "--set", "measure.repeats=5"]
 
 
 def fresh_project(parent: Path, name: str) -> Path:
@@ -64,23 +68,24 @@ from pathlib import Path
 from tasks.environment import configure
 configure(Path.cwd())
 from shrinkflow.config import load_params
+from flows.pipeline import STAGES
 from tasks.stages import run_stage
 params = load_params("params.yaml", [o for o in sys.argv[1:]])
-for stage in ("prepare", "baseline"):
+for stage in STAGES:
     run_stage(stage, params, Path.cwd())
 """
 
 
 def direct_calls(project: Path, overlay: str | None) -> float:
-    """Both stage functions in one process, without Prefect: the work the flow orchestrates."""
+    """Every stage function in one process, without Prefect: the work the flow orchestrates."""
     return timed([sys.executable, "-c", DIRECT, *([overlay] if overlay else [])], project)
 
 
-def pipeline_timings(workdir: Path) -> dict[str, float]:
+def pipeline_timings(workdir: Path) -> tuple[dict[str, float], Path]:
     # the very first flow on a new PREFECT_HOME creates Prefect's database (~10 s, once per
     # machine): pay it on a throw-away project so full_run_s is what every later run costs
     print("pipeline: warming Prefect's database ...", flush=True)
-    timed(["shrinkflow", "run", "--set", "baseline.train.epochs=1"], fresh_project(workdir, "warm"))
+    timed(["shrinkflow", "run", *WARM_UP], fresh_project(workdir, "warm"))
     flow_project = fresh_project(workdir, "flow")
     print("pipeline: full run through Prefect ...", flush=True)
     full = timed(["shrinkflow", "run"], flow_project)
@@ -95,46 +100,100 @@ def pipeline_timings(workdir: Path) -> dict[str, float]:
         "direct_calls_s": round(direct, 2),
         "orchestration_overhead_pct": round(100 * (full - direct) / direct, 1),
         "cached_rerun_target_s": CACHED_RERUN_TARGET_S,
-    }
+    }, flow_project
 
 
-def baseline_rows(task: str, project: Path) -> list[dict]:
-    """The baseline in torch and ONNX Runtime fp32, with the fields of BENCH.md."""
-    metrics = json.loads((project / "metrics" / "baseline.json").read_text())
-    torch_row = {key: metrics[key] for key in (
-        "accuracy", "params_count", "size_bytes", "latency_ms_p50_b1", "throughput_sps_b256")}
-    onnx_row = {key: metrics[f"onnx_{key}"] for key in torch_row}
-    rows = []
-    for candidate, file, row in (("baseline-fp32-torch", "models/baseline/model.pt", torch_row),
-                                 ("baseline-fp32-onnx", "models/baseline/model.onnx", onnx_row)):
-        rows.append({
-            "task": task,
-            "candidate": candidate,
-            "file": file,
-            "accuracy": row["accuracy"],
-            "accuracy_drop_pp": round(100 * (torch_row["accuracy"] - row["accuracy"]), 3),
-            "params_count": int(row["params_count"]),
-            "size_bytes": int(row["size_bytes"]),
-            "size_ratio": round(torch_row["size_bytes"] / row["size_bytes"], 3),
-            "latency_ms_p50_b1": row["latency_ms_p50_b1"],
-            "speedup_b1_vs_torch": round(torch_row["latency_ms_p50_b1"] / row["latency_ms_p50_b1"], 2),
-            "speedup_b1_vs_ort_fp32": round(onnx_row["latency_ms_p50_b1"] / row["latency_ms_p50_b1"], 2),
-            "throughput_sps_b256": row["throughput_sps_b256"],
-            "throughput_ratio_b256_vs_torch": round(
-                row["throughput_sps_b256"] / torch_row["throughput_sps_b256"], 2),
-            "deployed": False,  # no deploy stage yet: nothing is chosen for serving
-        })
-    return rows
+BENCH_FIELDS = ("candidate", "file", "accuracy", "accuracy_drop_pp", "params_count",
+                "size_bytes", "size_ratio", "latency_ms_p50_b1", "speedup_b1_vs_torch",
+                "speedup_b1_vs_ort_fp32", "throughput_sps_b256",
+                "throughput_ratio_b256_vs_ort_fp32", "deployed")
 
 
-def compression(workdir: Path, tasks: list[str]) -> list[dict]:
-    rows = []
+def compression_rows(task: str, project: Path) -> list[dict]:
+    """Every candidate the compare stage measured, with the fields of shared/BENCH.md."""
+    report = json.loads((project / "metrics" / "compare.json").read_text())
+    return [{"task": task, **{key: row[key] for key in BENCH_FIELDS}}
+            for row in report["candidates"]]
+
+
+def structured_torch_speedup(project: Path, threads: int, rounds: int = 5) -> dict[str, float]:
+    """Eager-torch batch-1 latency of the baseline over its 50%-channel structured pruning,
+    timed alternately `rounds` times in this process; the median ratio is reported."""
+    import numpy as np
+
+    from shrinkflow.config import MeasureConfig
+    from shrinkflow.measure import latency, torch_predictor, torch_threads
+    from tasks.candidates import load_torch
+
+    cfg = MeasureConfig(threads=threads, warmup=50, repeats=300, throughput_repeats=5)
+    arch, baseline = load_torch(project / "models" / "baseline", "baseline")
+    _, pruned = load_torch(project / "models" / "pruned" / "structured-50", "prune")
+    x = np.random.default_rng(0).normal(size=(256, *arch.input_shape)).astype(np.float32)
+    ratios, pairs = [], []
+    with torch_threads(threads):
+        for _ in range(rounds):
+            base = latency(torch_predictor(baseline), x, cfg)["latency_ms_p50_b1"]
+            small = latency(torch_predictor(pruned), x, cfg)["latency_ms_p50_b1"]
+            ratios.append(base / small)
+            pairs.append((base, small))
+    middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
+    return {"baseline_ms": pairs[middle][0], "structured_50_ms": pairs[middle][1],
+            "speedup": ratios[middle]}
+
+
+def targets(rows: list[dict], kd_gain_pp: dict[str, float], pruning: dict[str, float]) -> list[dict]:
+    """The acceptance targets of the compression work, each checked on this run's numbers."""
+    def best(task: str, key: str, ok) -> dict | None:
+        matching = [row for row in rows if row["task"] == task and ok(row)]
+        return max(matching, key=lambda row: row[key]) if matching else None
+
+    checks = []
+    digits = next((row for row in rows if row["task"] == "digits" and row["deployed"]), None)
+    if digits is not None or any(row["task"] == "digits" for row in rows):
+        shown = digits or {}
+        checks += [
+            {"target": "digits deployed: >= 25x smaller than fp32 torch", "value":
+             shown.get("size_ratio"), "met": bool(digits) and digits["size_ratio"] >= 25},
+            {"target": "digits deployed: >= 12x faster than fp32 torch at batch 1", "value":
+             shown.get("speedup_b1_vs_torch"), "met": bool(digits) and digits["speedup_b1_vs_torch"] >= 12},
+            {"target": "digits deployed: >= 2x faster than fp32 ONNX Runtime at batch 1", "value":
+             shown.get("speedup_b1_vs_ort_fp32"),
+             "met": bool(digits) and digits["speedup_b1_vs_ort_fp32"] >= 2},
+            {"target": "digits deployed: <= 0.5 pp accuracy drop", "value":
+             shown.get("accuracy_drop_pp"), "met": bool(digits) and digits["accuracy_drop_pp"] <= 0.5},
+        ]
+    if any(row["task"] == "mnist1d" for row in rows):
+        small = best("mnist1d", "throughput_ratio_b256_vs_ort_fp32",
+                     lambda r: r["accuracy_drop_pp"] <= 0.3 and r["size_ratio"] >= 10)
+        checks.append({"target": "mnist1d: a candidate within 0.3 pp, >= 10x smaller, >= 8x "
+                                 "batch-256 throughput of ONNX Runtime fp32",
+                       "value": small and f"{small['candidate']}: "
+                                          f"{small['throughput_ratio_b256_vs_ort_fp32']:.1f}x",
+                       "met": bool(small) and small["throughput_ratio_b256_vs_ort_fp32"] >= 8})
+    if "mnist1d" in kd_gain_pp:
+        checks.append({"target": "mnist1d: distilled student beats it alone by >= 2 pp",
+                       "value": kd_gain_pp["mnist1d"], "met": kd_gain_pp["mnist1d"] >= 2})
+    if pruning:
+        checks.append({"target": "structured pruning at 50% channels: >= 1.3x faster on torch",
+                       "value": pruning["speedup"], "met": pruning["speedup"] >= 1.3})
+    return checks
+
+
+def compression(workdir: Path, tasks: list[str], flow_project: Path) -> tuple[list, dict]:
+    """Candidates of every task (digits from the flow run above, others run directly)."""
+    rows, kd_gain = [], {}
     for task in tasks:
-        print(f"compression: {task} baseline ...", flush=True)
-        project = fresh_project(workdir, f"task-{task}")
-        direct_calls(project, OVERLAYS[task])
-        rows += baseline_rows(task, project)
-    return rows
+        if task == "digits":
+            project = flow_project
+        else:
+            print(f"compression: {task}, every stage ...", flush=True)
+            project = fresh_project(workdir, f"task-{task}")
+            direct_calls(project, OVERLAYS[task])
+        rows += compression_rows(task, project)
+        distill = json.loads((project / "metrics" / "distill.json").read_text())
+        if "kd_gain_pp" in distill:
+            kd_gain[task] = distill["kd_gain_pp"]
+    return rows, kd_gain
 
 
 def markdown(report: dict) -> str:
@@ -151,16 +210,32 @@ def markdown(report: dict) -> str:
               f"Orchestration overhead: {pipeline['orchestration_overhead_pct']:.0f} %. "
               f"The cached re-run {verdict} the {CACHED_RERUN_TARGET_S:.0f} s target.", ""]
     lines += ["## Compression", "",
+              "Ratios against the fp32 baseline measured in the same run; drop in percentage "
+              "points against the teacher; the deployed candidate is in bold.", "",
               "| task | candidate | accuracy | drop pp | params | bytes | size ratio | "
-              "p50 ms b1 | speedup vs torch | speedup vs ORT fp32 | samples/s b256 |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "p50 ms b1 | vs torch b1 | vs ORT fp32 b1 | samples/s b256 | vs ORT fp32 b256 |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["compression"]:
+        name = f"**{row['candidate']}**" if row["deployed"] else row["candidate"]
         lines.append(
-            f"| {row['task']} | {row['candidate']} | {row['accuracy']:.4f} | "
-            f"{row['accuracy_drop_pp']:.2f} | {row['params_count']} | {row['size_bytes']} | "
-            f"{row['size_ratio']:.2f}x | {row['latency_ms_p50_b1']:.4f} | "
-            f"{row['speedup_b1_vs_torch']:.2f}x | {row['speedup_b1_vs_ort_fp32']:.2f}x | "
-            f"{row['throughput_sps_b256']:.0f} |")
+            f"| {row['task']} | {name} | {row['accuracy']:.4f} | "
+            f"{row['accuracy_drop_pp']:.2f} | {int(row['params_count'])} | {int(row['size_bytes'])} | "
+            f"{row['size_ratio']:.1f}x | {row['latency_ms_p50_b1']:.4f} | "
+            f"{row['speedup_b1_vs_torch']:.1f}x | {row['speedup_b1_vs_ort_fp32']:.2f}x | "
+            f"{row['throughput_sps_b256']:.0f} | {row['throughput_ratio_b256_vs_ort_fp32']:.2f}x |")
+    pruning = report["structured_pruning_torch_b1"]
+    if pruning:
+        lines += ["", f"Structured pruning, 50% of channels, eager torch batch 1: "
+                      f"{pruning['baseline_ms']:.4f} ms -> {pruning['structured_50_ms']:.4f} ms "
+                      f"({pruning['speedup']:.2f}x, median of alternating rounds)."]
+    for task, gain in report["distillation_gain_pp"].items():
+        lines.append(f"Distillation on {task}: the student gains {gain:+.2f} pp over the same "
+                     "student trained without the teacher.")
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for check in report["targets"]:
+        value = check["value"]
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {check['target']} | {shown} | {'yes' if check['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,9 +251,12 @@ def main() -> None:
     threads = load_params(REPO / "params.yaml").measure.threads
     with tempfile.TemporaryDirectory(prefix="shrinkflow-bench-") as scratch:
         workdir = Path(scratch)
-        report = {"machine": machine_info(threads),
-                  "pipeline": pipeline_timings(workdir),
-                  "compression": compression(workdir, args.tasks)}
+        pipeline, flow_project = pipeline_timings(workdir)
+        rows, kd_gain = compression(workdir, args.tasks, flow_project)
+        pruning = structured_torch_speedup(flow_project, threads) if "digits" in args.tasks else {}
+        report = {"machine": machine_info(threads), "pipeline": pipeline, "compression": rows,
+                  "distillation_gain_pp": kd_gain, "structured_pruning_torch_b1": pruning,
+                  "targets": targets(rows, kd_gain, pruning)}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)

@@ -27,8 +27,8 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
     summaries: dict[str, dict[str, Any]] = {}
     with tracking.pipeline_run(params, project, project / params_file) as parent:
         for stage in STAGES:
-            summaries[stage] = stages.stage_task(stage, project)(stage, params, project,
-                                                                 parent.run_id)
+            summaries[stage] = stages.stage_task(stage, params, project)(stage, params, project,
+                                                                         parent.run_id)
             parent.record(summaries[stage])
         if stages.recordable(params_file, overlays, overrides):
             stages.record_versions(project, STAGES)

@@ -147,6 +147,10 @@ class Catalog:
             return (self.compare_dir, self.metrics_file("compare"))
         raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")
 
+    def stamp_file(self, stage: str) -> Path:
+        """The cache key the stage's current outputs were made from (see tasks.stages)."""
+        return self.root / ".shrinkflow" / "stamps" / stage
+
     def outputs_exist(self, stage: str) -> bool:
         return all(path.exists() for path in self.stage_outputs(stage))
 

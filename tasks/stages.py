@@ -46,13 +46,29 @@ STAGE_FUNCTIONS: dict[str, str] = {
 }
 
 
+def stage_key(stage: str, params: Params, root: Path) -> str:
+    """What a stage's outputs depend on: its params sections, its declared inputs' content and
+    the project folder (two checkouts sharing a PREFECT_HOME must not share outputs)."""
+    sections = {name: getattr(params, name).model_dump(mode="json")
+                for name in STAGE_SECTIONS[stage]}
+    catalog = Catalog.at(root)
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
+    digest.update(str(catalog.root).encode())
+    digest.update(catalog.deps_digest(stage).encode())
+    return f"{stage}-{digest.hexdigest()}"
+
+
 def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None = None
               ) -> dict[str, Any]:
-    """Run one stage function (the same one `shrinkflow stage NAME` and dvc.yaml call)."""
+    """Run one stage function (the same one `shrinkflow stage NAME` and dvc.yaml call), then
+    stamp its outputs with the key they were made from."""
     if stage not in STAGE_FUNCTIONS:
         raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_FUNCTIONS)}")
+    key = stage_key(stage, params, Path(root))
     module, function = STAGE_FUNCTIONS[stage].split(":")
-    return getattr(importlib.import_module(module), function)(params, Path(root), parent_run_id)
+    summary = getattr(importlib.import_module(module), function)(params, Path(root), parent_run_id)
+    io.write_text(Catalog.at(root).stamp_file(stage), key + "\n")
+    return summary
 
 
 @dataclass
@@ -61,15 +77,7 @@ class StageInputs(CachePolicy):
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        stage, params, root = inputs["stage"], inputs["params"], inputs["root"]
-        sections = {name: getattr(params, name).model_dump(mode="json")
-                    for name in STAGE_SECTIONS[stage]}
-        catalog = Catalog.at(root)
-        digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
-        # the project folder too: two checkouts sharing a PREFECT_HOME must not share outputs
-        digest.update(str(catalog.root).encode())
-        digest.update(catalog.deps_digest(stage).encode())
-        return f"{stage}-{digest.hexdigest()}"
+        return stage_key(inputs["stage"], inputs["params"], inputs["root"])
 
 
 def _retry_on_io(task: Task, task_run: Any, state: Any) -> bool:
@@ -99,10 +107,14 @@ def _stage_task(stage: str) -> Task:
 STAGE_TASKS: dict[str, Task] = {stage: _stage_task(stage) for stage in STAGE_FUNCTIONS}
 
 
-def stage_task(stage: str, root: Path) -> Task:
-    """The stage's task, told to refresh its cache when its outputs are no longer on disk."""
-    missing = not Catalog.at(root).outputs_exist(stage)
-    return STAGE_TASKS[stage].with_options(refresh_cache=missing) if missing else STAGE_TASKS[stage]
+def stage_task(stage: str, params: Params, root: Path) -> Task:
+    """The stage's task, told to refresh its cache when the outputs on disk are not the ones the
+    cache entry describes: missing, or made from other params/inputs (their stamp differs)."""
+    catalog = Catalog.at(root)
+    stamp = catalog.stamp_file(stage)
+    current = (catalog.outputs_exist(stage) and stamp.is_file()
+               and stamp.read_text().strip() == stage_key(stage, params, root))
+    return STAGE_TASKS[stage] if current else STAGE_TASKS[stage].with_options(refresh_cache=True)
 
 
 # ---------------------------------------------------------------------------------------------

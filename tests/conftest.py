@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Overrides that keep pipeline tests to seconds: few epochs, short timing loops.
+# Overrides that keep pipeline tests to seconds: small models, few epochs, short timing loops.
 TINY = [
     "baseline.train.epochs=2",
+    "baseline.model.width=16",
+    "prune.steps=1",
+    "prune.finetune_epochs=1",
+    "prune.structured.ratios=[0.5]",
+    "distill.student.width=4",
+    "quantize.methods=[int8_dynamic, int8_static]",
     "measure.warmup=2",
     "measure.repeats=10",
     "measure.throughput_repeats=3",

@@ -23,9 +23,24 @@ def _run(project, *extra: str) -> dict:
     return pipeline(root=str(project), overrides=[*TINY, *extra])
 
 
+@pytest.fixture(scope="module")
+def shared(prefect_api, tmp_path_factory):
+    """One project and its first run, shared by this module's tests (they run in file order:
+    the read-only ones first, then those that change params or delete outputs)."""
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
+    return project, _run(project)
+
+
 @pytest.fixture
-def first_run(prefect_api, project):
-    return _run(project)
+def first_run(shared):
+    return shared[1]
+
+
+@pytest.fixture
+def project(shared):  # noqa: F811 - this module's tests share one project
+    return shared[0]
 
 
 def test_pipeline__stages_are_nested_under_one_parent_run(first_run, project):
@@ -73,17 +88,31 @@ def test_pipeline__changed_baseline_param_reruns_only_baseline(first_run, projec
         "compare reads the baseline's outputs, so it must run again too"
 
 
+def test_pipeline__outputs_of_other_params_are_not_taken_from_the_cache(first_run, project):
+    # given: the previous test left outputs made with epochs=1 on disk; the cache still holds
+    # an entry for the default params
+    # when: the default params run again
+    again = _run(project)
+    # then: baseline runs again instead of returning the cached summary of different files
+    assert again["stages"]["baseline"]["run_id"] != first_run["stages"]["baseline"]["run_id"]
+    assert again["stages"]["baseline"]["metrics"]["epochs_run"] == 2
+
+
 def test_pipeline__missing_outputs_force_a_rerun(first_run, project):
     # given: the baseline's outputs are gone although its cache entry is not
+    before = _run(project)["stages"]["baseline"]["run_id"]
     shutil.rmtree(Catalog.at(project).baseline_dir)
     # when
     second = _run(project)
     # then
-    assert second["stages"]["baseline"]["run_id"] != first_run["stages"]["baseline"]["run_id"]
+    assert second["stages"]["baseline"]["run_id"] != before
     assert (Catalog.at(project).baseline_dir / "model.onnx").is_file()
 
 
-def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, project):
+def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, tmp_path):
+    from tests.conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
     # given: a user CSV with a NaN
     (project / "data/external/bad.csv").write_text("a,b,label\n" + "1,2,0\n" * 30 + "nan,1,1\n" * 30)
     # when
