@@ -210,7 +210,7 @@ class DistillConfig(_Section):
     """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
 
     enabled: bool = Field(True, description="train a distilled student")
-    student: ModelConfig = ModelConfig(width=16)
+    student: ModelConfig = ModelConfig(width=16, dropout=0.0)
     temperature: float = Field(2.0, gt=0, description="softens both distributions; higher shares more")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
     feature_pairs: tuple[tuple[str, str], ...] = Field(
@@ -218,6 +218,9 @@ class DistillConfig(_Section):
     )
     feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching loss")
     epochs: int | None = Field(None, ge=1, description="student epochs (default: baseline.train.epochs)")
+    patience: int | None = Field(
+        None, ge=1, description="student early-stopping patience (default: baseline.train.patience)"
+    )
     train_without_teacher: bool = Field(
         True, description="also train the student alone, to measure what distillation adds"
     )

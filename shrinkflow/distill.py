@@ -8,6 +8,7 @@ Keys read from `distill`:
                      `dict(model.named_modules())`, whose outputs are matched by MSE (FitNets)
   feature_weight     weight of the summed feature-matching loss
   epochs             student epochs (None: the `baseline.train.epochs` passed in)
+  patience           student early-stopping patience (None: `baseline.train.patience`)
   train_without_teacher  read by the stage, not here: it trains the same student alone to compare
 
 The loss minimised per batch is
@@ -232,13 +233,13 @@ def distill(
 ) -> FitResult:
     """Train `student` in place from `teacher` (frozen) and the labels; return fit's result.
 
-    `train_cfg` is the training loop's configuration; `cfg.epochs`, when set, replaces its epochs.
+    `train_cfg` is the training loop's configuration; `cfg.epochs` / `cfg.patience`, when set,
+    replace its own (see `student_train_config`).
     On return the student holds its best weights by validation accuracy (fit's rule), sits on the
     CPU in eval mode, and neither model carries a hook; the teacher's weights, BatchNorm statistics,
     device and train/eval mode are as they were.
     """
-    if cfg.epochs is not None:
-        train_cfg = train_cfg.model_copy(update={"epochs": cfg.epochs})
+    train_cfg = student_train_config(cfg, train_cfg)
     teacher_names = [teacher_name for teacher_name, _ in cfg.feature_pairs]
     student_names = [student_name for _, student_name in cfg.feature_pairs]
     teacher_device, teacher_was_training = _device_of(teacher), teacher.training
@@ -289,6 +290,14 @@ def distill(
             extra_loss=distillation_loss, on_epoch_end=on_epoch_end, progress=progress,
             description=f"distilling (T={temperature:g}, alpha={alpha:g})",
         )
+
+
+def student_train_config(cfg: DistillConfig, train_cfg: TrainConfig) -> TrainConfig:
+    """The training loop's settings for a student: `distill.epochs` and `distill.patience`
+    replace the baseline's when set (small students keep improving long after a teacher stops)."""
+    changes = {key: value for key, value in (("epochs", cfg.epochs), ("patience", cfg.patience))
+               if value is not None}
+    return train_cfg.model_copy(update=changes)
 
 
 def build_student(

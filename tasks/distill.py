@@ -15,7 +15,7 @@ from typing import Any
 
 from shrinkflow import data, train
 from shrinkflow.config import Params
-from shrinkflow.distill import build_student, distill
+from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
 from tasks.baseline import load_processed
 from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
@@ -28,9 +28,7 @@ STAGE_DIR = "distilled"
 def run_distill(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train the configured student with and without the teacher; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.distill
-    train_cfg = params.baseline.train
-    if cfg.epochs is not None:
-        train_cfg = train_cfg.model_copy(update={"epochs": cfg.epochs})
+    train_cfg = student_train_config(cfg, params.baseline.train)
     with tracking.stage_run("distill", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
         _, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")

@@ -20,6 +20,7 @@ TINY = [
     "prune.finetune_epochs=1",
     "prune.structured.ratios=[0.5]",
     "distill.student.width=4",
+    "distill.epochs=2",
     "quantize.methods=[int8_dynamic, int8_static]",
     "measure.warmup=2",
     "measure.repeats=10",
