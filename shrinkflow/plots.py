@@ -75,6 +75,8 @@ def pareto(rows: Sequence[dict], front: Sequence[str], chosen: str | None, path:
     ax.scatter([row["size_bytes"] for row in rows], [100 * row["accuracy"] for row in rows],
                s=areas, c=colors, alpha=0.7, edgecolors="black", linewidths=0.5)
     for row in rows:
+        if row["candidate"] not in front and row["candidate"] != chosen:
+            continue  # label the front only: dozens of overlapping names help nobody
         ax.annotate(f"{row['candidate']}\n{row['latency_ms_p50_b1'] * 1000:.0f} µs",
                     (row["size_bytes"], 100 * row["accuracy"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
@@ -84,7 +86,7 @@ def pareto(rows: Sequence[dict], front: Sequence[str], chosen: str | None, path:
             color="tab:blue", linewidth=1, linestyle="--", label="Pareto front")
     ax.set_xscale("log")
     ax.set(xlabel="file size (bytes, log scale)", ylabel="test accuracy (%)",
-           title=f"{title}\nmarker area: batch-1 latency; red: deployed")
+           title=f"{title}\nmarker area: batch-1 latency; blue: Pareto front; red: deployed")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
