@@ -3,12 +3,14 @@
 Everything is measured in this one run, each in a fresh temporary copy of the project (so the
 user's own stores and outputs are untouched):
 
-  pipeline     `shrinkflow run` end to end (Prefect + MLflow + GX + DVC-free copy), the same
-               command again with nothing changed (must be served from the cache, target <= 10 s),
-               and the two stage functions called directly in one process; the difference is the
-               orchestration overhead.
-  compression  for each task (digits, mnist1d): the baseline in eager torch and in ONNX Runtime
-               fp32, with the fields of shared/BENCH.md, ratios against the torch baseline.
+  pipeline     `shrinkflow run` end to end on the default config, the same command again with
+               nothing changed (served from the cache; target <= 10 s), and every stage function
+               called directly in one process; the difference is the orchestration overhead.
+  compression  every candidate of each task (digits from the pipeline run above, mnist1d run
+               directly), as measured side by side by the compare stage, with the fields of
+               shared/BENCH.md and ratios against the fp32 baseline in torch and ONNX Runtime.
+  pruning      eager-torch batch-1 latency of the digits baseline vs its 50%-channel pruning.
+  targets      the acceptance targets of the compression work, each checked on these numbers.
 
 Usage: python bench/run.py [--tasks digits mnist1d] [--output reports]
 """
@@ -113,7 +115,7 @@ def compression_rows(task: str, project: Path) -> list[dict]:
     """Every candidate the compare stage measured, with the fields of shared/BENCH.md."""
     report = json.loads((project / "metrics" / "compare.json").read_text())
     return [{"task": task, **{key: row[key] for key in BENCH_FIELDS}}
-            for row in report["candidates"]]
+            for row in report["candidates"].values()]
 
 
 def structured_torch_speedup(project: Path, threads: int, rounds: int = 5) -> dict[str, float]:

@@ -95,7 +95,9 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
             row["pareto"] = row["candidate"] in front
 
         io.write_json(catalog.metrics_file("compare"),
-                      {"task": spec.name, "deployed": chosen_name, "candidates": rows})
+                      # keyed by name so `dvc metrics show/diff` lists candidates.<name>.<metric>
+                      {"task": spec.name, "deployed": chosen_name,
+                       "candidates": {row["candidate"]: row for row in rows}})
         with io.atomic_dir(catalog.compare_dir) as staging:
             table = markdown_table(rows, chosen_name, cfg.max_accuracy_drop_pp)
             io.write_text(staging / "candidates.md", f"# Candidates on {spec.name}\n\n{table}")

@@ -27,21 +27,20 @@ def compared(tmp_path_factory):
 def test_compare__rows_carry_the_benchmark_fields(compared):
     project, _, summary = compared
     report = json.loads(Catalog.at(project).metrics_file("compare").read_text())
-    names = [row["candidate"] for row in report["candidates"]]
-    assert names == ["baseline-fp32-torch", "baseline-fp32"]
-    for row in report["candidates"]:
+    assert sorted(report["candidates"]) == ["baseline-fp32", "baseline-fp32-torch"]
+    for row in report["candidates"].values():
         for key in ("accuracy", "accuracy_drop_pp", "size_bytes", "size_ratio",
                     "latency_ms_p50_b1", "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
                     "throughput_sps_b256", "deployed"):
             assert key in row, f"{row['candidate']} should report {key}"
-    torch_row = report["candidates"][0]
+    torch_row = report["candidates"]["baseline-fp32-torch"]
     assert torch_row["size_ratio"] == 1.0 and torch_row["speedup_b1_vs_torch"] == 1.0
 
 
 def test_compare__deploys_only_an_onnx_file(compared):
     project, _, summary = compared
     report = json.loads(Catalog.at(project).metrics_file("compare").read_text())
-    deployed = [row for row in report["candidates"] if row["deployed"]]
+    deployed = [row for row in report["candidates"].values() if row["deployed"]]
     assert len(deployed) == 1 and deployed[0]["file"].endswith(".onnx")
     assert summary["deployed"] == deployed[0]["candidate"]
     assert (Catalog.at(project).compare_dir / "pareto.png").is_file()
