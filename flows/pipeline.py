@@ -13,8 +13,9 @@ from prefect import flow, get_run_logger
 
 from shrinkflow.config import load_params
 from tasks import stages, tracking
+from tasks.catalog import STAGE_DEPS
 
-STAGES = ["prepare", "baseline", "prune", "distill", "quantize", "compare"]
+STAGES = list(STAGE_DEPS)  # prepare, baseline, prune, distill, quantize, compare
 
 
 @flow(name="shrinkflow-pipeline")

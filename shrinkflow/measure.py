@@ -56,6 +56,11 @@ def predict_batched(predict: Predictor, x: np.ndarray, batch_size: int = 512) ->
     return np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def evaluate(predict: Predictor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """accuracy and f1_macro of `predict`'s most likely class on (x, y)."""
+    return classification_metrics(y, predict_batched(predict, x).argmax(1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Size and compute
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def measure(
     Parameter and compute counts come from `model` when given (torch), else from the ONNX file.
     """
     with torch_threads(cfg.threads):
-        quality = classification_metrics(y_test, predict_batched(predict, x_test).argmax(1))
+        quality = evaluate(predict, x_test, y_test)
         speed = latency(predict, x_test, cfg)
     if model is not None:
         params, nonzero = count_params(model)

@@ -53,7 +53,7 @@ from torch import nn
 
 from shrinkflow.config import PruneConfig, StructuredPruneConfig, TrainConfig, UnstructuredPruneConfig
 from shrinkflow.data import Augmenter, Split
-from shrinkflow.measure import classification_metrics, count_params, predict_batched, torch_predictor
+from shrinkflow.measure import count_params, evaluate, torch_predictor
 from shrinkflow.models import CNN, MLP, Architecture
 from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit
 
@@ -629,8 +629,7 @@ class SearchResult:
 
 
 def _accuracy(model: nn.Module, split: Split) -> float:
-    logits = predict_batched(torch_predictor(model), split.x)
-    return classification_metrics(split.y, logits.argmax(1))["accuracy"]
+    return evaluate(torch_predictor(model), split.x, split.y)["accuracy"]
 
 
 def search_ratio(

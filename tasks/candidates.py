@@ -19,6 +19,7 @@ from shrinkflow.data import Splits
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import Measurement, measure
 from tasks import io
+from tasks.catalog import Catalog
 
 MANIFEST = "candidates.json"
 
@@ -64,6 +65,16 @@ def write_manifest(folder: Path, candidates: list[Candidate]) -> None:
 
 def read_manifest(folder: Path, produced_by: str) -> list[Candidate]:
     return [Candidate(**item) for item in io.read_json(folder / MANIFEST, produced_by)]
+
+
+def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]:
+    """Candidates listed under models/<stage>/ for each stage that has written its manifest."""
+    found = []
+    for stage in stages:
+        folder = catalog.stage_models(stage)
+        if (folder / MANIFEST).is_file():
+            found += read_manifest(folder, produced_by=stage)
+    return found
 
 
 def measure_onnx(path: Path, splits: Splits, cfg: MeasureConfig) -> Measurement:

@@ -12,7 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-# Code and data each stage depends on, relative to the project root (mirrors dvc.yaml deps).
+# Code and data each stage depends on, relative to the project root (mirrors dvc.yaml deps),
+# in the order the pipeline runs the stages.
 STAGE_DEPS: dict[str, tuple[str, ...]] = {
     "prepare": (
         "shrinkflow/config.py", "shrinkflow/data.py",
@@ -104,7 +105,7 @@ class Catalog:
     # -- baseline -------------------------------------------------------------------------
     @property
     def baseline_dir(self) -> Path:
-        return self.root / "models" / "baseline"
+        return self.stage_models("baseline")
 
     @property
     def baseline_plots_dir(self) -> Path:

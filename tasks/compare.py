@@ -19,7 +19,7 @@ from shrinkflow.measure import measure, relative, torch_predictor
 from tasks import io, tracking
 from tasks.baseline import load_processed
 from tasks.candidates import MANIFEST, Candidate, candidate_row, load_torch, measure_onnx, \
-    read_manifest
+    read_manifests
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.compare")
@@ -31,11 +31,7 @@ TABLE_COLUMNS = ("candidate", "accuracy", "accuracy_drop_pp", "params_count", "s
 
 
 def _candidates(catalog: Catalog) -> list[Candidate]:
-    found = []
-    for stage in CANDIDATE_STAGES:
-        folder = catalog.stage_models(stage)
-        if (folder / MANIFEST).is_file():
-            found += read_manifest(folder, produced_by=stage)
+    found = read_manifests(catalog, CANDIDATE_STAGES)
     if not found:
         raise FileNotFoundError(f"no {MANIFEST} under {catalog.root / 'models'}: "
                                 "run the 'baseline' stage first")

@@ -78,11 +78,11 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)
                     save_torch(model, pruned_arch, staging / name, sparse=sparse)
-                    measured = measure_onnx(staging / name / "model.onnx", splits, params.measure)
-                    tracking.log_metrics({**measured.metrics(),
-                                          "sparsity": prune.weight_sparsity(model)})
-                metrics[name] = {**measured.metrics(), "sparsity": prune.weight_sparsity(model),
-                                 "widths": list(pruned_arch.widths)}
+                    measured = {**measure_onnx(staging / name / "model.onnx", splits,
+                                               params.measure).metrics(),
+                                "sparsity": prune.weight_sparsity(model)}
+                    tracking.log_metrics(measured)
+                metrics[name] = {**measured, "widths": list(pruned_arch.widths)}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
                                             "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)

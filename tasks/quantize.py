@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from shrinkflow import data, quantize
+from shrinkflow import data, measure, quantize
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
-from shrinkflow.measure import classification_metrics, predict_batched
 from tasks import io, tracking
 from tasks.baseline import load_processed
-from tasks.candidates import Candidate, load_torch, measure_onnx, read_manifest, write_manifest
+from tasks.candidates import Candidate, load_torch, measure_onnx, read_manifests, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.quantize")
@@ -35,19 +34,13 @@ SOURCE_STAGES = ("baseline", "pruned", "distilled")
 
 def _accuracy_on(split: data.Split):
     def evaluate(path: Path) -> float:
-        logits = predict_batched(onnx_predictor(path), split.x)
-        return classification_metrics(split.y, logits.argmax(1))["accuracy"]
+        return measure.evaluate(onnx_predictor(path), split.x, split.y)["accuracy"]
 
     return evaluate
 
 
 def _sources(catalog: Catalog) -> list[Candidate]:
-    sources = []
-    for stage in SOURCE_STAGES:
-        folder = catalog.stage_models(stage)
-        if (folder / "candidates.json").is_file():
-            sources += [c for c in read_manifest(folder, stage) if c.method != "unstructured"]
-    return sources
+    return [c for c in read_manifests(catalog, SOURCE_STAGES) if c.method != "unstructured"]
 
 
 def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
