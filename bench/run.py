@@ -118,29 +118,24 @@ def compression_rows(task: str, project: Path) -> list[dict]:
             for row in report["candidates"].values()]
 
 
-def structured_torch_speedup(project: Path, threads: int, rounds: int = 5) -> dict[str, float]:
-    """Eager-torch batch-1 latency of the baseline over its 50%-channel structured pruning,
-    timed alternately `rounds` times in this process; the median ratio is reported."""
+def structured_torch_speedup(project: Path, threads: int) -> dict[str, float]:
+    """Eager-torch batch-1 latency of the baseline over its 50%-channel structured pruning, the
+    two timed in turn over several rounds in this process (`measure.latencies`)."""
     import numpy as np
 
     from shrinkflow.config import MeasureConfig
-    from shrinkflow.measure import latency, torch_predictor, torch_threads
+    from shrinkflow.measure import latencies, torch_predictor, torch_threads
     from tasks.candidates import load_torch
 
-    cfg = MeasureConfig(threads=threads, warmup=50, repeats=300, throughput_repeats=5)
+    cfg = MeasureConfig(threads=threads, warmup=50, repeats=1500, throughput_repeats=5, rounds=5)
     arch, baseline = load_torch(project / "models" / "baseline", "baseline")
     _, pruned = load_torch(project / "models" / "pruned" / "structured-50", "prune")
     x = np.random.default_rng(0).normal(size=(256, *arch.input_shape)).astype(np.float32)
-    ratios, pairs = [], []
     with torch_threads(threads):
-        for _ in range(rounds):
-            base = latency(torch_predictor(baseline), x, cfg)["latency_ms_p50_b1"]
-            small = latency(torch_predictor(pruned), x, cfg)["latency_ms_p50_b1"]
-            ratios.append(base / small)
-            pairs.append((base, small))
-    middle = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
-    return {"baseline_ms": pairs[middle][0], "structured_50_ms": pairs[middle][1],
-            "speedup": ratios[middle]}
+        timed = latencies({"baseline": lambda: torch_predictor(baseline),
+                           "pruned": lambda: torch_predictor(pruned)}, x, cfg)
+    base, small = (timed[name]["latency_ms_p50_b1"] for name in ("baseline", "pruned"))
+    return {"baseline_ms": base, "structured_50_ms": small, "speedup": base / small}
 
 
 def targets(rows: list[dict], kd_gain_pp: dict[str, float], pruning: dict[str, float]) -> list[dict]:

@@ -164,6 +164,9 @@ class PruneConfig(_Section):
         "none", description="sparsity penalty added while fine-tuning (via the extra-loss hook)"
     )
     penalty_weight: float = Field(1e-4, ge=0, description="weight of the sparsity penalty")
+    finetune_with_teacher: bool = Field(
+        False, description="fine-tune on the unpruned model's soft labels too (distill.temperature, alpha)"
+    )
     max_accuracy_drop_pp: float | None = Field(
         None, gt=0, description="if set: search the highest ratio whose drop stays within it"
     )
@@ -178,8 +181,9 @@ class PruneConfig(_Section):
 class QuantizeConfig(_Section):
     """Stage `quantize`: fp16, int8 dynamic, int8 static (ONNX QDQ) and quantization-aware training."""
 
-    methods: tuple[Literal["fp16", "int8_dynamic", "int8_static", "qat"], ...] = Field(
-        ("fp16", "int8_dynamic", "int8_static"), description="quantized variants made of each candidate"
+    methods: tuple[Literal["fp16", "int8_weights", "int8_dynamic", "int8_static", "qat"], ...] = Field(
+        ("fp16", "int8_weights", "int8_dynamic", "int8_static"),
+        description="quantized variants made of each candidate",
     )
     calibration: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="int8 static calibration: minmax | percentile | entropy (KL)"
@@ -247,6 +251,9 @@ class MeasureConfig(_Section):
     warmup: int = Field(20, ge=0, description="untimed calls before timing")
     repeats: int = Field(200, ge=5, description="timed calls at batch 1 (p50/p95 over these)")
     throughput_repeats: int = Field(20, ge=3, description="timed calls at batch 256")
+    rounds: int = Field(
+        5, ge=1, description="models timed together take turns in this many rounds (drift hits all)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

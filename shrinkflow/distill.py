@@ -44,7 +44,7 @@ from torch import nn
 from shrinkflow.config import DistillConfig, TrainConfig
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.models import Architecture, architecture_for, build_model
-from shrinkflow.train import EpochLog, FitResult, fit
+from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, sum_losses
 
 
 class DistillError(ValueError):
@@ -82,6 +82,35 @@ def kd_loss(
     teacher_log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     kl = F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True)
     return kl * temperature**2
+
+
+def soft_label_loss(teacher: nn.Module, temperature: float, alpha: float,
+                    label_smoothing: float = 0.0, always_run_teacher: bool = False) -> ExtraLoss:
+    """train.fit's extra loss that turns its cross-entropy into (1 - alpha) * CE + alpha * KD.
+
+    fit always adds CE(logits, targets) with the config's label smoothing (pass the same value
+    here), so this returns alpha * (kd_loss - CE): alpha = 1 cancels the label term. `teacher`
+    (in eval mode, the caller's business) runs without gradients on the very inputs the student
+    sees, moved to their device on first use. With alpha 0 the teacher is skipped unless
+    `always_run_teacher` (feature hooks need its forward pass). Used by `distill` and to fine-tune
+    a pruned model with the unpruned one as teacher.
+    """
+
+    def loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+        zero = logits.new_zeros((), dtype=torch.float32)
+        if alpha == 0 and not always_run_teacher:
+            return zero
+        if _device_of(teacher) != inputs.device:
+            teacher.to(inputs.device)
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        if alpha == 0:
+            return zero
+        hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        return alpha * (kd_loss(logits, teacher_logits, temperature) - hard.float())
+
+    return loss
 
 
 def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
@@ -263,31 +292,21 @@ def distill(
                     make_adapter(student_shapes[s], teacher_shapes[t]) for t, s in cfg.feature_pairs
                 )
 
-        def distillation_loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
-                              targets: torch.Tensor) -> torch.Tensor:
-            # fit adds CE(logits, targets) itself; returning alpha * (KD - CE) makes the total
-            # (1 - alpha) * CE + alpha * KD (+ features)
-            loss = logits.new_zeros((), dtype=torch.float32)
-            if alpha == 0 and not cfg.feature_pairs:
-                return loss
-            if _device_of(teacher) != inputs.device:
-                teacher.to(inputs.device)
-            with torch.no_grad():
-                teacher_logits = teacher(inputs)
-            if alpha > 0:
-                hard = F.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
-                loss = loss + alpha * (kd_loss(logits, teacher_logits, temperature) - hard.float())
-            if cfg.feature_pairs:
-                hints = sum(
-                    feature_loss(student_capture.outputs[s], teacher_capture.outputs[t], adapter)
-                    for (t, s), adapter in zip(cfg.feature_pairs, adapters)
-                )
-                loss = loss + cfg.feature_weight * hints
-            return loss
+        def hint_loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
+                      targets: torch.Tensor) -> torch.Tensor:
+            # the student's features were captured by its forward pass, the teacher's by the
+            # forward pass soft_label_loss made on the same inputs just before
+            return cfg.feature_weight * sum(
+                feature_loss(student_capture.outputs[s], teacher_capture.outputs[t], adapter)
+                for (t, s), adapter in zip(cfg.feature_pairs, adapters)
+            )
 
+        soft = soft_label_loss(teacher, temperature, alpha, train_cfg.label_smoothing,
+                               always_run_teacher=bool(cfg.feature_pairs))
+        loss = sum_losses(soft, hint_loss if cfg.feature_pairs else None)
         return fit(
             _StudentWithAdapters(student, adapters), train, val, train_cfg, augment=augment,
-            extra_loss=distillation_loss, on_epoch_end=on_epoch_end, progress=progress,
+            extra_loss=loss, on_epoch_end=on_epoch_end, progress=progress,
             description=f"distilling (T={temperature:g}, alpha={alpha:g})",
         )
 

@@ -9,6 +9,7 @@ Keys read from `measure`:
   warmup              untimed calls before timing
   repeats             timed calls at batch 1; p50/p95 are taken over them
   throughput_repeats  timed calls at batch 256; the median gives samples per second
+  rounds              models measured together are loaded and timed in turn, in this many rounds
 
 A model is measured through a `Predictor`: a function from a float32 numpy batch to logits. The
 same timing harness serves eager torch and ONNX Runtime, so their numbers are comparable.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,28 +137,60 @@ def torch_predictor(model: nn.Module) -> Predictor:
     return predict
 
 
-def _timed_ms(predict: Predictor, x: np.ndarray, warmup: int, repeats: int) -> np.ndarray:
-    for _ in range(warmup):
-        predict(x)
-    times = np.empty(repeats)
-    for i in range(repeats):
+def _time_calls_ms(predict: Predictor, x: np.ndarray, calls: int) -> np.ndarray:
+    times = np.empty(calls)
+    for i in range(calls):
         started = time.perf_counter_ns()
         predict(x)
         times[i] = (time.perf_counter_ns() - started) / 1e6
     return times
 
 
-def latency(predict: Predictor, sample: np.ndarray, cfg: MeasureConfig) -> dict[str, float]:
-    """Batch-1 latency percentiles and throughput at the configured batch size."""
+def latencies(loaders: Mapping[str, Callable[[], Predictor]], sample: np.ndarray,
+              cfg: MeasureConfig) -> dict[str, dict[str, float]]:
+    """Batch-1 latency percentiles and batch-256 throughput of several models, by name.
+
+    `loaders[name]()` returns a ready predictor (for ONNX, a new Runtime session). The timed calls
+    are split into `cfg.rounds` rounds and every round loads and times every model in turn:
+    a slow phase of the machine falls on all models alike instead of on whichever was being
+    timed, and a session whose buffers happen to land badly in memory (up to 30% slower than
+    another session of the same file, measured here) is one round out of several.
+    `cfg.warmup` untimed batch-1 calls, spread over the rounds, and one untimed batch-256 call
+    per round precede the timed ones.
+    """
     one = np.ascontiguousarray(sample[:1])
     batch = np.ascontiguousarray(np.resize(sample, (THROUGHPUT_BATCH, *sample.shape[1:])))
-    at_one = _timed_ms(predict, one, cfg.warmup, cfg.repeats)
-    at_batch = _timed_ms(predict, batch, max(1, cfg.warmup // 10), cfg.throughput_repeats)
-    return {
-        "latency_ms_p50_b1": float(np.percentile(at_one, 50)),
-        "latency_ms_p95_b1": float(np.percentile(at_one, 95)),
-        "throughput_sps_b256": float(THROUGHPUT_BATCH / (np.median(at_batch) / 1e3)),
-    }
+    at_one: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
+    at_batch: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
+    rounds = min(cfg.rounds, cfg.throughput_repeats, cfg.repeats)
+    for index in range(rounds):
+        for name, load in loaders.items():
+            predict = load()
+            for _ in range(_share(cfg.warmup, rounds, index)):
+                predict(one)
+            predict(batch)
+            at_one[name].append(_time_calls_ms(predict, one, _share(cfg.repeats, rounds, index)))
+            at_batch[name].append(
+                _time_calls_ms(predict, batch, _share(cfg.throughput_repeats, rounds, index)))
+    results = {}
+    for name in loaders:
+        ones, batches = np.concatenate(at_one[name]), np.concatenate(at_batch[name])
+        results[name] = {
+            "latency_ms_p50_b1": float(np.percentile(ones, 50)),
+            "latency_ms_p95_b1": float(np.percentile(ones, 95)),
+            "throughput_sps_b256": float(THROUGHPUT_BATCH / (np.median(batches) / 1e3)),
+        }
+    return results
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split into `parts` near-equal integers (they sum to `total`)."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def latency(predict: Predictor, sample: np.ndarray, cfg: MeasureConfig) -> dict[str, float]:
+    """Batch-1 latency percentiles and throughput at batch 256 of one predictor."""
+    return latencies({"model": lambda: predict}, sample, cfg)["model"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +230,51 @@ def machine_info(threads: int) -> dict[str, object]:
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+@dataclass(frozen=True)
+class Subject:
+    """One model to measure: how to load a predictor, the file that holds it, its torch module."""
+
+    load: Callable[[], Predictor]
+    artifact: str | Path
+    model: nn.Module | None = None  # torch: parameter and compute counts come from the module
+
+
+def measure_all(subjects: Mapping[str, Subject], x_test: np.ndarray, y_test: np.ndarray,
+                cfg: MeasureConfig) -> dict[str, Measurement]:
+    """Accuracy on the test split, file size and speed of each subject, timed side by side.
+
+    Parameter and compute counts come from the torch module when given, else from the ONNX file.
+    """
+    with torch_threads(cfg.threads):
+        quality = {name: evaluate(s.load(), x_test, y_test) for name, s in subjects.items()}
+        speed = latencies({name: s.load for name, s in subjects.items()}, x_test, cfg)
+    return {name: _measurement(subject, quality[name], speed[name], x_test.shape[1:])
+            for name, subject in subjects.items()}
+
+
+def _measurement(subject: Subject, quality: dict[str, float], speed: dict[str, float],
+                 input_shape: tuple[int, ...]) -> Measurement:
+    flops = macs = None
+    if subject.model is not None:
+        params, nonzero = count_params(subject.model)
+        flops, per_layer = compute(subject.model, input_shape)
+        macs = sum(per_layer.values())
+    else:
+        params, nonzero = count_onnx_params(subject.artifact)
+    return Measurement(
+        accuracy=quality["accuracy"],
+        f1_macro=quality["f1_macro"],
+        params_count=params,
+        nonzero_params=nonzero,
+        size_bytes=file_size(subject.artifact),
+        latency_ms_p50_b1=speed["latency_ms_p50_b1"],
+        latency_ms_p95_b1=speed["latency_ms_p95_b1"],
+        throughput_sps_b256=speed["throughput_sps_b256"],
+        flops=flops,
+        macs=macs,
+    )
+
+
 def measure(
     predict: Predictor,
     x_test: np.ndarray,
@@ -205,32 +283,9 @@ def measure(
     cfg: MeasureConfig,
     model: nn.Module | None = None,
 ) -> Measurement:
-    """Accuracy on the test split, size of `artifact`, speed of `predict`.
-
-    Parameter and compute counts come from `model` when given (torch), else from the ONNX file.
-    """
-    with torch_threads(cfg.threads):
-        quality = evaluate(predict, x_test, y_test)
-        speed = latency(predict, x_test, cfg)
-    if model is not None:
-        params, nonzero = count_params(model)
-        flops, per_layer = compute(model, x_test.shape[1:])
-        macs: int | None = sum(per_layer.values())
-    else:
-        params, nonzero = count_onnx_params(artifact)
-        flops = macs = None
-    return Measurement(
-        accuracy=quality["accuracy"],
-        f1_macro=quality["f1_macro"],
-        params_count=params,
-        nonzero_params=nonzero,
-        size_bytes=file_size(artifact),
-        latency_ms_p50_b1=speed["latency_ms_p50_b1"],
-        latency_ms_p95_b1=speed["latency_ms_p95_b1"],
-        throughput_sps_b256=speed["throughput_sps_b256"],
-        flops=flops,
-        macs=macs,
-    )
+    """`measure_all` of a single model."""
+    subject = Subject(lambda: predict, artifact, model)
+    return measure_all({"model": subject}, x_test, y_test, cfg)["model"]
 
 
 def relative(candidate: Measurement, torch_baseline: Measurement, onnx_baseline: Measurement,

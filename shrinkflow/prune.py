@@ -33,6 +33,8 @@ Keys read from `prune`:
   finetune_epochs         fine-tuning epochs after each step (0: no fine-tuning)
   penalty                 none | l1 | group_lasso, added to the loss while fine-tuning
   penalty_weight          weight of the penalty
+  finetune_with_teacher   read by the stage: fine-tuning also matches the unpruned model's soft
+                          labels (knowledge distillation, `distill.temperature` and `alpha`)
   max_accuracy_drop_pp    the accuracy-aware search accepts drops up to this (percentage points)
   search_ratios           ratios tried by the search, in ascending order
 """
@@ -55,7 +57,7 @@ from shrinkflow.config import PruneConfig, StructuredPruneConfig, TrainConfig, U
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.measure import count_params, evaluate, torch_predictor
 from shrinkflow.models import CNN, MLP, Architecture
-from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit
+from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, sum_losses
 
 # finetune(model, step) trains `model` in place after pruning step `step` (1-based)
 Finetune = Callable[[nn.Module, int], object]
@@ -556,21 +558,24 @@ def make_finetune(
     augment: Augmenter | None = None,
     on_epoch_end: Callable[[int, EpochLog], None] | None = None,
     progress: bool = False,
+    extra_loss: ExtraLoss | None = None,
 ) -> Finetune | None:
     """finetune(model, step): `cfg.finetune_epochs` epochs of train.fit with `cfg.penalty`.
 
     Uses `train_cfg` (lr, batch size, device, seed...) with epochs replaced; a lower lr than the
-    baseline's usually recovers better. `on_epoch_end(step, log)` sees every epoch. Returns None
-    when finetune_epochs is 0. The callable returns fit's FitResult.
+    baseline's usually recovers better. `extra_loss` is added to the penalty: with
+    `distill.soft_label_loss` of the unpruned model, the pruned one learns from its teacher.
+    `on_epoch_end(step, log)` sees every epoch. Returns None when finetune_epochs is 0. The
+    callable returns fit's FitResult.
     """
     if cfg.finetune_epochs == 0:
         return None
     epochs_cfg = train_cfg.model_copy(update={"epochs": cfg.finetune_epochs})
-    penalty = sparsity_penalty(cfg.penalty, cfg.penalty_weight)
+    loss = sum_losses(sparsity_penalty(cfg.penalty, cfg.penalty_weight), extra_loss)
 
     def finetune(model: nn.Module, step: int) -> FitResult:
         hook = None if on_epoch_end is None else (lambda log: on_epoch_end(step, log))
-        return fit(model, train, val, epochs_cfg, augment=augment, extra_loss=penalty,
+        return fit(model, train, val, epochs_cfg, augment=augment, extra_loss=loss,
                    on_epoch_end=hook, progress=progress, description=f"fine-tune step {step}")
 
     return finetune

@@ -35,6 +35,19 @@ from shrinkflow.measure import classification_metrics
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def sum_losses(*losses: ExtraLoss | None) -> ExtraLoss | None:
+    """One extra loss adding up the given ones (None entries skipped; None if none is left)."""
+    present = [loss for loss in losses if loss is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def total(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
+              targets: torch.Tensor) -> torch.Tensor:
+        return sum(loss(model, inputs, logits, targets) for loss in present)
+
+    return total
+
+
 @dataclass(frozen=True)
 class EpochLog:
     epoch: int

@@ -18,9 +18,8 @@ import torch
 
 from shrinkflow import data, measure, models, plots, train
 from shrinkflow.config import Params
-from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.candidates import Candidate, save_torch, write_manifest
+from tasks.candidates import Candidate, onnx_subject, save_torch, torch_subject, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.baseline")
@@ -83,11 +82,11 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
             folder = str(catalog.baseline_dir.relative_to(catalog.root))
             write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx",
                                                "baseline", "fp32", torch=folder)])
-            eager = measure.measure(measure.torch_predictor(model), splits.test.x, splits.test.y,
-                                    staging / "model.pt", params.measure, model=model)
-            onnx = measure.measure(onnx_predictor(staging / "model.onnx", params.measure.threads),
-                                   splits.test.x, splits.test.y, staging / "model.onnx",
-                                   params.measure)
+            measured = measure.measure_all(
+                {"eager": torch_subject(model, staging / "model.pt"),
+                 "onnx": onnx_subject(staging / "model.onnx", params.measure)},
+                splits.test.x, splits.test.y, params.measure)
+            eager, onnx = measured["eager"], measured["onnx"]
         metrics = {
             **eager.metrics(),
             **{f"onnx_{key}": value for key, value in onnx.metrics().items()},

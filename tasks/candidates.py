@@ -17,7 +17,7 @@ from shrinkflow import models
 from shrinkflow.config import MeasureConfig
 from shrinkflow.data import Splits
 from shrinkflow.export import export_onnx, onnx_predictor
-from shrinkflow.measure import Measurement, measure
+from shrinkflow.measure import Measurement, Subject, measure_all, torch_predictor
 from tasks import io
 from tasks.catalog import Catalog
 
@@ -77,9 +77,20 @@ def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]
     return found
 
 
+def onnx_subject(path: Path, cfg: MeasureConfig) -> Subject:
+    """A served ONNX file, as `measure.measure_all` takes it."""
+    return Subject(lambda: onnx_predictor(path, cfg.threads), path)
+
+
+def torch_subject(model: torch.nn.Module, path: Path) -> Subject:
+    """An eager torch model saved at `path`, as `measure.measure_all` takes it."""
+    return Subject(lambda: torch_predictor(model), path, model)
+
+
 def measure_onnx(path: Path, splits: Splits, cfg: MeasureConfig) -> Measurement:
     """Test accuracy, size and ONNX Runtime speed of one served file."""
-    return measure(onnx_predictor(path, cfg.threads), splits.test.x, splits.test.y, path, cfg)
+    return measure_all({"onnx": onnx_subject(path, cfg)}, splits.test.x, splits.test.y,
+                       cfg)["onnx"]
 
 
 def candidate_row(candidate: Candidate, measured: Measurement, ratios: dict[str, float],

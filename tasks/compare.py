@@ -15,11 +15,11 @@ from typing import Any
 
 from shrinkflow import gate, plots
 from shrinkflow.config import Params
-from shrinkflow.measure import measure, relative, torch_predictor
+from shrinkflow.measure import measure_all, relative
 from tasks import io, tracking
 from tasks.baseline import load_processed
-from tasks.candidates import MANIFEST, Candidate, candidate_row, load_torch, measure_onnx, \
-    read_manifests
+from tasks.candidates import MANIFEST, Candidate, candidate_row, load_torch, onnx_subject, \
+    read_manifests, torch_subject
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.compare")
@@ -64,23 +64,21 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         log.info("measuring the eager-torch baseline and every candidate (threads=%d)",
                  params.measure.threads)
         _, baseline_model = load_torch(catalog.baseline_dir, produced_by="baseline")
-        torch_baseline = measure(torch_predictor(baseline_model), splits.test.x, splits.test.y,
-                                 catalog.baseline_dir / "model.pt", params.measure,
-                                 model=baseline_model)
-        candidates = _candidates(catalog)
-        measured = {c.name: measure_onnx(catalog.path(c.onnx), splits, params.measure)
-                    for c in candidates}
-        onnx_baseline = measured[candidates[0].name]  # the baseline's manifest comes first
-        teacher_accuracy = torch_baseline.accuracy  # the teacher is the baseline until search
-
         torch_candidate = Candidate("baseline-fp32-torch", "models/baseline/model.pt", "baseline",
                                     "fp32-eager", torch="models/baseline")
-        rows = [candidate_row(torch_candidate, torch_baseline,
-                              relative(torch_baseline, torch_baseline, onnx_baseline,
-                                       teacher_accuracy))]
-        rows += [candidate_row(c, measured[c.name],
-                               relative(measured[c.name], torch_baseline, onnx_baseline,
-                                        teacher_accuracy)) for c in candidates]
+        candidates = _candidates(catalog)
+        subjects = {torch_candidate.name: torch_subject(baseline_model,
+                                                        catalog.baseline_dir / "model.pt"),
+                    **{c.name: onnx_subject(catalog.path(c.onnx), params.measure)
+                       for c in candidates}}
+        measured = measure_all(subjects, splits.test.x, splits.test.y, params.measure)
+        torch_baseline = measured[torch_candidate.name]
+        onnx_baseline = measured[candidates[0].name]  # the baseline's manifest comes first
+        teacher_accuracy = torch_baseline.accuracy  # the teacher is the baseline until search
+        rows = [candidate_row(c, measured[c.name],
+                              relative(measured[c.name], torch_baseline, onnx_baseline,
+                                       teacher_accuracy))
+                for c in (torch_candidate, *candidates)]
         # only ONNX files are served; the eager-torch row is there as the reference
         chosen = gate.choose([row for row in rows if row["file"].endswith(".onnx")],
                              cfg.max_accuracy_drop_pp)

@@ -2,7 +2,8 @@
 
 Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `baseline.train` /
 `baseline.augment` (fine-tuning reuses the training loop with `prune.finetune_lr` and
-`prune.finetune_epochs`) and `measure`. Writes one folder per candidate under models/pruned/ with
+`prune.finetune_epochs`; with `prune.finetune_with_teacher` it also learns from the unpruned model's
+soft labels at `distill.temperature` / `distill.alpha`) and `measure`. Writes one folder per candidate under models/pruned/ with
 candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
 `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
 highest structured ratio within that drop on the validation split is kept as `structured-auto`,
@@ -19,6 +20,7 @@ import torch
 
 from shrinkflow import data, prune
 from shrinkflow.config import Params
+from shrinkflow.distill import soft_label_loss
 from tasks import io, tracking
 from tasks.baseline import load_processed
 from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
@@ -40,8 +42,12 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
         example = torch.zeros(1, *arch.input_shape)
         finetune_cfg = params.baseline.train.model_copy(update={"lr": cfg.finetune_lr})
+        teacher_loss = (soft_label_loss(teacher, params.distill.temperature, params.distill.alpha,
+                                        finetune_cfg.label_smoothing)
+                        if cfg.finetune_with_teacher else None)
         finetune = prune.make_finetune(splits.train, splits.val, finetune_cfg, cfg,
-                                       data.Augmenter(params.baseline.augment, spec.kind))
+                                       data.Augmenter(params.baseline.augment, spec.kind),
+                                       extra_loss=teacher_loss)
 
         def structured_at(ratio: float) -> torch.nn.Module:
             return prune.iterative(teacher, cfg, "structured", ratio, example_input=example,

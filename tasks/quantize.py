@@ -1,4 +1,5 @@
-"""Stage `quantize`: fp16, int8 dynamic, int8 static (with fallback) and QAT of every candidate.
+"""Stage `quantize`: fp16, int8 weight-only, dynamic and static (with fallback) and QAT of
+every candidate.
 
 Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
 params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop) and
@@ -30,6 +31,9 @@ from tasks.catalog import Catalog
 log = logging.getLogger("shrinkflow.quantize")
 STAGE_DIR = "quantized"
 SOURCE_STAGES = ("baseline", "pruned", "distilled")
+# methods that only convert the file: no data, no fallback
+CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
+               "int8_dynamic": quantize.to_int8_dynamic}
 
 
 def _accuracy_on(split: data.Split):
@@ -95,11 +99,8 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
             data.Augmenter(params.baseline.augment, spec.kind), on_epoch_end=tracking.log_epoch)
         return quantize.export_qat_onnx(trained, arch.input_shape, scratch / f"{source.name}.onnx")
 
-    if method == "fp16":
-        quantize.to_fp16(src, dst)
-        return {"method": method}
-    if method == "int8_dynamic":
-        quantize.to_int8_dynamic(src, dst)
+    if method in CONVERSIONS:
+        CONVERSIONS[method](src, dst)
         return {"method": method}
     if method == "qat":
         if source.torch is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
+from pydantic import BaseModel
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 
@@ -29,7 +30,8 @@ from tasks.catalog import Catalog, tree_digest
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare": ("prepare",),
     "baseline": ("baseline", "measure"),
-    "prune": ("prune", "baseline", "measure"),  # fine-tuning reuses baseline.train/augment
+    # fine-tuning reuses baseline.train/augment and the distillation loss's settings
+    "prune": ("prune", "baseline", "measure", "distill.temperature", "distill.alpha"),
     "distill": ("distill", "baseline", "measure"),  # the student shares baseline.train/augment
     "quantize": ("quantize", "baseline", "measure"),  # QAT reuses baseline.train/augment
     "compare": ("compare", "measure"),
@@ -46,11 +48,18 @@ STAGE_FUNCTIONS: dict[str, str] = {
 }
 
 
+def _param(params: Params, dotted: str) -> Any:
+    """A params section or a single key ("distill.alpha"), as plain JSON data."""
+    value: Any = params
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
 def stage_key(stage: str, params: Params, root: Path) -> str:
     """What a stage's outputs depend on: its params sections, its declared inputs' content and
     the project folder (two checkouts sharing a PREFECT_HOME must not share outputs)."""
-    sections = {name: getattr(params, name).model_dump(mode="json")
-                for name in STAGE_SECTIONS[stage]}
+    sections = {name: _param(params, name) for name in STAGE_SECTIONS[stage]}
     catalog = Catalog.at(root)
     digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
     digest.update(str(catalog.root).encode())

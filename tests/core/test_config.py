@@ -343,4 +343,4 @@ def test_flatten_gives_dotted_leaf_keys_with_values():
 def test_flatten_with_prefix_prefixes_every_key():
     flat = flatten(MeasureConfig(), prefix="measure.")
     assert set(flat) == {"measure.threads", "measure.warmup", "measure.repeats",
-                         "measure.throughput_repeats"}, f"unexpected keys {sorted(flat)}"
+                         "measure.throughput_repeats", "measure.rounds"}, f"unexpected keys {sorted(flat)}"

@@ -23,6 +23,7 @@ from shrinkflow.distill import (
     feature_loss,
     kd_loss,
     make_adapter,
+    soft_label_loss,
 )
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import CNN, MLP, Architecture, build_model
@@ -73,8 +74,34 @@ def teacher(digits: Splits) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# kd_loss
+# kd_loss and soft_label_loss
 # ---------------------------------------------------------------------------------------------
+def test_soft_label_loss_turns_fits_cross_entropy_into_the_alpha_mix():
+    # given a fixed linear teacher, inputs, student logits and labels
+    torch.manual_seed(0)
+    teacher = nn.Linear(4, 3).eval()
+    inputs, logits = torch.randn(5, 4), torch.randn(5, 3)
+    targets = torch.tensor([0, 1, 2, 0, 1])
+    ce = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    with torch.no_grad():
+        kd = kd_loss(logits, teacher(inputs), 3.0)
+    # when fit adds the hook's value to its own cross-entropy
+    extra = soft_label_loss(teacher, 3.0, 0.25, label_smoothing=0.1)(teacher, inputs, logits, targets)
+    # then the total is (1 - alpha) * CE + alpha * KD
+    assert (ce + extra).item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
+
+
+def test_soft_label_loss_with_alpha_zero_skips_the_teacher():
+    def never(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the teacher should not run when alpha is 0")
+
+    teacher = nn.Module()
+    teacher.forward = never
+    logits = torch.randn(2, 3)
+    loss = soft_label_loss(teacher, 2.0, 0.0)(teacher, torch.randn(2, 4), logits, torch.tensor([0, 1]))
+    assert loss.item() == 0.0
+
+
 def test_kd_loss_is_zero_for_identical_logits():
     logits = torch.randn(8, 10, generator=torch.Generator().manual_seed(0))
     for temperature in (1.0, 4.0):

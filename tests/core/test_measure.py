@@ -20,6 +20,7 @@ from shrinkflow.measure import (
     confusion,
     count_onnx_params,
     count_params,
+    latencies,
     latency,
     measure,
     predict_batched,
@@ -141,9 +142,11 @@ def test_latency_times_batch_1_and_batch_256_with_the_configured_repeats(fast_me
     sample = np.zeros((10, 3), np.float32)
     result = latency(slow, sample, fast_measure_cfg)
     cfg = fast_measure_cfg
-    # then it makes warmup + repeats calls at batch 1, then at least one warmup + the throughput
+    # then it makes warmup + repeats calls at batch 1, one warm-up per round + the throughput
     # repeats at batch 256, and reports milliseconds and samples per second
-    assert batches == [1] * (cfg.warmup + cfg.repeats) + [THROUGHPUT_BATCH] * (1 + cfg.throughput_repeats), (
+    rounds = min(cfg.rounds, cfg.throughput_repeats, cfg.repeats)
+    assert batches.count(1) == cfg.warmup + cfg.repeats, f"unexpected call pattern {batches}"
+    assert batches.count(THROUGHPUT_BATCH) == rounds + cfg.throughput_repeats, (
         f"unexpected call pattern {batches}"
     )
     assert set(result) == {"latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256"}
@@ -152,6 +155,39 @@ def test_latency_times_batch_1_and_batch_256_with_the_configured_repeats(fast_me
     assert 256 / 0.2 < result["throughput_sps_b256"] <= 256 / 0.002, (
         f"throughput should be ~256 samples per ~2 ms, got {result['throughput_sps_b256']}"
     )
+
+
+def test_latencies_time_models_in_turn_over_the_configured_rounds():
+    # given two predictors that record who was called, at which batch size
+    calls: list[tuple[str, int]] = []
+
+    def recorder(name: str):
+        def predict(x: np.ndarray) -> np.ndarray:
+            calls.append((name, len(x)))
+            return np.zeros((len(x), 2), np.float32)
+        return predict
+
+    loads: list[str] = []
+
+    def loader(name: str):
+        def load():
+            loads.append(name)
+            return recorder(name)
+        return load
+
+    cfg = MeasureConfig(warmup=2, repeats=7, throughput_repeats=4, rounds=3)
+    sample = np.zeros((10, 3), np.float32)
+    result = latencies({"a": loader("a"), "b": loader("b")}, sample, cfg)
+    # then each model is loaded afresh in each of the 3 rounds, a then b
+    assert loads == ["a", "b"] * 3, f"expected 3 rounds of a then b, got loads {loads}"
+    turns = [name for i, (name, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != name]
+    assert turns == ["a", "b"] * 3, f"calls should alternate in 3 rounds, got turns {turns}"
+    # and gets all its calls: warm-up + repeats at batch 1 (7 = 3 + 2 + 2 timed), one untimed
+    # batch-256 call per round + the throughput repeats (4 = 2 + 1 + 1 timed)
+    for name in "ab":
+        assert calls.count((name, 1)) == cfg.warmup + cfg.repeats
+        assert calls.count((name, THROUGHPUT_BATCH)) == 3 + cfg.throughput_repeats
+    assert set(result) == {"a", "b"}
 
 
 def test_torch_threads_sets_and_restores_the_thread_count():

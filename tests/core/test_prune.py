@@ -375,6 +375,23 @@ def test_iterative_with_real_finetuning_through_fit(separable, cpu_train_cfg, ki
     assert accuracy >= 0.9, f"the fine-tuned pruned model should still separate the blobs, got {accuracy}"
 
 
+def test_make_finetune_adds_the_extra_loss_to_the_penalty(separable, cpu_train_cfg):
+    # given an extra loss (e.g. distillation from the unpruned model) that counts its calls
+    train_split, val_split = separable
+    calls: list[int] = []
+
+    def extra(model, inputs, logits, targets):
+        calls.append(len(inputs))
+        return logits.new_zeros(())
+
+    cfg = PruneConfig(finetune_epochs=1, penalty="l1")
+    finetune = make_finetune(train_split, val_split, cpu_train_cfg, cfg, extra_loss=extra)
+    # when one fine-tuning step runs
+    finetune(_model(Architecture("mlp", (4,), 2, (8,))), 1)
+    # then the extra loss saw every training row once
+    assert sum(calls) == len(train_split), f"{sum(calls)} rows seen, expected {len(train_split)}"
+
+
 def test_make_finetune_is_none_without_finetune_epochs(separable, cpu_train_cfg):
     train_split, val_split = separable
     assert make_finetune(train_split, val_split, cpu_train_cfg, PruneConfig(finetune_epochs=0)) is None

@@ -78,6 +78,7 @@ def variants(fp32: Path, calibration: np.ndarray, workdir: Path) -> dict[str, Pa
     out = {
         "fp16": q.to_fp16(fp32, workdir / "fp16.onnx"),
         "int8_dynamic": q.to_int8_dynamic(fp32, workdir / "int8_dynamic.onnx"),
+        "int8_weights": q.to_int8_weights(fp32, workdir / "int8_weights.onnx"),
     }
     for method in q.CALIBRATION_METHODS:
         out[f"int8_static_{method}"] = q.to_int8_static(
@@ -110,7 +111,7 @@ def _float_weighted_nodes(path: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # every variant runs and agrees with float32
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fp16", "int8_dynamic", "int8_static_minmax",
+@pytest.mark.parametrize("name", ["fp16", "int8_weights", "int8_dynamic", "int8_static_minmax",
                                   "int8_static_percentile", "int8_static_entropy",
                                   "int8_static_qoperator"])
 def test_each_variant_runs_on_float32_input_and_agrees_with_fp32(name, variants, fp32, splits):
@@ -135,7 +136,7 @@ def test_variants_are_valid_onnx(variants):
 def test_int8_files_are_smaller_than_fp32_and_fp16_halves_the_weights(variants, fp32):
     sizes = {"fp32": file_size(fp32), **{name: file_size(path) for name, path in variants.items()}}
     ratios = {name: round(size / sizes["fp32"], 3) for name, size in sizes.items()}
-    for name in ("int8_dynamic", "int8_static_minmax", "int8_static_qoperator"):
+    for name in ("int8_weights", "int8_dynamic", "int8_static_minmax", "int8_static_qoperator"):
         assert sizes[name] < sizes["fp32"], f"{name} should be smaller than fp32; ratios: {ratios}"
     # the file has fixed overhead (graph, names); the weights themselves take exactly half
     weight_bytes = {name: sum(a.nbytes for a in _initializers(onnx.load(str(path))).values()
@@ -165,6 +166,55 @@ def test_int8_dynamic_quantizes_matmul_at_run_time_and_stores_conv_weights_as_in
         f"both conv weights should be stored as int8, got {[a.dtype for a in conv_weights]}")
     float_bytes = sum(a.nbytes for a in inits.values() if a.dtype == np.float32)
     assert float_bytes < sum(a.nbytes for a in conv_weights), "few float bytes should remain"
+
+
+def test_int8_weights_stores_every_weight_as_int8_with_one_scale_per_output_channel(variants):
+    model = onnx.load(str(variants["int8_weights"]))
+    inits = _initializers(model)
+    stored = {n.input[0]: inits[n.input[0]] for n in model.graph.node
+              if n.op_type == "Cast" and n.input[0] in inits}
+    assert len(stored) == 3 and all(a.dtype == np.int8 for a in stored.values()), (
+        f"two conv weights and the classifier should be int8, got "
+        f"{ {name: a.dtype for name, a in stored.items()} }")
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "Mul"]
+    assert sorted(scale.size for scale in scales) == sorted(a.shape[0] for a in stored.values()), \
+        "one scale per output channel (Conv: axis 0, Gemm with transB: axis 0)"
+    ops = {node.op_type for node in model.graph.node}
+    assert not ops & {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "ConvInteger"}, \
+        f"activations must stay float32: {ops}"
+
+
+def test_int8_weights_are_expanded_once_when_the_session_loads(variants, tmp_path):
+    # when ONNX Runtime optimizes the graph at load time (as every session here does)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(variants["int8_weights"]), options, providers=["CPUExecutionProvider"])
+    # then the Cast + Mul expanding the weights are folded into float constants: no per-call cost
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert not ops & {"Cast", "Mul"}, f"weight expansion should be constant-folded, left: {ops}"
+
+
+def test_int8_weights_scales_a_matmul_weight_along_its_output_columns(tmp_path):
+    from onnx import TensorProto, helper
+
+    weight = np.array([[1.0, -100.0], [0.5, 50.0], [-0.25, 25.0]], np.float32)  # (in 3, out 2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"])], "matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(weight, "w")])
+    src = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(src))
+    dst = q.to_int8_weights(src, tmp_path / "matmul-int8.onnx")
+    scale = _initializers(onnx.load(str(dst)))["w_scale"]
+    assert scale.shape == (1, 2), f"one scale per output column, got shape {scale.shape}"
+    np.testing.assert_allclose(scale.ravel(), [1.0 / 127, 100.0 / 127], rtol=1e-6)
+    x = np.eye(3, dtype=np.float32)
+    np.testing.assert_allclose(onnx_predictor(dst)(x), weight, atol=100.0 / 127 / 2 + 1e-6)
 
 
 def test_int8_dynamic_without_int8_storage_keeps_conv_weights_float(fp32, tmp_path):

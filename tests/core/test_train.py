@@ -13,7 +13,7 @@ from shrinkflow import train
 from shrinkflow.config import AugmentConfig, TrainConfig
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.models import Architecture, build_model
-from shrinkflow.train import EpochLog, fit, predict_logits, resolve_device
+from shrinkflow.train import EpochLog, fit, predict_logits, resolve_device, sum_losses
 
 CUDA = torch.cuda.is_available()
 
@@ -283,3 +283,14 @@ def test_predict_logits_matches_the_model_across_batches():
         direct = model(torch.from_numpy(x)).numpy()
     assert batched.shape == (23, 2), "one row of logits per sample expected"
     np.testing.assert_allclose(batched, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_sum_losses_adds_the_given_losses_and_skips_none():
+    def constant(value: float):
+        return lambda model, inputs, logits, targets: torch.tensor(value)
+
+    args = (nn.Identity(), torch.zeros(1), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+    assert sum_losses() is None and sum_losses(None, None) is None
+    single = constant(2.0)
+    assert sum_losses(None, single) is single, "one loss is returned as it is"
+    assert sum_losses(constant(2.0), None, constant(0.5))(*args).item() == 2.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from tasks.catalog import STAGE_DEPS, Catalog
+from tasks.stages import STAGE_SECTIONS
 from tests.conftest import REPO
 
 
@@ -13,6 +14,14 @@ def test_stage_deps_match_dvc_yaml():
     for stage, deps in STAGE_DEPS.items():
         assert sorted(stages[stage]["deps"]) == sorted(deps), \
             f"dvc.yaml deps of {stage!r} should match tasks/catalog.py STAGE_DEPS"
+
+
+def test_stage_params_match_dvc_yaml():
+    """Prefect's cache key and DVC must re-run a stage for the same params changes."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, sections in STAGE_SECTIONS.items():
+        assert sorted(stages[stage]["params"]) == sorted(sections), \
+            f"dvc.yaml params of {stage!r} should match tasks/stages.py STAGE_SECTIONS"
 
 
 def test_deps_digest_changes_with_an_input_file(project):
