@@ -12,6 +12,7 @@ and every ratio tried is recorded in metrics/prune.json.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
         example = torch.zeros(1, *arch.input_shape)
         finetune_cfg = params.baseline.train.model_copy(update={"lr": cfg.finetune_lr})
-        teacher_loss = (soft_label_loss(teacher, params.distill.temperature, params.distill.alpha,
-                                        finetune_cfg.label_smoothing)
+        # a copy teaches: the loss moves its teacher to the training device, and the original
+        # must stay on the CPU for pruning and evaluation
+        teacher_loss = (soft_label_loss(copy.deepcopy(teacher), params.distill.temperature,
+                                        params.distill.alpha, finetune_cfg.label_smoothing)
                         if cfg.finetune_with_teacher else None)
         finetune = prune.make_finetune(splits.train, splits.val, finetune_cfg, cfg,
                                        data.Augmenter(params.baseline.augment, spec.kind),

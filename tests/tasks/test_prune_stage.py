@@ -13,6 +13,7 @@ from tasks.prune import run_prune
 from tasks.stages import run_stage
 
 QUICK_PRUNE = ["baseline.model.width=16", "prune.steps=2", "prune.finetune_epochs=1", "prune.max_accuracy_drop_pp=50",
+               "prune.finetune_with_teacher=true",  # the unpruned model teaches while fine-tuning
                "prune.search_ratios=[0.3, 0.5]"]
 
 
