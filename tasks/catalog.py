@@ -25,7 +25,7 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "data/processed",
     ),
     "prune": (
-        "shrinkflow/prune.py", "shrinkflow/train.py", "shrinkflow/models.py",
+        "shrinkflow/prune.py", "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
         "tasks/prune.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
     "distill": (
@@ -44,6 +44,15 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# What each stage writes besides reports (mirrors dvc.yaml outs and metrics).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": ("data/processed", "data/raw", "metrics/prepare.json"),
+    "baseline": ("models/baseline", "metrics/baseline.json"),
+    "prune": ("models/pruned", "metrics/prune.json"),
+    "distill": ("models/distilled", "metrics/distill.json"),
+    "quantize": ("models/quantized", "metrics/quantize.json"),
+    "compare": ("reports/compare", "metrics/compare.json"),
+}
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
 PROJECT_SOURCES = ("shrinkflow", "tasks", "flows", "configs", "data/external",
@@ -134,19 +143,9 @@ class Catalog:
 
     def stage_outputs(self, stage: str) -> tuple[Path, ...]:
         """What a finished stage leaves behind; a missing one forces the stage to re-run."""
-        if stage == "prepare":
-            return (self.processed_dir, self.raw_dir, self.metrics_file("prepare"))
-        if stage == "baseline":
-            return (self.baseline_dir, self.metrics_file("baseline"))
-        if stage == "prune":
-            return (self.stage_models("pruned"), self.metrics_file("prune"))
-        if stage == "distill":
-            return (self.stage_models("distilled"), self.metrics_file("distill"))
-        if stage == "quantize":
-            return (self.stage_models("quantized"), self.metrics_file("quantize"))
-        if stage == "compare":
-            return (self.compare_dir, self.metrics_file("compare"))
-        raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")
+        if stage not in STAGE_OUTPUTS:
+            raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")
+        return tuple(self.path(relative) for relative in STAGE_OUTPUTS[stage])
 
     def stamp_file(self, stage: str) -> Path:
         """The cache key the stage's current outputs were made from (see tasks.stages)."""

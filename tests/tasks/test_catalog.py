@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tasks.catalog import STAGE_DEPS, Catalog
+from tasks.catalog import STAGE_DEPS, STAGE_OUTPUTS, Catalog
 from tasks.stages import STAGE_SECTIONS
 from tests.conftest import REPO
 
@@ -22,6 +22,17 @@ def test_stage_params_match_dvc_yaml():
     for stage, sections in STAGE_SECTIONS.items():
         assert sorted(stages[stage]["params"]) == sorted(sections), \
             f"dvc.yaml params of {stage!r} should match tasks/stages.py STAGE_SECTIONS"
+
+
+def test_stage_outputs_match_dvc_yaml_outs_and_metrics():
+    def paths(entries: list | None) -> list[str]:  # "path" or {"path": {options}}
+        return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries or []]
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage, outputs in STAGE_OUTPUTS.items():
+        declared = paths(stages[stage].get("outs")) + paths(stages[stage].get("metrics"))
+        assert sorted(outputs) == sorted(declared), \
+            f"dvc.yaml outs + metrics of {stage!r} should match tasks/catalog.py STAGE_OUTPUTS"
 
 
 def test_deps_digest_changes_with_an_input_file(project):
