@@ -275,19 +275,6 @@ def _measurement(subject: Subject, quality: dict[str, float], speed: dict[str, f
     )
 
 
-def measure(
-    predict: Predictor,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    artifact: str | Path,
-    cfg: MeasureConfig,
-    model: nn.Module | None = None,
-) -> Measurement:
-    """`measure_all` of a single model."""
-    subject = Subject(lambda: predict, artifact, model)
-    return measure_all({"model": subject}, x_test, y_test, cfg)["model"]
-
-
 def relative(candidate: Measurement, torch_baseline: Measurement, onnx_baseline: Measurement,
              teacher_accuracy: float) -> dict[str, float]:
     """Ratios against the fp32 baseline, each taken from numbers measured in the same run.

@@ -466,9 +466,10 @@ def dense_state_dict(sparse: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def sparsify_onnx(src_path: str | Path, dst_path: str | Path, min_sparsity: float = 0.25,
                   compact_indices: bool = True) -> Path:
-    """Copy an ONNX model, moving sparse float initializers to `graph.sparse_initializer`.
+    """Copy an ONNX model, moving sparse weights to `graph.sparse_initializer`.
 
-    Each initializer with sparsity >= `min_sparsity` that gets smaller is stored as (values,
+    Float and int8 initializers are considered (int8: weights quantized after pruning, whose
+    zeros stay zero). Each with sparsity >= `min_sparsity` that gets smaller is stored as (values,
     linear indices) in COO form; ONNX Runtime densifies it when the session loads, so inference
     is unchanged (and no faster): only the file shrinks. `compact_indices` stores indices as int16
     (tensors of < 32768 elements) or int32: ONNX Runtime 1.31 reads them, but the ONNX spec and
@@ -484,7 +485,7 @@ def sparsify_onnx(src_path: str | Path, dst_path: str | Path, min_sparsity: floa
     kept = []
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
-        if array.dtype.kind != "f" or array.size < 2:
+        if not (array.dtype.kind == "f" or array.dtype == np.int8) or array.size < 2:
             kept.append(init)
             continue
         flat = array.reshape(-1)
@@ -501,6 +502,25 @@ def sparsify_onnx(src_path: str | Path, dst_path: str | Path, min_sparsity: floa
         graph.sparse_initializer.append(helper.make_sparse_tensor(values, coo, list(array.shape)))
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    onnx.save(model, str(dst_path))
+    return Path(dst_path)
+
+
+def densify_onnx(src_path: str | Path, dst_path: str | Path) -> Path:
+    """Copy an ONNX model with every sparse initializer written back as a dense one: what tools
+    that only read `graph.initializer` (shape inference, the quantizer) need. Returns `dst_path`."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src_path))
+    graph = model.graph
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+        dense[numpy_helper.to_array(sparse.indices).astype(np.int64).reshape(-1)] = values
+        graph.initializer.append(
+            numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del graph.sparse_initializer[:]
     onnx.save(model, str(dst_path))
     return Path(dst_path)
 

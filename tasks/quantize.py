@@ -4,8 +4,8 @@ every candidate.
 Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
 params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop) and
 `measure`. Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and
-metrics/quantize.json with every fallback attempt. Unstructured-pruned candidates are skipped:
-their file is small because it is stored sparse, and int8 quantization would write it dense.
+metrics/quantize.json with every fallback attempt. Unstructured-pruned candidates are quantized
+from a dense copy, and their zeros are stored sparse again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
 accuracy checks of the fallback chain use the validation split, never the test split.
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from shrinkflow import data, measure, quantize
+from shrinkflow import data, measure, prune, quantize
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
@@ -43,8 +43,12 @@ def _accuracy_on(split: data.Split):
     return evaluate
 
 
-def _sources(catalog: Catalog) -> list[Candidate]:
-    return [c for c in read_manifests(catalog, SOURCE_STAGES) if c.method != "unstructured"]
+def _dense_source(source: Candidate, src: Path, scratch: Path) -> Path:
+    """The file the quantizer reads: a dense copy of a sparse-stored (unstructured) candidate,
+    since shape inference and the quantizer only see dense initializers."""
+    if source.method != "unstructured":
+        return src
+    return prune.densify_onnx(src, scratch / f"{source.name}-dense.onnx")
 
 
 def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -56,9 +60,9 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
         evaluate = _accuracy_on(splits.val)
         candidates, report = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging, \
-                tempfile.TemporaryDirectory(prefix="shrinkflow-qat-") as scratch:
-            for source in _sources(catalog):
-                src = catalog.path(source.onnx)
+                tempfile.TemporaryDirectory(prefix="shrinkflow-quantize-") as scratch:
+            for source in read_manifests(catalog, SOURCE_STAGES):
+                src = _dense_source(source, catalog.path(source.onnx), Path(scratch))
                 reference = evaluate(src)
                 for method in cfg.methods:
                     name = f"{source.name}-{method}"
@@ -68,6 +72,8 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                         record = _quantize_one(method, source, src, dst, calibration, reference,
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))
+                        if source.method == "unstructured":
+                            prune.sparsify_onnx(dst, dst)
                         measured = measure_onnx(dst, splits, params.measure)
                         tracking.log_metrics(measured.metrics())
                     report[name] = {**record, "val_accuracy_fp32": reference,

@@ -15,6 +15,7 @@ from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import (
     THROUGHPUT_BATCH,
     Measurement,
+    Subject,
     classification_metrics,
     compute,
     confusion,
@@ -22,7 +23,7 @@ from shrinkflow.measure import (
     count_params,
     latencies,
     latency,
-    measure,
+    measure_all,
     predict_batched,
     torch_predictor,
     torch_threads,
@@ -220,7 +221,8 @@ def test_measure_on_a_torch_model_returns_every_standard_metric(tmp_path: Path, 
     torch.save(model.state_dict(), artifact)
     threads_before = torch.get_num_threads()
     # when it is measured
-    result = measure(torch_predictor(model), x, y, artifact, fast_measure_cfg, model=model)
+    subject = Subject(lambda: torch_predictor(model), artifact, model)
+    result = measure_all({"torch": subject}, x, y, fast_measure_cfg)["torch"]
     metrics = result.metrics()
     # then every standard metric is present with a plausible value
     assert set(metrics) == STANDARD_METRICS, f"missing {STANDARD_METRICS - set(metrics)}"
@@ -257,7 +259,8 @@ def test_measure_on_an_onnx_model_counts_params_from_the_file(tmp_path: Path, fa
         f"{count_onnx_params(path)} vs {count_params(model)}"
     )
     # and measuring through ONNX Runtime gives every metric except the torch-only compute counts
-    result = measure(onnx_predictor(path), x, y, path, fast_measure_cfg)
+    subject = Subject(lambda: onnx_predictor(path), path)
+    result = measure_all({"onnx": subject}, x, y, fast_measure_cfg)["onnx"]
     assert result.flops is None and result.macs is None, "compute counts need a torch model"
     assert set(result.metrics()) == STANDARD_METRICS - {"flops", "macs"}, "None metrics are left out"
     assert (result.params_count, result.nonzero_params) == (6 * 8 + 8 + 8 * 3 + 3, 6 * 8 + 8 + 8 * 3 + 3 - 8)

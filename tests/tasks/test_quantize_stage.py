@@ -1,0 +1,53 @@
+"""Stage `quantize`: every candidate quantized, sparse ones stay sparse, every file recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from shrinkflow.measure import file_size
+from tasks.candidates import read_manifest
+from tasks.catalog import Catalog
+from tasks.quantize import run_quantize
+from tasks.stages import run_stage
+
+QUICK_QUANTIZE = ["prune.structured.enabled=false", "distill.enabled=false",
+                  "quantize.methods=[fp16, int8_weights]"]
+
+
+def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_sparse(project):
+    from shrinkflow.config import load_params
+    from tests.conftest import TINY
+
+    # given a baseline and its 80% unstructured-pruned candidate (stored sparse)
+    params = load_params(project / "params.yaml", overrides=[*TINY, *QUICK_QUANTIZE])
+    for stage in ("prepare", "baseline", "prune", "distill"):
+        run_stage(stage, params, project)
+    catalog = Catalog.at(project)
+    # when both are quantized
+    run_quantize(params, project)
+    # then each gets each method, listed in the manifest
+    folder = catalog.stage_models("quantized")
+    names = [c.name for c in read_manifest(folder, "quantize")]
+    assert names == ["baseline-fp32-fp16", "baseline-fp32-int8_weights",
+                     "unstructured-80-fp16", "unstructured-80-int8_weights"]
+    # and the int8 version of the sparse candidate stores its int8 weights sparse: smaller than
+    # both its fp32 sparse source and the dense int8 baseline
+    int8 = onnx.load(str(folder / "unstructured-80-int8_weights.onnx"))
+    sparse_dtypes = {numpy_helper.to_array(t.values).dtype for t in int8.graph.sparse_initializer}
+    assert np.dtype(np.int8) in sparse_dtypes, f"int8 weights should be stored sparse: {sparse_dtypes}"
+    unstructured = catalog.stage_models("pruned") / "unstructured-80" / "model.onnx"
+    sizes = {"int8 sparse": file_size(folder / "unstructured-80-int8_weights.onnx"),
+             "fp32 sparse": file_size(unstructured),
+             "int8 dense": file_size(folder / "baseline-fp32-int8_weights.onnx")}
+    assert sizes["int8 sparse"] < min(sizes["fp32 sparse"], sizes["int8 dense"]), f"sizes {sizes}"
+    # and its recorded test accuracy is within two test rows (of 360) of its fp32 source's
+    quantized = json.loads(catalog.metrics_file("quantize").read_text())
+    pruned = json.loads(catalog.metrics_file("prune").read_text())["candidates"]
+    int8_accuracy = quantized["unstructured-80-int8_weights"]["accuracy"]
+    fp32_accuracy = pruned["unstructured-80"]["accuracy"]
+    assert abs(int8_accuracy - fp32_accuracy) <= 2 / 360 + 1e-9, (
+        f"int8 weights {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}")
