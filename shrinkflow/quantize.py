@@ -255,7 +255,8 @@ def to_int8_weights(src: str | Path, dst: str | Path) -> Path:
     The file shrinks like int8 (~4x), while ONNX Runtime expands the weights once when the session
     loads and runs the float32 graph with all its fusions: the latency of the float32 model, not
     the overhead of quantizing activations on every call, which costs more than it saves on small
-    models at batch 1 (ONNX Runtime has weight-only int8 for neither Conv nor Gemm).
+    models at batch 1. (ONNX Runtime's own weight-only quantizer, MatMulNBits, covers MatMul and
+    Gather, not Conv.)
     """
     model = _load(src)
     _store_weights_int8(model, WEIGHTED_OPS)

@@ -2,9 +2,9 @@
 
 Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `baseline.train` /
 `baseline.augment` (fine-tuning reuses the training loop with `prune.finetune_lr` and
-`prune.finetune_epochs`; with `prune.finetune_with_teacher` it also learns from the unpruned model's
-soft labels at `distill.temperature` / `distill.alpha`) and `measure`. Writes one folder per candidate under models/pruned/ with
-candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
+`prune.finetune_epochs`; with `prune.finetune_with_teacher` it also learns from the unpruned
+model's soft labels at `distill.temperature` / `distill.alpha`) and `measure`. Writes one folder
+per candidate under models/pruned/ with candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
 `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
 highest structured ratio within that drop on the validation split is kept as `structured-auto`,
 and every ratio tried is recorded in metrics/prune.json.
