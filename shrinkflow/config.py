@@ -179,7 +179,7 @@ class PruneConfig(_Section):
 # quantize
 # ---------------------------------------------------------------------------------------------
 class QuantizeConfig(_Section):
-    """Stage `quantize`: fp16, int8 dynamic, int8 static (ONNX QDQ) and quantization-aware training."""
+    """Stage `quantize`: fp16, int8 weight-only, dynamic and static (ONNX) and quantization-aware training."""
 
     methods: tuple[Literal["fp16", "int8_weights", "int8_dynamic", "int8_static", "qat"], ...] = Field(
         ("fp16", "int8_weights", "int8_dynamic", "int8_static"),

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
-from pydantic import BaseModel
 from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from pydantic import BaseModel
 
 from shrinkflow.config import Params
 from tasks import io
