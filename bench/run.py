@@ -226,8 +226,12 @@ def markdown(report: dict) -> str:
                       f"{pruning['baseline_ms']:.4f} ms -> {pruning['structured_50_ms']:.4f} ms "
                       f"({pruning['speedup']:.2f}x, p50 over 5 rounds timed in turn)."]
     for task, gain in report["distillation_gain_pp"].items():
+        alone = next((row["accuracy_drop_pp"] for row in report["compression"]
+                      if row["task"] == task and row["candidate"] == "student-scratch"), None)
+        headroom = (f" (alone it is {alone:.2f} pp below the teacher)"
+                    if alone is not None else "")
         lines.append(f"Distillation on {task}: the student gains {gain:+.2f} pp over the same "
-                     "student trained without the teacher.")
+                     f"student trained without the teacher{headroom}.")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for check in report["targets"]:
         value = check["value"]
