@@ -188,11 +188,6 @@ def _share(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def latency(predict: Predictor, sample: np.ndarray, cfg: MeasureConfig) -> dict[str, float]:
-    """Batch-1 latency percentiles and throughput at batch 256 of one predictor."""
-    return latencies({"model": lambda: predict}, sample, cfg)["model"]
-
-
 # ---------------------------------------------------------------------------------------------
 # Everything at once
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from shrinkflow.measure import (
     count_onnx_params,
     count_params,
     latencies,
-    latency,
     measure_all,
     predict_batched,
     torch_predictor,
@@ -141,7 +140,7 @@ def test_latency_times_batch_1_and_batch_256_with_the_configured_repeats(fast_me
         return np.zeros((len(x), 2), np.float32)
 
     sample = np.zeros((10, 3), np.float32)
-    result = latency(slow, sample, fast_measure_cfg)
+    result = latencies({"slow": lambda: slow}, sample, fast_measure_cfg)["slow"]
     cfg = fast_measure_cfg
     # then it makes warmup + repeats calls at batch 1, one warm-up per round + the throughput
     # repeats at batch 256, and reports milliseconds and samples per second

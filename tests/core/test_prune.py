@@ -16,7 +16,7 @@ from shrinkflow.config import (
 )
 from shrinkflow.data import Split
 from shrinkflow.export import export_onnx, onnx_predictor
-from shrinkflow.measure import compute, count_params, file_size, latency, torch_predictor, torch_threads
+from shrinkflow.measure import compute, count_params, file_size, latencies, torch_predictor, torch_threads
 from shrinkflow.models import Architecture, build_model, load_model
 from shrinkflow.prune import (
     architecture_of,
@@ -219,7 +219,9 @@ def test_structured_speedup__50_percent_channels_cut_macs_and_report_latency():
         x = np.random.default_rng(0).standard_normal((256, *arch.input_shape)).astype(np.float32)
         cfg = MeasureConfig(warmup=20, repeats=200, throughput_repeats=5)
         with torch_threads(1):
-            base, small = latency(torch_predictor(model), x, cfg), latency(torch_predictor(pruned), x, cfg)
+            timed = latencies({"base": lambda: torch_predictor(model),
+                               "small": lambda: torch_predictor(pruned)}, x, cfg)
+            base, small = timed["base"], timed["small"]
         print(f"\n{arch.input_shape} widths {arch.widths}: MACs {macs} -> {pruned_macs} "
               f"({macs / pruned_macs:.2f}x), torch p50 batch-1 latency "
               f"{base['latency_ms_p50_b1']:.4f} -> {small['latency_ms_p50_b1']:.4f} ms "
