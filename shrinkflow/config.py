@@ -11,6 +11,7 @@ editing the file) and as the `description` of the field here (for `--help` and e
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,6 +58,12 @@ class PrepareConfig(_Section):
     mnist1d_samples: int = Field(
         10_000, ge=100, multiple_of=10, description="samples generated for mnist1d (10 classes)"
     )
+    unlabeled_samples: int = Field(
+        0, ge=0, description="mnist1d: extra signals generated without labels, for distillation"
+    )
+    unlabeled_csv: str | None = Field(
+        None, description="CSV of inputs without labels (the feature columns), for distillation"
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for validation")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="share of rows for the test split")
     seed: int = Field(0, description="seed of the stratified split (and of mnist1d generation)")
@@ -66,6 +73,11 @@ class PrepareConfig(_Section):
     def _csv_needs_path(self) -> PrepareConfig:
         if self.source == "csv" and not self.csv.path:
             raise ValueError("prepare.source is 'csv' but prepare.csv.path is not set")
+        if self.unlabeled_samples and self.source != "mnist1d":
+            raise ValueError(f"prepare.unlabeled_samples generates mnist1d signals, but the source "
+                             f"is {self.source!r}: give prepare.unlabeled_csv instead")
+        if self.unlabeled_samples and self.unlabeled_csv:
+            raise ValueError("set one of prepare.unlabeled_samples and prepare.unlabeled_csv")
         return self
 
 
@@ -210,6 +222,9 @@ class QuantizeConfig(_Section):
 # ---------------------------------------------------------------------------------------------
 # distill
 # ---------------------------------------------------------------------------------------------
+_STUDENT_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a candidate and directory name part
+
+
 class DistillConfig(_Section):
     """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
 
@@ -228,6 +243,24 @@ class DistillConfig(_Section):
     train_without_teacher: bool = Field(
         True, description="also train the student alone, to measure what distillation adds"
     )
+    extra_students: dict[str, ModelConfig] = Field(
+        {}, description="more students by name, each trained like `student`: '<name>-kd' etc."
+    )
+    use_unlabeled: bool = Field(
+        True, description="distil on prepare's unlabeled inputs too (the teacher labels them)"
+    )
+
+    @model_validator(mode="after")
+    def _student_names(self) -> DistillConfig:
+        for name in self.extra_students:
+            if not _STUDENT_NAME.fullmatch(name) or name == "student":
+                raise ValueError(f"distill.extra_students: {name!r} is not a usable name "
+                                 f"(lower-case letters, digits and '_', not 'student')")
+        return self
+
+    def students(self) -> dict[str, ModelConfig]:
+        """Every student by name: 'student' (`student`) first, then `extra_students`."""
+        return {"student": self.student, **self.extra_students}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ ones), which is what DVC versions and Great Expectations validates. `DatasetSpec
 that table back into tensors. Other keys read from `prepare`: `val_fraction`, `test_fraction`, `seed`
 (stratified split) and `mnist1d_samples`. Augmentation keys come from `baseline.augment`.
 
+An unlabeled pool (`prepare.unlabeled_samples` for mnist1d, `prepare.unlabeled_csv` for any source)
+holds inputs without labels: a distilled student learns from the teacher's predictions on them.
+Within a training split such rows carry the label `UNLABELED`.
+
 Normalization is fitted on the training split only and stored with the data, so the exact same
 transform is applied at serving time.
 """
@@ -32,6 +36,7 @@ from shrinkflow.config import AugmentConfig, PrepareConfig
 
 Kind = Literal["image", "signal", "tabular"]
 BUILTIN_TARGET = "label"
+UNLABELED = -100  # label of a row without one: cross-entropy's default ignore_index skips it
 _DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 
 
@@ -96,7 +101,7 @@ def _digits_table() -> tuple[pd.DataFrame, DatasetSpec]:
     return frame, spec
 
 
-def _mnist1d_table(samples: int, seed: int) -> tuple[pd.DataFrame, DatasetSpec]:
+def _mnist1d_signals(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -104,15 +109,37 @@ def _mnist1d_table(samples: int, seed: int) -> tuple[pd.DataFrame, DatasetSpec]:
     args.seed = seed
     args.train_split = 1.0  # we split ourselves (stratified, with a validation set)
     generated = make_dataset(args)  # pure numpy generation: no download, no pickle cache
-    signals, labels = generated["x"], generated["y"]
+    return generated["x"], generated["y"]
+
+
+def _signal_frame(signals: np.ndarray) -> pd.DataFrame:
     columns = [f"x_{i}" for i in range(signals.shape[1])]
-    frame = pd.DataFrame(signals.astype(np.float64), columns=columns)
+    return pd.DataFrame(signals.astype(np.float64), columns=columns)
+
+
+def _mnist1d_table(samples: int, seed: int) -> tuple[pd.DataFrame, DatasetSpec]:
+    signals, labels = _mnist1d_signals(samples, seed)
+    frame = _signal_frame(signals)
+    columns = list(frame.columns)
     frame[BUILTIN_TARGET] = labels.astype(np.int64)
     spec = DatasetSpec(
         "mnist1d", "signal", (1, signals.shape[1]), tuple(columns), BUILTIN_TARGET,
         _DIGIT_NAMES, _DIGIT_NAMES, value_range=(-50.0, 50.0),
     )
     return frame, spec
+
+
+_UNLABELED_SEED_OFFSET = 1_000_003  # far from any seed a user would step through
+
+
+def mnist1d_unlabeled(samples: int, seed: int) -> pd.DataFrame:
+    """Fresh MNIST-1D signals without their labels, generated from a seed of their own.
+
+    The generator draws every signal at random (template, shift, scale, noise), so a pool from
+    another seed shares no rows with the labeled table made from `seed`.
+    """
+    signals, _ = _mnist1d_signals(samples, seed + _UNLABELED_SEED_OFFSET)
+    return _signal_frame(signals)
 
 
 def _breast_cancer_table() -> tuple[pd.DataFrame, DatasetSpec]:
@@ -158,15 +185,20 @@ def csv_spec(frame: pd.DataFrame, target: str, name: str) -> DatasetSpec:
 # ---------------------------------------------------------------------------------------------
 # Table -> arrays -> splits
 # ---------------------------------------------------------------------------------------------
+def table_to_features(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Features as float32 of shape (N, *input_shape)."""
+    features = frame.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float32)
+    return features.reshape(len(frame), *spec.input_shape)
+
+
 def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
-    features = frame.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float32)
     index = {label: i for i, label in enumerate(spec.labels)}
     labels = frame[spec.target].map(lambda value: index.get(str(value), -1)).to_numpy(np.int64)
     unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels) if i < 0})
     if unknown:
         raise DataError(f"column {spec.target!r} has labels outside {list(spec.labels)}: {unknown}")
-    return features.reshape(len(frame), *spec.input_shape), labels
+    return table_to_features(frame, spec), labels
 
 
 @dataclass(frozen=True)
@@ -176,6 +208,18 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+def with_unlabeled(split: Split, unlabeled_x: np.ndarray | None) -> Split:
+    """`split` followed by the unlabeled rows, whose label is `UNLABELED`."""
+    if unlabeled_x is None or len(unlabeled_x) == 0:
+        return split
+    if unlabeled_x.shape[1:] != split.x.shape[1:]:
+        raise DataError(f"unlabeled inputs have shape {unlabeled_x.shape[1:]}, "
+                        f"the training split {split.x.shape[1:]}")
+    labels = np.full(len(unlabeled_x), UNLABELED, dtype=split.y.dtype)
+    return Split(np.concatenate([split.x, unlabeled_x.astype(split.x.dtype)]),
+                 np.concatenate([split.y, labels]))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ The loss minimised per batch is
     (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(p_teacher^T || p_student^T)
         + feature_weight * sum over pairs of MSE(adapter(student feature), teacher feature)
 
+Unlabeled inputs (a transfer set) may join the labeled ones: the cross-entropy averages over the
+labeled rows only, the other terms over all rows, so there the student learns from the teacher alone.
+
 There is no training loop here: `distill` hands the student to `train.fit`, the one loop, and plugs
 the loss in through fit's `extra_loss` hook. fit always adds the plain cross-entropy (with the
 config's label smoothing), so the hook returns `alpha * (KD - CE)`; the sum is the loss above, with
@@ -37,14 +40,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkflow.config import DistillConfig, TrainConfig
-from shrinkflow.data import Augmenter, Split
+from shrinkflow.config import DistillConfig, ModelConfig, TrainConfig
+from shrinkflow.data import Augmenter, Split, with_unlabeled
 from shrinkflow.models import Architecture, architecture_for, build_model
-from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, sum_losses
+from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, label_loss, sum_losses
 
 
 class DistillError(ValueError):
@@ -89,7 +93,8 @@ def soft_label_loss(teacher: nn.Module, temperature: float, alpha: float,
     """train.fit's extra loss that turns its cross-entropy into (1 - alpha) * CE + alpha * KD.
 
     fit always adds CE(logits, targets) with the config's label smoothing (pass the same value
-    here), so this returns alpha * (kd_loss - CE): alpha = 1 cancels the label term. `teacher`
+    here), so this returns alpha * (kd_loss - CE): alpha = 1 cancels the label term. CE averages
+    over the labeled rows and kd_loss over every row, unlabeled ones included. `teacher`
     (in eval mode, the caller's business) runs without gradients on the very inputs the student
     sees, moved to their device on first use. With alpha 0 the teacher is skipped unless
     `always_run_teacher` (feature hooks need its forward pass). Used by `distill` and to fine-tune
@@ -107,7 +112,7 @@ def soft_label_loss(teacher: nn.Module, temperature: float, alpha: float,
             teacher_logits = teacher(inputs)
         if alpha == 0:
             return zero
-        hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        hard = label_loss(logits, targets, label_smoothing)
         return alpha * (kd_loss(logits, teacher_logits, temperature) - hard.float())
 
     return loss
@@ -259,8 +264,13 @@ def distill(
     augment: Augmenter | None = None,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
     progress: bool = True,
+    unlabeled_x: np.ndarray | None = None,
 ) -> FitResult:
     """Train `student` in place from `teacher` (frozen) and the labels; return fit's result.
+
+    `unlabeled_x`, inputs shaped like `train.x` without labels, join the training rows: there the
+    student learns from the teacher alone (the soft-label and feature losses), which is how a
+    student gains from data nobody labeled.
 
     `train_cfg` is the training loop's configuration; `cfg.epochs` / `cfg.patience`, when set,
     replace its own (see `student_train_config`).
@@ -305,8 +315,9 @@ def distill(
                                always_run_teacher=bool(cfg.feature_pairs))
         loss = sum_losses(soft, hint_loss if cfg.feature_pairs else None)
         return fit(
-            _StudentWithAdapters(student, adapters), train, val, train_cfg, augment=augment,
-            extra_loss=loss, on_epoch_end=on_epoch_end, progress=progress,
+            _StudentWithAdapters(student, adapters), with_unlabeled(train, unlabeled_x), val,
+            train_cfg, augment=augment, extra_loss=loss, on_epoch_end=on_epoch_end,
+            progress=progress,
             description=f"distilling (T={temperature:g}, alpha={alpha:g})",
         )
 
@@ -320,11 +331,12 @@ def student_train_config(cfg: DistillConfig, train_cfg: TrainConfig) -> TrainCon
 
 
 def build_student(
-    cfg: DistillConfig, kind: str, input_shape: tuple[int, ...], n_classes: int
+    cfg: ModelConfig, kind: str, input_shape: tuple[int, ...], n_classes: int
 ) -> tuple[Architecture, nn.Module]:
-    """The student described by `distill.student`, resolved against the data like the baseline.
+    """A student (`distill.student` or one of `distill.extra_students`), resolved against the
+    data like the baseline.
 
     Initialisation draws from torch's global RNG: seed it first for a reproducible student.
     """
-    arch = architecture_for(cfg.student, kind, input_shape, n_classes)
+    arch = architecture_for(cfg, kind, input_shape, n_classes)
     return arch, build_model(arch)

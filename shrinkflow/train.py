@@ -8,6 +8,9 @@ Keys read from `baseline.train`:
   device, amp               auto/cpu/cuda; mixed precision on CUDA (bf16 where supported, else fp16)
   seed                      seeds init, shuffling and augmentation: same config -> same CPU result
 
+Rows labeled `data.UNLABELED` add nothing to the cross-entropy (a batch of them only has 0 there);
+they are there for an extra loss that needs no label, such as distillation's.
+
 `extra_loss(model, inputs, logits, targets)` is added to the cross-entropy: distillation and
 sparsity penalties plug in here instead of writing their own loops. `on_epoch_end` receives each
 epoch's numbers (the tracking layer logs them; this module does not know about MLflow).
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shrinkflow.config import TrainConfig
-from shrinkflow.data import Augmenter, Split, make_loader
+from shrinkflow.data import UNLABELED, Augmenter, Split, make_loader
 from shrinkflow.measure import classification_metrics
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +49,15 @@ def sum_losses(*losses: ExtraLoss | None) -> ExtraLoss | None:
         return sum(loss(model, inputs, logits, targets) for loss in present)
 
     return total
+
+
+def label_loss(logits: torch.Tensor, targets: torch.Tensor,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy averaged over the labeled rows; 0 when the batch has none."""
+    if not bool((targets != UNLABELED).any()):
+        return logits.sum() * 0.0  # keeps the graph (and dtype) for backward
+    return F.cross_entropy(logits, targets, ignore_index=UNLABELED,
+                           label_smoothing=label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ def fit(
                            else nullcontext())
                 with context:
                     logits = model(inputs)
-                    loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+                    loss = label_loss(logits, targets, cfg.label_smoothing)
                     if extra_loss is not None:
                         loss = loss + extra_loss(model, inputs, logits, targets)
                 optimizer.zero_grad(set_to_none=True)

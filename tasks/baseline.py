@@ -38,6 +38,15 @@ def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dic
     return data.Splits(*splits), data.DatasetSpec.from_dict(meta["spec"]), meta
 
 
+def load_unlabeled(catalog: Catalog) -> np.ndarray | None:
+    """The normalized unlabeled inputs written by `prepare`; None when it wrote none."""
+    path = catalog.unlabeled_file()
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        return arrays["x"]
+
+
 def _write_history(history: list[train.EpochLog], path: Path) -> None:
     header = ",".join(asdict(history[0]))
     rows = [",".join(f"{value:.6g}" for value in asdict(log).values()) for log in history]

@@ -29,7 +29,7 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "tasks/prune.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
     "distill": (
-        "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
+        "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py", "shrinkflow/data.py",
         "tasks/distill.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
     "quantize": (
@@ -98,6 +98,10 @@ class Catalog:
 
     def split_file(self, split: str, directory: Path | None = None) -> Path:
         return (directory or self.processed_dir) / f"{split}.npz"
+
+    def unlabeled_file(self, directory: Path | None = None) -> Path:
+        """Normalized inputs without labels, for distillation (absent when none are configured)."""
+        return (directory or self.processed_dir) / "unlabeled.npz"
 
     def dataset_file(self, directory: Path | None = None) -> Path:
         """Spec, normalization statistics, class counts and the raw digest of the data set."""

@@ -1,10 +1,12 @@
-"""Stage `distill`: a smaller student trained from the teacher, and the same student trained alone.
+"""Stage `distill`: smaller students trained from the teacher, and the same students trained alone.
 
-Reads models/baseline/ (the teacher, until a search stage exists), data/processed/ and params.yaml
-`distill`, `baseline.train` / `baseline.augment` (the training loop and augmentation the student
-shares with the teacher) and `measure`. Writes models/distilled/{student-kd,student-scratch}/
-(model.pt, architecture.json, model.onnx) with their candidates.json, and metrics/distill.json,
-whose `kd_gain_pp` is what distillation adds over training the same student without a teacher.
+Reads models/baseline/ (the teacher, until a search stage exists), data/processed/ (with the
+unlabeled inputs, when prepare wrote some: only the distilled students see them) and params.yaml
+`distill`, `baseline.train` / `baseline.augment` (the training loop and augmentation the students
+share with the teacher) and `measure`. For each student (`student`, then `extra_students` by name)
+writes models/distilled/{<name>-kd,<name>-scratch}/ (model.pt, architecture.json, model.onnx), with
+one candidates.json, and metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds
+over training the same student without a teacher.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow import data, train
-from shrinkflow.config import Params
+from shrinkflow.config import DistillConfig, ModelConfig, Params
 from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
-from tasks.baseline import load_processed
+from tasks.baseline import load_processed, load_unlabeled
 from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
 from tasks.catalog import Catalog
 
@@ -25,29 +27,49 @@ log = logging.getLogger("shrinkflow.distill")
 STAGE_DIR = "distilled"
 
 
+def _variants(cfg: DistillConfig) -> list[tuple[str, str, ModelConfig, bool]]:
+    """(candidate, student name, architecture, with teacher) for every model the stage trains."""
+    if not cfg.enabled:
+        return []
+    runs = [(True, "kd"), (False, "scratch")] if cfg.train_without_teacher else [(True, "kd")]
+    return [(f"{name}-{method}", name, model, with_teacher)
+            for name, model in cfg.students().items() for with_teacher, method in runs]
+
+
+def _kd_gains(cfg: DistillConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """'<student>.kd_gain_pp': accuracy with the teacher minus without, in percentage points."""
+    gains = {}
+    for name in cfg.students():
+        kd, scratch = metrics.get(f"{name}-kd.accuracy"), metrics.get(f"{name}-scratch.accuracy")
+        if kd is not None and scratch is not None:
+            gains[f"{name}.kd_gain_pp"] = gain = 100 * (kd - scratch)
+            log.info("distillation adds %.2f pp to %s over the same student alone", gain, name)
+    return gains
+
+
 def run_distill(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Train the configured student with and without the teacher; returns a JSON summary."""
+    """Train every configured student with and without the teacher; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.distill
     train_cfg = student_train_config(cfg, params.baseline.train)
     with tracking.stage_run("distill", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
+        unlabeled_x = load_unlabeled(catalog) if cfg.use_unlabeled else None
         _, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
-        variants = [("student-kd", True)] if cfg.enabled else []
-        if cfg.enabled and cfg.train_without_teacher:
-            variants.append(("student-scratch", False))
 
         candidates, metrics = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
-            for name, with_teacher in variants:
+            for name, student_name, model_cfg, with_teacher in _variants(cfg):
                 train.seed_everything(train_cfg.seed)  # both students start from the same weights
-                arch, student = build_student(cfg, spec.kind, spec.input_shape, len(spec.classes))
+                arch, student = build_student(model_cfg, spec.kind, spec.input_shape,
+                                              len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
+                method = "kd" if with_teacher else "scratch"
                 log.info("training %s %s %s", name, arch.family, arch.widths)
-                with tracking.candidate_run(name, {"method": "kd" if with_teacher else "scratch"}):
+                with tracking.candidate_run(name, {"method": method, "student": student_name}):
                     if with_teacher:
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train, augment, on_epoch_end=tracking.log_epoch,
-                                progress=True)
+                                progress=True, unlabeled_x=unlabeled_x)
                     else:
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)
@@ -57,14 +79,11 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                 metrics[f"{name}.accuracy"] = measured.accuracy
                 metrics[f"{name}.params_count"] = measured.params_count
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", "kd" if with_teacher else "scratch",
-                                            torch=f"models/{STAGE_DIR}/{name}"))
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
-        if {"student-kd.accuracy", "student-scratch.accuracy"} <= metrics.keys():
-            metrics["kd_gain_pp"] = 100 * (metrics["student-kd.accuracy"]
-                                           - metrics["student-scratch.accuracy"])
-            log.info("distillation adds %.2f pp over the same student alone", metrics["kd_gain_pp"])
+        metrics |= _kd_gains(cfg, metrics)
+        metrics["unlabeled_rows"] = 0 if unlabeled_x is None else len(unlabeled_x)
         io.write_json(catalog.metrics_file("distill"), metrics)
         tracking.log_metrics(metrics)
         return {"stage": "distill", "run_id": run.info.run_id, "dataset": spec.name,

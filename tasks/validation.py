@@ -127,16 +127,19 @@ def _error_message(report: ValidationReport) -> str:
 # Raw table
 # ---------------------------------------------------------------------------------------------
 def validate_raw(
-    frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, docs_dir: Path
+    frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, docs_dir: Path,
+    labeled: bool = True,
 ) -> ValidationReport:
     """Validate the raw table of `spec` and write Data Docs under `docs_dir`.
+
+    `labeled=False` validates an unlabeled pool: the same feature checks, no target column.
 
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
     """
     gxe = _import_gx().expectations
     lo, hi = spec.value_range or (-rules.max_abs_value, rules.max_abs_value)
-    expected = [*spec.feature_columns, spec.target]
+    expected = [*spec.feature_columns, *([spec.target] if labeled else [])]
     present = set(frame.columns)
 
     suite: list = [gxe.ExpectTableRowCountToBeBetween(min_value=rules.min_rows)]
@@ -154,12 +157,14 @@ def validate_raw(
             suite.append(
                 gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
             )
-    if spec.target in present:
+    if labeled and spec.target in present:
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.target))
         if spec.name in BUILTIN_SOURCES:  # built-in tables store labels as 0..len(classes)-1
             labels = list(range(len(spec.classes)))
             suite.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
 
+    if not labeled:
+        return _run(f"unlabeled:{spec.name}", frame, suite, (), docs_dir)
     warnings = _imbalance_warnings(frame, spec, rules)
     return _run(f"raw:{spec.name}", frame, suite, warnings, docs_dir)
 

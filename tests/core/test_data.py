@@ -12,6 +12,7 @@ import torch
 
 from shrinkflow.config import AugmentConfig, ConfigError, PrepareConfig, load_params
 from shrinkflow.data import (
+    UNLABELED,
     Augmenter,
     DataError,
     DatasetSpec,
@@ -21,9 +22,11 @@ from shrinkflow.data import (
     builtin_table,
     csv_spec,
     make_loader,
+    mnist1d_unlabeled,
     normalize_splits,
     stratified_split,
     table_to_arrays,
+    with_unlabeled,
 )
 
 
@@ -382,3 +385,31 @@ def test_make_loader_batches_every_sample_and_shuffles_reproducibly():
     assert order[0] != order[2], "another seed should give another order"
     plain = torch.cat([xb for xb, _ in make_loader(split, 16, shuffle=False)]).ravel().tolist()
     assert plain == list(range(50)), "without shuffling the order should be kept"
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabeled inputs
+# ---------------------------------------------------------------------------------------------
+def test_mnist1d_unlabeled_is_reproducible_and_shares_no_signal_with_the_labeled_table(monkeypatch):
+    _forbid_network(monkeypatch)
+    cfg = PrepareConfig(source="mnist1d", mnist1d_samples=200, seed=3)
+    labeled, spec = builtin_table(cfg)
+    pool = mnist1d_unlabeled(300, seed=3)
+    assert list(pool.columns) == list(spec.feature_columns), "the feature columns, no label"
+    pd.testing.assert_frame_equal(pool, mnist1d_unlabeled(300, seed=3))
+    shared = pool.merge(labeled[list(spec.feature_columns)], how="inner")
+    assert shared.empty, "the pool is drawn apart from the labeled signals"
+
+
+def test_with_unlabeled_appends_rows_labeled_unlabeled():
+    split = Split(np.zeros((3, 1, 4), np.float32), np.array([0, 1, 2]))
+    joined = with_unlabeled(split, np.ones((2, 1, 4), np.float64))
+    assert joined.x.shape == (5, 1, 4) and joined.x.dtype == np.float32
+    assert joined.y.tolist() == [0, 1, 2, UNLABELED, UNLABELED]
+    assert with_unlabeled(split, None) is split
+
+
+def test_with_unlabeled__inputs_of_another_shape_fail_naming_both():
+    split = Split(np.zeros((3, 1, 4), np.float32), np.array([0, 1, 2]))
+    with pytest.raises(DataError, match=r"\(1, 5\).*\(1, 4\)"):
+        with_unlabeled(split, np.ones((2, 1, 5), np.float32))

@@ -13,7 +13,8 @@ from torch import nn
 from shrinkflow import distill as distill_module
 from shrinkflow.config import AugmentConfig, DistillConfig, ModelConfig, PrepareConfig, TrainConfig
 from shrinkflow.data import (
-    Augmenter, Splits, builtin_table, normalize_splits, stratified_split, table_to_arrays,
+    UNLABELED, Augmenter, Split, Splits, builtin_table, normalize_splits, stratified_split,
+    table_to_arrays,
 )
 from shrinkflow.distill import (
     DistillError,
@@ -27,7 +28,7 @@ from shrinkflow.distill import (
 )
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import CNN, MLP, Architecture, build_model
-from shrinkflow.train import fit, predict_logits
+from shrinkflow.train import fit, label_loss, predict_logits
 
 CUDA = torch.cuda.is_available()
 TEACHER_ARCH = Architecture("cnn", (1, 8, 8), 10, (8, 16), kernel_size=3, dropout=0.0)
@@ -89,6 +90,22 @@ def test_soft_label_loss_turns_fits_cross_entropy_into_the_alpha_mix():
     extra = soft_label_loss(teacher, 3.0, 0.25, label_smoothing=0.1)(teacher, inputs, logits, targets)
     # then the total is (1 - alpha) * CE + alpha * KD
     assert (ce + extra).item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
+
+
+def test_soft_label_loss_on_unlabeled_rows_is_kd_there_and_the_alpha_mix_on_the_labeled():
+    # given a batch whose last two rows have no label
+    torch.manual_seed(0)
+    teacher = nn.Linear(4, 3).eval()
+    inputs, logits = torch.randn(5, 4), torch.randn(5, 3)
+    targets = torch.tensor([0, 1, 2, UNLABELED, UNLABELED])
+    ce = F.cross_entropy(logits[:3], targets[:3])
+    with torch.no_grad():
+        kd = kd_loss(logits, teacher(inputs), 3.0)
+    # when fit adds the hook's value to its cross-entropy (which averages over the labeled rows)
+    total = label_loss(logits, targets) + soft_label_loss(teacher, 3.0, 0.25)(
+        teacher, inputs, logits, targets)
+    # then CE counts the labeled rows and KD every row
+    assert total.item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
 
 
 def test_soft_label_loss_with_alpha_zero_skips_the_teacher():
@@ -292,6 +309,25 @@ def test_distill_with_an_unknown_layer_fails_before_training_and_leaves_no_hooks
     assert _hooks_left(teacher) == [] and _hooks_left(student) == [], "no hook should remain"
 
 
+def test_distill_learns_from_unlabeled_inputs_through_the_teacher(teacher, digits):
+    # given 40 labeled training rows, the rest of the training split without its labels
+    labeled = Split(digits.train.x[:40], digits.train.y[:40])
+    pool = digits.train.x[40:]
+    cfg = DistillConfig(temperature=2.0, alpha=0.5, epochs=15)
+
+    def student_accuracy(unlabeled_x: np.ndarray | None) -> float:
+        torch.manual_seed(0)
+        student = build_model(STUDENT_ARCH)
+        distill(teacher, student, labeled, digits.val, cfg, FAST, progress=False,
+                unlabeled_x=unlabeled_x)
+        return _accuracy(student, digits.test.x, digits.test.y)
+
+    # when the same student is distilled without and with the pool
+    without, with_pool = student_accuracy(None), student_accuracy(pool)
+    # then the teacher's answers on the pool teach it what 40 labels cannot
+    assert with_pool >= without + 0.1, f"{without:.3f} without the pool, {with_pool:.3f} with it"
+
+
 def test_distill_trains_a_small_student_from_the_teacher(teacher, digits, tmp_path):
     # given a trained teacher and an untrained student with 3/4 of its channels (~40% of its weights)
     torch.manual_seed(0)
@@ -452,10 +488,9 @@ def test_distill_on_cuda_with_amp_returns_both_models_to_the_cpu(teacher, digits
 # build_student
 # ---------------------------------------------------------------------------------------------
 def test_build_student_resolves_the_student_config_against_the_data():
-    cfg = DistillConfig(student=ModelConfig(depth=2, width=4, kernel_size=5))
-    arch, model = build_student(cfg, "signal", (1, 40), 10)
+    arch, model = build_student(ModelConfig(depth=2, width=4, kernel_size=5), "signal", (1, 40), 10)
     assert arch == Architecture("cnn", (1, 40), 10, (4, 8), kernel_size=5, dropout=0.1)
     assert isinstance(model, CNN), "signals get a CNN student"
     assert model(torch.zeros(2, 1, 40)).shape == (2, 10), "one logit per class"
-    arch, model = build_student(DistillConfig(student=ModelConfig(width=16)), "tabular", (30,), 2)
+    arch, model = build_student(ModelConfig(width=16), "tabular", (30,), 2)
     assert arch.family == "mlp" and arch.widths == (16, 16) and isinstance(model, MLP)

@@ -11,9 +11,11 @@ from torch import nn
 
 from shrinkflow import train
 from shrinkflow.config import AugmentConfig, TrainConfig
-from shrinkflow.data import Augmenter, Split
+from shrinkflow.data import UNLABELED, Augmenter, Split
 from shrinkflow.models import Architecture, build_model
-from shrinkflow.train import EpochLog, fit, predict_logits, resolve_device, sum_losses
+from shrinkflow.train import (
+    EpochLog, fit, label_loss, predict_logits, resolve_device, sum_losses,
+)
 
 CUDA = torch.cuda.is_available()
 
@@ -294,3 +296,33 @@ def test_sum_losses_adds_the_given_losses_and_skips_none():
     single = constant(2.0)
     assert sum_losses(None, single) is single, "one loss is returned as it is"
     assert sum_losses(constant(2.0), None, constant(0.5))(*args).item() == 2.5
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabeled rows
+# ---------------------------------------------------------------------------------------------
+def test_label_loss_averages_over_the_labeled_rows_only():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
+    targets = torch.tensor([0, UNLABELED, 1])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], targets[[0, 2]])
+    assert torch.allclose(label_loss(logits, targets), expected)
+
+
+def test_label_loss_of_a_batch_without_labels_is_zero_and_still_differentiable():
+    logits = torch.randn(3, 2, requires_grad=True)
+    loss = label_loss(logits, torch.full((3,), UNLABELED))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(3, 2))
+
+
+def test_fit_gets_no_signal_from_unlabeled_rows_without_an_extra_loss(separable, cpu_train_cfg):
+    # given the labeled rows followed by as many unlabeled ones
+    train_split, val_split = separable
+    mixed = Split(np.concatenate([train_split.x, -train_split.x]),
+                  np.concatenate([train_split.y, np.full(len(train_split), UNLABELED)]))
+    model = _mlp()
+    # when fit trains on the mix
+    result = fit(model, mixed, val_split, cpu_train_cfg, progress=False)
+    # then the loss stays finite and the labeled rows are learned
+    assert all(np.isfinite(log.train_loss) for log in result.history)
+    assert result.best_val_accuracy >= 0.95, "the labeled rows alone separate the classes"

@@ -160,3 +160,69 @@ def test_run_prepare__user_csv_with_string_labels_is_prepared(project, tmp_path)
     assert meta["spec"]["classes"] == ["no", "yes"]
     assert meta["spec"]["kind"] == "tabular" and meta["spec"]["input_shape"] == [3]
     assert summary["dataset"] == "user"
+
+
+# ---------------------------------------------------------------------------------------------
+# unlabeled pool
+# ---------------------------------------------------------------------------------------------
+def unlabeled_params(project: Path, frame: pd.DataFrame):
+    """TINY digits params with data/external/unlabeled.csv holding `frame` as the pool."""
+    frame.to_csv(project / "data" / "external" / "unlabeled.csv", index=False)
+    return load_params(project / "params.yaml", overrides=[
+        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv"])
+
+
+def test_run_prepare__unlabeled_csv_is_validated_normalized_and_stored(project, digits_frame):
+    # given a pool of 300 digits images, with the label column still in it (it is dropped)
+    pool = digits_frame.sample(300, random_state=0)
+    # when
+    summary = run_prepare(unlabeled_params(project, pool), project)
+    # then the inputs are stored with the training split's normalization, without labels
+    catalog = Catalog.at(project)
+    meta = json.loads(catalog.dataset_file().read_text())
+    with np.load(catalog.unlabeled_file(), allow_pickle=False) as arrays:
+        assert set(arrays.files) == {"x"}, "an unlabeled pool holds inputs only"
+        stored = arrays["x"]
+    mean, std = (np.asarray(meta["normalizer"][key], np.float32) for key in ("mean", "std"))
+    raw = pool.drop(columns="label").to_numpy(np.float32).reshape(300, 1, 8, 8)
+    np.testing.assert_allclose(stored, (raw - mean) / std, rtol=1e-6)
+    assert meta["rows_unlabeled"] == 300 and summary["metrics"]["rows_unlabeled"] == 300
+    report = json.loads(catalog.validation_report.read_text())
+    assert [entry["name"] for entry in report] == ["raw:digits", "unlabeled:digits",
+                                                   "processed:digits"]
+
+
+@pytest.mark.parametrize("breaker, words", [
+    (lambda f: f.assign(px_0_3=f["px_0_3"].where(f.index != f.index[4], np.nan)),
+     ["unlabeled data", "px_0_3", "null"]),
+    (lambda f: f.drop(columns=["px_2_2"]), ["unlabeled data", "px_2_2", "column missing"]),
+    (lambda f: f.assign(extra=1.0), ["prepare.unlabeled_csv", "unlabeled.csv", "extra"]),
+])
+def test_run_prepare__broken_unlabeled_csv_is_rejected_and_previous_outputs_kept(
+        project, tiny_params, digits_frame, breaker, words):
+    run_prepare(tiny_params, project)
+    catalog = Catalog.at(project)
+    before = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
+    params = unlabeled_params(project, breaker(digits_frame.head(100).drop(columns="label")))
+    with pytest.raises((DataValidationError, DataError)) as raised:
+        run_prepare(params, project)
+    for word in words:
+        assert word in str(raised.value), f"the error should mention {word!r}: {raised.value}"
+    assert {path: tree_digest(path) for path in catalog.stage_outputs("prepare")} == before
+    assert not catalog.unlabeled_file().exists()
+
+
+def test_prepare_config__unlabeled_samples_need_mnist1d_and_exclude_a_csv_pool():
+    with pytest.raises(ValueError, match=r"unlabeled_samples.*'digits'.*unlabeled_csv"):
+        PrepareConfig(unlabeled_samples=100)
+    with pytest.raises(ValueError, match="one of prepare.unlabeled_samples"):
+        PrepareConfig(source="mnist1d", unlabeled_samples=100, unlabeled_csv="pool.csv")
+
+
+def test_run_prepare__mnist1d_unlabeled_samples_are_generated(project):
+    params = load_params(project / "params.yaml", overrides=[
+        *TINY, "prepare.source=mnist1d", "prepare.mnist1d_samples=500",
+        "prepare.unlabeled_samples=200"])
+    run_prepare(params, project)
+    with np.load(Catalog.at(project).unlabeled_file(), allow_pickle=False) as arrays:
+        assert arrays["x"].shape == (200, 1, 40)
