@@ -10,6 +10,8 @@ user's own stores and outputs are untouched):
                directly), as measured side by side by the compare stage, with the fields of
                shared/BENCH.md and ratios against the fp32 baseline in torch and ONNX Runtime.
   pruning      eager-torch batch-1 latency of the digits baseline vs its 50%-channel pruning.
+  distillation each student's accuracy with the teacher minus without it (metrics/distill.json),
+               and how many unlabeled inputs the distilled students also learned from.
   targets      the acceptance targets of the compression work, each checked on these numbers.
 
 Usage: python bench/run.py [--tasks digits mnist1d] [--output reports]

@@ -27,13 +27,13 @@ log = logging.getLogger("shrinkflow.distill")
 STAGE_DIR = "distilled"
 
 
-def _variants(cfg: DistillConfig) -> list[tuple[str, str, ModelConfig, bool]]:
-    """(candidate, student name, architecture, with teacher) for every model the stage trains."""
+def _variants(cfg: DistillConfig) -> list[tuple[str, str, ModelConfig, str]]:
+    """(candidate, student name, architecture, "kd" | "scratch") for every model to train."""
     if not cfg.enabled:
         return []
-    runs = [(True, "kd"), (False, "scratch")] if cfg.train_without_teacher else [(True, "kd")]
-    return [(f"{name}-{method}", name, model, with_teacher)
-            for name, model in cfg.students().items() for with_teacher, method in runs]
+    methods = ("kd", "scratch") if cfg.train_without_teacher else ("kd",)
+    return [(f"{name}-{method}", name, model, method)
+            for name, model in cfg.students().items() for method in methods]
 
 
 def _kd_gains(cfg: DistillConfig, metrics: dict[str, float]) -> dict[str, float]:
@@ -58,15 +58,15 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
 
         candidates, metrics = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
-            for name, student_name, model_cfg, with_teacher in _variants(cfg):
-                train.seed_everything(train_cfg.seed)  # both students start from the same weights
+            for name, student_name, model_cfg, method in _variants(cfg):
+                # a student starts from the same weights with and without the teacher
+                train.seed_everything(train_cfg.seed)
                 arch, student = build_student(model_cfg, spec.kind, spec.input_shape,
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
-                method = "kd" if with_teacher else "scratch"
                 log.info("training %s %s %s", name, arch.family, arch.widths)
                 with tracking.candidate_run(name, {"method": method, "student": student_name}):
-                    if with_teacher:
+                    if method == "kd":
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train, augment, on_epoch_end=tracking.log_epoch,
                                 progress=True, unlabeled_x=unlabeled_x)
