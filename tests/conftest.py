@@ -51,6 +51,15 @@ def copy_project(destination: Path) -> Path:
     return copy_sources(REPO, destination)
 
 
+def unlabeled_csv_params(project: Path, frame, *overrides: str):
+    """TINY params with `frame` (a pandas table) as the project's prepare.unlabeled_csv."""
+    from shrinkflow.config import load_params
+
+    frame.to_csv(project / "data" / "external" / "unlabeled.csv", index=False)
+    return load_params(project / "params.yaml", overrides=[
+        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv", *overrides])
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")

@@ -10,6 +10,7 @@ from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.distill import run_distill
 from tasks.stages import run_stage
+from tests.conftest import unlabeled_csv_params
 
 
 def test_distill__trains_both_students_and_records_the_gain(project):
@@ -35,17 +36,15 @@ def test_distill__trains_both_students_and_records_the_gain(project):
     assert summary["metrics"] == metrics
 
 
-def test_distill__extra_students_and_the_unlabeled_pool(project):
-    from shrinkflow.config import load_params
-    from tests.conftest import TINY
+def _digits_inputs(rows: int):
+    return builtin_table(PrepareConfig())[0].drop(columns="label").head(rows)
 
+
+def test_distill__extra_students_and_the_unlabeled_pool(project):
     # given a pool of unlabeled digits, and an MLP student beside the CNN one
-    raw = project / "data" / "external" / "unlabeled.csv"
-    builtin_table(PrepareConfig())[0].drop(columns="label").head(400).to_csv(raw, index=False)
-    params = load_params(project / "params.yaml", overrides=[
-        *TINY, "baseline.model.width=16", "distill.student.width=4",
-        "prepare.unlabeled_csv=data/external/unlabeled.csv",
-        "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}"])
+    params = unlabeled_csv_params(project, _digits_inputs(400), "baseline.model.width=16",
+                                  "distill.student.width=4",
+                                  "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}")
     for stage in ("prepare", "baseline"):
         run_stage(stage, params, project)
     # when
@@ -62,14 +61,8 @@ def test_distill__extra_students_and_the_unlabeled_pool(project):
 
 
 def test_distill__the_pool_can_be_left_out(project):
-    from shrinkflow.config import load_params
-    from tests.conftest import TINY
-
-    raw = project / "data" / "external" / "unlabeled.csv"
-    builtin_table(PrepareConfig())[0].drop(columns="label").head(200).to_csv(raw, index=False)
-    params = load_params(project / "params.yaml", overrides=[
-        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv", "distill.use_unlabeled=false",
-        "distill.train_without_teacher=false"])
+    params = unlabeled_csv_params(project, _digits_inputs(200), "distill.use_unlabeled=false",
+                                  "distill.train_without_teacher=false")
     for stage in ("prepare", "baseline"):
         run_stage(stage, params, project)
     run_distill(params, project)

@@ -14,7 +14,7 @@ from shrinkflow.data import DataError, builtin_table
 from tasks.catalog import Catalog, tree_digest
 from tasks.prepare import run_prepare
 from tasks.validation import DataValidationError
-from tests.conftest import TINY
+from tests.conftest import TINY, unlabeled_csv_params
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +165,11 @@ def test_run_prepare__user_csv_with_string_labels_is_prepared(project, tmp_path)
 # ---------------------------------------------------------------------------------------------
 # unlabeled pool
 # ---------------------------------------------------------------------------------------------
-def unlabeled_params(project: Path, frame: pd.DataFrame):
-    """TINY digits params with data/external/unlabeled.csv holding `frame` as the pool."""
-    frame.to_csv(project / "data" / "external" / "unlabeled.csv", index=False)
-    return load_params(project / "params.yaml", overrides=[
-        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv"])
-
-
 def test_run_prepare__unlabeled_csv_is_validated_normalized_and_stored(project, digits_frame):
     # given a pool of 300 digits images, with the label column still in it (it is dropped)
     pool = digits_frame.sample(300, random_state=0)
     # when
-    summary = run_prepare(unlabeled_params(project, pool), project)
+    summary = run_prepare(unlabeled_csv_params(project, pool), project)
     # then the inputs are stored with the training split's normalization, without labels
     catalog = Catalog.at(project)
     meta = json.loads(catalog.dataset_file().read_text())
@@ -203,7 +196,7 @@ def test_run_prepare__broken_unlabeled_csv_is_rejected_and_previous_outputs_kept
     run_prepare(tiny_params, project)
     catalog = Catalog.at(project)
     before = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
-    params = unlabeled_params(project, breaker(digits_frame.head(100).drop(columns="label")))
+    params = unlabeled_csv_params(project, breaker(digits_frame.head(100).drop(columns="label")))
     with pytest.raises((DataValidationError, DataError)) as raised:
         run_prepare(params, project)
     for word in words:
