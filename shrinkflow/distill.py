@@ -19,11 +19,9 @@ The loss minimised per batch is
 Unlabeled inputs (a transfer set) may join the labeled ones: the cross-entropy averages over the
 labeled rows only, the other terms over all rows, so there the student learns from the teacher alone.
 
-There is no training loop here: `distill` hands the student to `train.fit`, the one loop, and plugs
-the loss in through fit's `extra_loss` hook. fit always adds the plain cross-entropy (with the
-config's label smoothing), so the hook returns `alpha * (KD - CE)`; the sum is the loss above, with
-exactly that gradient (alpha = 1 cancels the label term). The teacher runs on the very inputs the
-student sees (after augmentation), in eval mode and without gradients, on the student's device.
+There is no training loop here: `distill` hands the student and the loss above to `train.fit`, the
+one loop (alpha = 1 leaves the label term out). The teacher runs on the very inputs the student
+sees (after augmentation), in eval mode and without gradients, on the student's device.
 
 Feature pairs may join layers of different widths and resolutions: a 1x1 convolution (or a linear
 layer for vectors) maps the student's channels onto the teacher's, created only when the counts
@@ -48,7 +46,7 @@ from torch import nn
 from shrinkflow.config import DistillConfig, ModelConfig, TrainConfig
 from shrinkflow.data import Augmenter, Split, with_unlabeled
 from shrinkflow.models import Architecture, architecture_for, build_model
-from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, label_loss, sum_losses
+from shrinkflow.train import EpochLog, FitResult, Loss, fit, label_loss, sum_losses
 
 
 class DistillError(ValueError):
@@ -88,32 +86,30 @@ def kd_loss(
     return kl * temperature**2
 
 
-def soft_label_loss(teacher: nn.Module, temperature: float, alpha: float,
-                    label_smoothing: float = 0.0, always_run_teacher: bool = False) -> ExtraLoss:
-    """train.fit's extra loss that turns its cross-entropy into (1 - alpha) * CE + alpha * KD.
+def distillation_loss(teacher: nn.Module, temperature: float, alpha: float,
+                      label_smoothing: float = 0.0, always_run_teacher: bool = False) -> Loss:
+    """train.fit's loss: (1 - alpha) * CE(labels) + alpha * kd_loss(teacher's soft labels).
 
-    fit always adds CE(logits, targets) with the config's label smoothing (pass the same value
-    here), so this returns alpha * (kd_loss - CE): alpha = 1 cancels the label term. CE averages
-    over the labeled rows and kd_loss over every row, unlabeled ones included. `teacher`
-    (in eval mode, the caller's business) runs without gradients on the very inputs the student
-    sees, moved to their device on first use. With alpha 0 the teacher is skipped unless
-    `always_run_teacher` (feature hooks need its forward pass). Used by `distill` and to fine-tune
-    a pruned model with the unpruned one as teacher.
+    CE averages over the labeled rows (with `label_smoothing`), kd_loss over every row, unlabeled
+    ones included. `teacher` (in eval mode, the caller's business) runs without gradients on the
+    very inputs the student sees, moved to their device on first use. With alpha 0 the teacher is
+    skipped unless `always_run_teacher` (feature hooks need its forward pass). Used by `distill`
+    and to fine-tune a pruned model with the unpruned one as teacher.
     """
 
     def loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor:
-        zero = logits.new_zeros((), dtype=torch.float32)
+        hard = label_loss(logits, targets, label_smoothing)
         if alpha == 0 and not always_run_teacher:
-            return zero
+            return hard
         if _device_of(teacher) != inputs.device:
             teacher.to(inputs.device)
         with torch.no_grad():
             teacher_logits = teacher(inputs)
         if alpha == 0:
-            return zero
-        hard = label_loss(logits, targets, label_smoothing)
-        return alpha * (kd_loss(logits, teacher_logits, temperature) - hard.float())
+            return hard
+        soft = kd_loss(logits, teacher_logits, temperature)
+        return (1 - alpha) * hard.float() + alpha * soft
 
     return loss
 
@@ -305,18 +301,18 @@ def distill(
         def hint_loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
                       targets: torch.Tensor) -> torch.Tensor:
             # the student's features were captured by its forward pass, the teacher's by the
-            # forward pass soft_label_loss made on the same inputs just before
+            # forward pass distillation_loss made on the same inputs just before
             return cfg.feature_weight * sum(
                 feature_loss(student_capture.outputs[s], teacher_capture.outputs[t], adapter)
                 for (t, s), adapter in zip(cfg.feature_pairs, adapters)
             )
 
-        soft = soft_label_loss(teacher, temperature, alpha, train_cfg.label_smoothing,
-                               always_run_teacher=bool(cfg.feature_pairs))
+        soft = distillation_loss(teacher, temperature, alpha, train_cfg.label_smoothing,
+                                 always_run_teacher=bool(cfg.feature_pairs))
         loss = sum_losses(soft, hint_loss if cfg.feature_pairs else None)
         return fit(
             _StudentWithAdapters(student, adapters), with_unlabeled(train, unlabeled_x), val,
-            train_cfg, augment=augment, extra_loss=loss, on_epoch_end=on_epoch_end,
+            train_cfg, augment=augment, loss=loss, on_epoch_end=on_epoch_end,
             progress=progress,
             description=f"distilling (T={temperature:g}, alpha={alpha:g})",
         )

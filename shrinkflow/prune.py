@@ -57,7 +57,7 @@ from shrinkflow.config import PruneConfig, StructuredPruneConfig, TrainConfig, U
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.measure import count_params, evaluate, torch_predictor
 from shrinkflow.models import CNN, MLP, Architecture
-from shrinkflow.train import EpochLog, ExtraLoss, FitResult, fit, sum_losses
+from shrinkflow.train import EpochLog, FitResult, Loss, cross_entropy, fit, sum_losses
 
 # finetune(model, step) trains `model` in place after pruning step `step` (1-based)
 Finetune = Callable[[nn.Module, int], object]
@@ -533,7 +533,7 @@ def _weights(model: nn.Module) -> Iterable[torch.Tensor]:
     return (m.weight for _, m in _prunable(model))
 
 
-def l1_penalty(weight: float) -> ExtraLoss:
+def l1_penalty(weight: float) -> Loss:
     """weight * sum |w| over all Conv/Linear weights: pushes single weights to zero (unstructured)."""
 
     def penalty(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
@@ -543,7 +543,7 @@ def l1_penalty(weight: float) -> ExtraLoss:
     return penalty
 
 
-def group_lasso_penalty(weight: float) -> ExtraLoss:
+def group_lasso_penalty(weight: float) -> Loss:
     """weight * sum of L2 norms of output channels/rows: pushes whole channels to zero (structured).
 
     The subgradient at a zero row is 0 (torch.linalg.vector_norm), so pruned rows give no NaN.
@@ -557,7 +557,7 @@ def group_lasso_penalty(weight: float) -> ExtraLoss:
     return penalty
 
 
-def sparsity_penalty(kind: str, weight: float) -> ExtraLoss | None:
+def sparsity_penalty(kind: str, weight: float) -> Loss | None:
     """The extra loss for `prune.penalty` (None for 'none'), scaled by `prune.penalty_weight`."""
     if isinstance(weight, bool) or not isinstance(weight, Real) or not weight >= 0:
         raise ValueError(f"prune.penalty_weight: {weight!r} must be >= 0")
@@ -578,24 +578,26 @@ def make_finetune(
     augment: Augmenter | None = None,
     on_epoch_end: Callable[[int, EpochLog], None] | None = None,
     progress: bool = False,
-    extra_loss: ExtraLoss | None = None,
+    loss: Loss | None = None,
 ) -> Finetune | None:
     """finetune(model, step): `cfg.finetune_epochs` epochs of train.fit with `cfg.penalty`.
 
     Uses `train_cfg` (lr, batch size, device, seed...) with epochs replaced; a lower lr than the
-    baseline's usually recovers better. `extra_loss` is added to the penalty: with
-    `distill.soft_label_loss` of the unpruned model, the pruned one learns from its teacher.
+    baseline's usually recovers better. `loss` is the objective the penalty is added to (default:
+    cross-entropy); with `distill.distillation_loss` of the unpruned model, the pruned one learns
+    from its teacher.
     `on_epoch_end(step, log)` sees every epoch. Returns None when finetune_epochs is 0. The
     callable returns fit's FitResult.
     """
     if cfg.finetune_epochs == 0:
         return None
     epochs_cfg = train_cfg.model_copy(update={"epochs": cfg.finetune_epochs})
-    loss = sum_losses(sparsity_penalty(cfg.penalty, cfg.penalty_weight), extra_loss)
+    objective = sum_losses(loss or cross_entropy(train_cfg.label_smoothing),
+                           sparsity_penalty(cfg.penalty, cfg.penalty_weight))
 
     def finetune(model: nn.Module, step: int) -> FitResult:
         hook = None if on_epoch_end is None else (lambda log: on_epoch_end(step, log))
-        return fit(model, train, val, epochs_cfg, augment=augment, extra_loss=loss,
+        return fit(model, train, val, epochs_cfg, augment=augment, loss=objective,
                    on_epoch_end=hook, progress=progress, description=f"fine-tune step {step}")
 
     return finetune

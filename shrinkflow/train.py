@@ -8,13 +8,13 @@ Keys read from `baseline.train`:
   device, amp               auto/cpu/cuda; mixed precision on CUDA (bf16 where supported, else fp16)
   seed                      seeds init, shuffling and augmentation: same config -> same CPU result
 
-Rows labeled `data.UNLABELED` add nothing to the cross-entropy (a batch of them only has 0 there);
-they are there for an extra loss that needs no label, such as distillation's.
-
-`extra_loss(model, inputs, logits, targets)` is added to the cross-entropy: distillation and
-sparsity penalties plug in here instead of writing their own loops. `on_epoch_end` receives each
-epoch's numbers (the tracking layer logs them; this module does not know about MLflow).
-The best weights by validation accuracy are restored at the end.
+`loss(model, inputs, logits, targets)` is what the loop minimises; by default the cross-entropy
+(`cross_entropy`). Distillation and sparsity penalties pass their own objective instead of writing
+their own loops (`sum_losses` adds terms). Rows labeled `data.UNLABELED` add nothing to the
+cross-entropy (a batch of them only has 0 there); they are there for a loss that needs no label,
+such as distillation's. `on_epoch_end` receives each epoch's numbers (the tracking layer logs them;
+this module does not know about MLflow). The best weights by validation accuracy are restored at
+the end.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from shrinkflow.config import TrainConfig
 from shrinkflow.data import UNLABELED, Augmenter, Split, make_loader
 from shrinkflow.measure import classification_metrics
 
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss(model, inputs, logits, targets) -> scalar tensor, computed on every training batch
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sum_losses(*losses: ExtraLoss | None) -> ExtraLoss | None:
-    """One extra loss adding up the given ones (None entries skipped; None if none is left)."""
+def sum_losses(*losses: Loss | None) -> Loss | None:
+    """One loss adding up the given ones (None entries skipped; None if none is left)."""
     present = [loss for loss in losses if loss is not None]
     if len(present) <= 1:
         return present[0] if present else None
@@ -58,6 +59,16 @@ def label_loss(logits: torch.Tensor, targets: torch.Tensor,
         return logits.sum() * 0.0  # keeps the graph (and dtype) for backward
     return F.cross_entropy(logits, targets, ignore_index=UNLABELED,
                            label_smoothing=label_smoothing)
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> Loss:
+    """fit's default objective: `label_loss` of the batch."""
+
+    def loss(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+        return label_loss(logits, targets, label_smoothing)
+
+    return loss
 
 
 @dataclass(frozen=True)
@@ -124,14 +135,16 @@ def fit(
     val: Split,
     cfg: TrainConfig,
     augment: Augmenter | None = None,
-    extra_loss: ExtraLoss | None = None,
+    loss: Loss | None = None,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
     progress: bool = True,
     description: str = "training",
 ) -> FitResult:
-    """Train `model` in place and restore its best weights by validation accuracy."""
+    """Train `model` in place on `loss` (default: cross-entropy with `cfg.label_smoothing`) and
+    restore its best weights by validation accuracy."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    objective = loss or cross_entropy(cfg.label_smoothing)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     amp_dtype = _autocast_dtype(device, cfg.amp)
@@ -165,15 +178,13 @@ def fit(
                            else nullcontext())
                 with context:
                     logits = model(inputs)
-                    loss = label_loss(logits, targets, cfg.label_smoothing)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss(model, inputs, logits, targets)
+                    batch_loss = objective(model, inputs, logits, targets)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(batch_loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()
-                total_loss += loss.item() * len(targets)
+                total_loss += batch_loss.item() * len(targets)
                 seen += len(targets)
 
             val_loss, val_accuracy = _validate(model, val, device)

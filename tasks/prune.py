@@ -21,7 +21,7 @@ import torch
 
 from shrinkflow import data, prune
 from shrinkflow.config import Params
-from shrinkflow.distill import soft_label_loss
+from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
 from tasks.baseline import load_processed
 from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
@@ -45,12 +45,12 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         finetune_cfg = params.baseline.train.model_copy(update={"lr": cfg.finetune_lr})
         # a copy teaches: the loss moves its teacher to the training device, and the original
         # must stay on the CPU for pruning and evaluation
-        teacher_loss = (soft_label_loss(copy.deepcopy(teacher), params.distill.temperature,
-                                        params.distill.alpha, finetune_cfg.label_smoothing)
+        teacher_loss = (distillation_loss(copy.deepcopy(teacher), params.distill.temperature,
+                                          params.distill.alpha, finetune_cfg.label_smoothing)
                         if cfg.finetune_with_teacher else None)
         finetune = prune.make_finetune(splits.train, splits.val, finetune_cfg, cfg,
                                        data.Augmenter(params.baseline.augment, spec.kind),
-                                       extra_loss=teacher_loss)
+                                       loss=teacher_loss)
 
         def structured_at(ratio: float) -> torch.nn.Module:
             return prune.iterative(teacher, cfg, "structured", ratio, example_input=example,

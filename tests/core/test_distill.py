@@ -21,10 +21,10 @@ from shrinkflow.distill import (
     FeatureCapture,
     build_student,
     distill,
+    distillation_loss,
     feature_loss,
     kd_loss,
     make_adapter,
-    soft_label_loss,
 )
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import CNN, MLP, Architecture, build_model
@@ -75,9 +75,9 @@ def teacher(digits: Splits) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# kd_loss and soft_label_loss
+# kd_loss and distillation_loss
 # ---------------------------------------------------------------------------------------------
-def test_soft_label_loss_turns_fits_cross_entropy_into_the_alpha_mix():
+def test_distillation_loss_is_the_alpha_mix_of_cross_entropy_and_kd():
     # given a fixed linear teacher, inputs, student logits and labels
     torch.manual_seed(0)
     teacher = nn.Linear(4, 3).eval()
@@ -86,13 +86,13 @@ def test_soft_label_loss_turns_fits_cross_entropy_into_the_alpha_mix():
     ce = F.cross_entropy(logits, targets, label_smoothing=0.1)
     with torch.no_grad():
         kd = kd_loss(logits, teacher(inputs), 3.0)
-    # when fit adds the hook's value to its own cross-entropy
-    extra = soft_label_loss(teacher, 3.0, 0.25, label_smoothing=0.1)(teacher, inputs, logits, targets)
+    # when
+    total = distillation_loss(teacher, 3.0, 0.25, label_smoothing=0.1)(teacher, inputs, logits, targets)
     # then the total is (1 - alpha) * CE + alpha * KD
-    assert (ce + extra).item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
+    assert total.item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
 
 
-def test_soft_label_loss_on_unlabeled_rows_is_kd_there_and_the_alpha_mix_on_the_labeled():
+def test_distillation_loss_on_unlabeled_rows_is_kd_there_and_the_alpha_mix_on_the_labeled():
     # given a batch whose last two rows have no label
     torch.manual_seed(0)
     teacher = nn.Linear(4, 3).eval()
@@ -101,22 +101,21 @@ def test_soft_label_loss_on_unlabeled_rows_is_kd_there_and_the_alpha_mix_on_the_
     ce = F.cross_entropy(logits[:3], targets[:3])
     with torch.no_grad():
         kd = kd_loss(logits, teacher(inputs), 3.0)
-    # when fit adds the hook's value to its cross-entropy (which averages over the labeled rows)
-    total = label_loss(logits, targets) + soft_label_loss(teacher, 3.0, 0.25)(
-        teacher, inputs, logits, targets)
+    # when
+    total = distillation_loss(teacher, 3.0, 0.25)(teacher, inputs, logits, targets)
     # then CE counts the labeled rows and KD every row
     assert total.item() == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-5)
 
 
-def test_soft_label_loss_with_alpha_zero_skips_the_teacher():
+def test_distillation_loss_with_alpha_zero_is_the_cross_entropy_without_the_teacher():
     def never(x: torch.Tensor) -> torch.Tensor:
         raise AssertionError("the teacher should not run when alpha is 0")
 
     teacher = nn.Module()
     teacher.forward = never
-    logits = torch.randn(2, 3)
-    loss = soft_label_loss(teacher, 2.0, 0.0)(teacher, torch.randn(2, 4), logits, torch.tensor([0, 1]))
-    assert loss.item() == 0.0
+    logits, targets = torch.randn(2, 3), torch.tensor([0, 1])
+    loss = distillation_loss(teacher, 2.0, 0.0)(teacher, torch.randn(2, 4), logits, targets)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, targets).item())
 
 
 def test_kd_loss_is_zero_for_identical_logits():
@@ -251,7 +250,7 @@ def test_feature_loss_pools_images_and_matches_maps_with_vectors():
 # ---------------------------------------------------------------------------------------------
 # distill: the loss plugged into fit
 # ---------------------------------------------------------------------------------------------
-def _captured_extra_loss(monkeypatch, teacher: nn.Module, student: nn.Module, digits: Splits,
+def _captured_fit_arguments(monkeypatch, teacher: nn.Module, student: nn.Module, digits: Splits,
                          cfg: DistillConfig, train_cfg: TrainConfig = FAST):
     """Run distill with fit replaced by a spy; return what distill handed to fit."""
     seen: dict = {}
@@ -266,34 +265,34 @@ def _captured_extra_loss(monkeypatch, teacher: nn.Module, student: nn.Module, di
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_distill_loss_plus_fits_cross_entropy_is_the_alpha_weighted_kd_objective(
+def test_distill_hands_fit_the_alpha_weighted_kd_objective(
     monkeypatch, teacher, digits, alpha
 ):
-    # given the extra loss distill hands to fit (label smoothing on, to check it is matched too)
+    # given the loss distill hands to fit (label smoothing on, to check it is matched too)
     train_cfg = FAST.model_copy(update={"label_smoothing": 0.1})
     cfg = DistillConfig(temperature=3.0, alpha=alpha)
     student = build_model(STUDENT_ARCH)
-    seen = _captured_extra_loss(monkeypatch, teacher, student, digits, cfg, train_cfg)
+    seen = _captured_fit_arguments(monkeypatch, teacher, student, digits, cfg, train_cfg)
     inputs = torch.from_numpy(digits.train.x[:16])
     targets = torch.from_numpy(digits.train.y[:16])
     logits = seen["model"](inputs)
-    # when fit adds it to its own cross-entropy
+    # when it is evaluated on a batch
     cross_entropy = F.cross_entropy(logits, targets, label_smoothing=0.1)
-    total = cross_entropy + seen["extra_loss"](seen["model"], inputs, logits, targets)
+    total = seen["loss"](seen["model"], inputs, logits, targets)
     # then the total is (1 - alpha) * CE + alpha * T^2 * KL
     with torch.no_grad():
         teacher_logits = teacher.eval()(inputs)
     expected = (1 - alpha) * cross_entropy + alpha * kd_loss(logits, teacher_logits, 3.0)
     assert total.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6), (
-        f"fit's CE + extra_loss should equal (1 - alpha) * CE + alpha * KD at alpha={alpha}"
+        f"the loss should equal (1 - alpha) * CE + alpha * KD at alpha={alpha}"
     )
 
 
 def test_distill_epochs_come_from_the_distill_config_when_set(monkeypatch, teacher, digits):
-    seen = _captured_extra_loss(monkeypatch, teacher, build_model(STUDENT_ARCH), digits,
+    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits,
                                 DistillConfig(epochs=3))
     assert seen["cfg"].epochs == 3, "distill.epochs should replace the training epochs"
-    seen = _captured_extra_loss(monkeypatch, teacher, build_model(STUDENT_ARCH), digits, DistillConfig())
+    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits, DistillConfig())
     assert seen["cfg"].epochs == FAST.epochs, "without distill.epochs the training config's epochs apply"
 
 

@@ -18,6 +18,7 @@ from shrinkflow.data import Split
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import compute, count_params, file_size, latencies, torch_predictor, torch_threads
 from shrinkflow.models import Architecture, build_model, load_model
+from shrinkflow.train import label_loss
 from shrinkflow.prune import (
     architecture_of,
     check_ratio,
@@ -378,20 +379,20 @@ def test_iterative_with_real_finetuning_through_fit(separable, cpu_train_cfg, ki
     assert accuracy >= 0.9, f"the fine-tuned pruned model should still separate the blobs, got {accuracy}"
 
 
-def test_make_finetune_adds_the_extra_loss_to_the_penalty(separable, cpu_train_cfg):
-    # given an extra loss (e.g. distillation from the unpruned model) that counts its calls
+def test_make_finetune_adds_the_penalty_to_the_given_loss(separable, cpu_train_cfg):
+    # given a loss (e.g. distillation from the unpruned model) that counts its calls
     train_split, val_split = separable
     calls: list[int] = []
 
-    def extra(model, inputs, logits, targets):
+    def objective(model, inputs, logits, targets):
         calls.append(len(inputs))
-        return logits.new_zeros(())
+        return label_loss(logits, targets)
 
     cfg = PruneConfig(finetune_epochs=1, penalty="l1")
-    finetune = make_finetune(train_split, val_split, cpu_train_cfg, cfg, extra_loss=extra)
+    finetune = make_finetune(train_split, val_split, cpu_train_cfg, cfg, loss=objective)
     # when one fine-tuning step runs
     finetune(_model(Architecture("mlp", (4,), 2, (8,))), 1)
-    # then the extra loss saw every training row once
+    # then the loss saw every training row once
     assert sum(calls) == len(train_split), f"{sum(calls)} rows seen, expected {len(train_split)}"
 
 

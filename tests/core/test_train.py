@@ -14,7 +14,7 @@ from shrinkflow.config import AugmentConfig, TrainConfig
 from shrinkflow.data import UNLABELED, Augmenter, Split
 from shrinkflow.models import Architecture, build_model
 from shrinkflow.train import (
-    EpochLog, fit, label_loss, predict_logits, resolve_device, sum_losses,
+    EpochLog, cross_entropy, fit, label_loss, predict_logits, resolve_device, sum_losses,
 )
 
 CUDA = torch.cuda.is_available()
@@ -71,7 +71,8 @@ def test_fit_on_cpu_reports_cpu_and_fp32_even_with_amp(separable, cpu_train_cfg)
         return logits.new_zeros(())
 
     cfg = cpu_train_cfg.model_copy(update={"amp": True, "epochs": 1})
-    result = fit(_mlp(), train_split, val_split, cfg, extra_loss=spy, progress=False)
+    result = fit(_mlp(), train_split, val_split, cfg, loss=sum_losses(cross_entropy(), spy),
+                 progress=False)
     assert result.device == "cpu", f"device should be reported as cpu, got {result.device}"
     assert result.precision == "fp32", f"CPU training stays fp32, got {result.precision}"
     assert set(dtypes) == {torch.float32}, f"CPU forward passes should run in fp32, got {set(dtypes)}"
@@ -126,25 +127,25 @@ def test_fit_with_augmentation_is_reproducible(cpu_train_cfg):
 # ---------------------------------------------------------------------------------------------
 # hooks
 # ---------------------------------------------------------------------------------------------
-def test_extra_loss_is_called_per_batch_with_model_inputs_logits_targets(separable, cpu_train_cfg):
+def test_loss_is_called_per_batch_with_model_inputs_logits_targets(separable, cpu_train_cfg):
     train_split, val_split = separable
     calls: list[tuple] = []
     model = _mlp()
 
     def spy(m, inputs, logits, targets):
         calls.append((m, tuple(inputs.shape), tuple(logits.shape), tuple(targets.shape)))
-        return torch.zeros((), device=logits.device)
+        return label_loss(logits, targets)
 
     cfg = cpu_train_cfg.model_copy(update={"epochs": 2})
-    fit(model, train_split, val_split, cfg, extra_loss=spy, progress=False)
+    fit(model, train_split, val_split, cfg, loss=spy, progress=False)
     batches = -(-len(train_split) // cfg.batch_size)
-    assert len(calls) == cfg.epochs * batches, f"extra_loss should run once per batch, ran {len(calls)}"
+    assert len(calls) == cfg.epochs * batches, f"the loss should run once per batch, ran {len(calls)}"
     m, inputs, logits, targets = calls[0]
-    assert m is model, "extra_loss should receive the model being trained"
+    assert m is model, "the loss should receive the model being trained"
     assert inputs == (32, 4) and logits == (32, 2) and targets == (32,), "shapes should be per batch"
 
 
-def test_extra_loss_changes_the_result__l2_penalty_shrinks_weights(separable, cpu_train_cfg):
+def test_loss_changes_the_result__l2_penalty_shrinks_weights(separable, cpu_train_cfg):
     # given the same model and data, trained with and without a large L2 penalty
     train_split, val_split = separable
 
@@ -153,7 +154,8 @@ def test_extra_loss_changes_the_result__l2_penalty_shrinks_weights(separable, cp
 
     plain, penalised = _mlp(), _mlp()
     fit(plain, train_split, val_split, cpu_train_cfg, progress=False)
-    result = fit(penalised, train_split, val_split, cpu_train_cfg, extra_loss=l2, progress=False)
+    result = fit(penalised, train_split, val_split, cpu_train_cfg,
+                 loss=sum_losses(cross_entropy(), l2), progress=False)
     # then the penalty is part of the optimised loss: weights end up much smaller
     assert _weight_norm(penalised) < 0.5 * _weight_norm(plain), (
         f"an L2 penalty should shrink weights: {_weight_norm(penalised):.3f} vs {_weight_norm(plain):.3f}"
@@ -215,7 +217,8 @@ def test_fit_restores_the_best_weights_when_training_later_degrades(separable, c
         return 50.0 * logits.gather(1, targets[:, None]).mean()
 
     model = _mlp()
-    result = fit(model, train_split, val_split, cpu_train_cfg, extra_loss=sabotage, progress=False)
+    result = fit(model, train_split, val_split, cpu_train_cfg,
+                 loss=sum_losses(cross_entropy(), sabotage), progress=False)
     # then the final logged accuracy is bad but the returned model carries the best epoch's weights
     assert result.history[-1].val_accuracy < result.best_val_accuracy, "the sabotage should hurt accuracy"
     assert result.best_epoch <= 2, f"the best epoch should be before the sabotage, got {result.best_epoch}"
@@ -265,7 +268,8 @@ def test_fit__amp_on_cuda_trains_in_half_precision(separable, cpu_train_cfg):
     cfg = cpu_train_cfg.model_copy(update={"device": "cuda", "amp": True})
     model = _mlp()
     # when it is trained
-    result = fit(model, train_split, val_split, cfg, extra_loss=spy, progress=False)
+    result = fit(model, train_split, val_split, cfg, loss=sum_losses(cross_entropy(), spy),
+                 progress=False)
     # then the forward passes ran in bf16 (or fp16 without bf16 support), and it still learned
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert dtypes == {expected}, f"forward passes should run in {expected}, got {dtypes}"
@@ -315,14 +319,25 @@ def test_label_loss_of_a_batch_without_labels_is_zero_and_still_differentiable()
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(3, 2))
 
 
-def test_fit_gets_no_signal_from_unlabeled_rows_without_an_extra_loss(separable, cpu_train_cfg):
-    # given the labeled rows followed by as many unlabeled ones
+def test_fit_gets_no_signal_from_unlabeled_rows_under_the_default_loss(separable, cpu_train_cfg):
+    # given the labeled rows, and the same rows followed by unlabeled ones whose inputs would
+    # pull a model the other way if they counted (mirrored inputs)
     train_split, val_split = separable
     mixed = Split(np.concatenate([train_split.x, -train_split.x]),
                   np.concatenate([train_split.y, np.full(len(train_split), UNLABELED)]))
-    model = _mlp()
-    # when fit trains on the mix
-    result = fit(model, mixed, val_split, cpu_train_cfg, progress=False)
-    # then the loss stays finite and the labeled rows are learned
-    assert all(np.isfinite(log.train_loss) for log in result.history)
-    assert result.best_val_accuracy >= 0.95, "the labeled rows alone separate the classes"
+    # a model without BatchNorm and one batch per epoch: unlabeled rows could only act through
+    # the loss, and the batch order cannot matter
+    cfg = cpu_train_cfg.model_copy(update={"batch_size": len(mixed)})
+
+    def linear() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Linear(4, 2)
+
+    alone, with_unlabeled = linear(), linear()
+    # when both are trained with the default cross-entropy
+    fit(alone, train_split, val_split, cfg, progress=False)
+    fit(with_unlabeled, mixed, val_split, cfg, progress=False)
+    # then the unlabeled rows changed nothing
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(with_unlabeled.state_dict()[name], value, rtol=1e-5, atol=1e-6,
+                                   msg=f"{name} should not depend on unlabeled rows")
