@@ -40,7 +40,7 @@ def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path,
     sparse: zeroed weights are stored compactly in both files (values + bitmask in model.pt,
     sparse initializers in the ONNX file), so unstructured pruning really shrinks them.
     """
-    from shrinkflow.prune import sparse_state_dict, sparsify_onnx
+    from shrinkflow.sparse import sparse_state_dict, sparsify_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -52,7 +52,7 @@ def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path,
 
 
 def load_torch(folder: Path, produced_by: str) -> tuple[models.Architecture, torch.nn.Module]:
-    from shrinkflow.prune import dense_state_dict
+    from shrinkflow.sparse import dense_state_dict
 
     arch = models.Architecture.from_dict(io.read_json(folder / "architecture.json", produced_by))
     state = torch.load(folder / "model.pt", weights_only=True)  # no pickled code is executed

@@ -25,7 +25,7 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
         "data/processed",
     ),
     "prune": (
-        "shrinkflow/prune.py", "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
+        "shrinkflow/prune.py", "shrinkflow/sparse.py", "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
         "tasks/prune.py", "tasks/candidates.py", "models/baseline", "data/processed",
     ),
     "distill": (

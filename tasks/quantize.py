@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from shrinkflow import data, measure, prune, quantize
+from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
@@ -48,7 +48,7 @@ def _dense_source(source: Candidate, src: Path, scratch: Path) -> Path:
     since shape inference and the quantizer only see dense initializers."""
     if source.method != "unstructured":
         return src
-    return prune.densify_onnx(src, scratch / f"{source.name}-dense.onnx")
+    return sparse.densify_onnx(src, scratch / f"{source.name}-dense.onnx")
 
 
 def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))
                         if source.method == "unstructured":
-                            prune.sparsify_onnx(dst, dst)
+                            sparse.sparsify_onnx(dst, dst)
                         measured = measure_onnx(dst, splits, params.measure)
                         tracking.log_metrics(measured.metrics())
                     report[name] = {**record, "val_accuracy_fp32": reference,

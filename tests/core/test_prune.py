@@ -18,11 +18,11 @@ from shrinkflow.data import Split
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import compute, count_params, file_size, latencies, torch_predictor, torch_threads
 from shrinkflow.models import Architecture, build_model, load_model
+from shrinkflow.sparse import dense_state_dict, densify_onnx, sparse_state_dict, sparsify_onnx
 from shrinkflow.train import label_loss
 from shrinkflow.prune import (
     architecture_of,
     check_ratio,
-    dense_state_dict,
     group_lasso_penalty,
     histogram_threshold,
     iterative,
@@ -33,9 +33,6 @@ from shrinkflow.prune import (
     prune_unstructured,
     schedule,
     search_ratio,
-    sparse_state_dict,
-    densify_onnx,
-    sparsify_onnx,
     sparsity_penalty,
     structured_importance,
     weight_sparsity,
