@@ -1,17 +1,25 @@
-"""`shrinkflow`: run the pipeline, run one stage (what dvc.yaml calls), open the MLflow UI."""
+"""`shrinkflow`: run the pipeline, run one stage (what dvc.yaml calls), open the MLflow UI.
+
+A mistake of the user's (a bad config key, bad data, a stage run before the one it needs) prints
+its message and exits with status 1 (2 for a bad configuration), without a Python traceback;
+`--debug` shows the traceback. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from shrinkflow.config import ConfigError, load_params
-from tasks.catalog import STAGE_DEPS
+from shrinkflow.config import ConfigError, Params, load_params
+from shrinkflow.errors import UserError
+from tasks.dag import STAGES
 from tasks.environment import configure
 
 app = typer.Typer(help="Make neural networks small and fast, reproducibly.", no_args_is_help=True,
@@ -22,16 +30,31 @@ OverlayOption = Annotated[list[Path] | None, typer.Option(
     "--config", "-c", help="YAML file merged over params.yaml (e.g. configs/mnist1d.yaml)")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="override one key, e.g. --set baseline.train.epochs=5")]
-STAGES = tuple(STAGE_DEPS)
+DebugOption = Annotated[bool, typer.Option("--debug", help="show Python tracebacks of errors")]
+# Prefect's loggers report a failed task or flow with the exception's traceback
+PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
-def _setup(params: Path, overlays: list[Path] | None, overrides: list[str] | None):
+class _NoUserErrorTraceback(logging.Filter):
+    """Keeps a log record's message but drops the traceback of a user error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _setup(params: Path, overlays: list[Path] | None, overrides: list[str] | None,
+           debug: bool = False) -> Params:
     """Check the configuration before anything slow starts; exit 2 naming the bad key."""
     configure(Path.cwd())
     # our progress at INFO; libraries only when they warn
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("shrinkflow").setLevel(logging.INFO)
+    if not debug:
+        for name in PREFECT_RUN_LOGGERS:
+            logging.getLogger(name).addFilter(_NoUserErrorTraceback())
     try:
         return load_params(params, overlays, overrides)
     except ConfigError as error:
@@ -39,23 +62,50 @@ def _setup(params: Path, overlays: list[Path] | None, overrides: list[str] | Non
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _user_errors(debug: bool) -> Iterator[None]:
+    """A user error ends the command with its message and status 1; a traceback with --debug."""
+    try:
+        yield
+    except UserError as error:
+        if debug:
+            raise
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None,
-        set_: SetOption = None) -> None:
+        set_: SetOption = None, debug: DebugOption = False) -> None:
     """Run the whole pipeline as a Prefect flow, tracked in MLflow and versioned with DVC."""
-    _setup(params, config, set_)
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    loaded = _setup(params, config, set_, debug)
+    from flows.server import prefect_api
+    from tasks.lock import project_lock
 
-    from flows.pipeline import pipeline
+    root = Path.cwd().resolve()
+    with _user_errors(debug), project_lock(root), prefect_api() as server:
+        # while a temporary Prefect server starts: imports, and the MLflow store opened by
+        # failing the runs a killed run left open
+        from tasks import tracking
 
-    # heartbeats detect crashed runs on remote workers; a local run only pays ~1 s for them
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        result = pipeline(str(params), [str(p) for p in config or []], list(set_ or []))
-    baseline = result["stages"]["baseline"]["metrics"]
-    typer.echo(f"\nbaseline test accuracy {baseline['accuracy']:.4f}, "
-               f"{int(baseline['params_count'])} params")
-    deployed = result["stages"]["compare"]["deployed"]
-    typer.echo(f"deployable:  {deployed or 'none within compare.max_accuracy_drop_pp'} "
+        tracking.fail_orphaned_runs(root, loaded.project.experiment)
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        from flows.pipeline import pipeline
+
+        if server is not None:
+            server.wait()
+        # heartbeats detect crashed runs on remote workers; a local run only pays ~1 s for them
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            result = pipeline(str(params), [str(p) for p in config or []], list(set_ or []),
+                              str(root))
+    _print_result(result)
+
+
+def _print_result(result: dict) -> None:
+    compare = result["stages"]["compare"]
+    deployed = compare["deployed"]
+    typer.echo(f"\ndeployable:  {deployed or 'none within compare.max_accuracy_drop_pp'} "
                "(reports/compare/candidates.md, reports/compare/pareto.png)")
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
     typer.echo("reports:     reports/summary.md, reports/baseline/, reports/data_docs/index.html")
@@ -65,15 +115,21 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 @app.command()
 def stage(name: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGES)}")],
           params: ParamsOption = Path("params.yaml"), config: OverlayOption = None,
-          set_: SetOption = None) -> None:
+          set_: SetOption = None, debug: DebugOption = False) -> None:
     """Run one stage without Prefect (what each dvc.yaml stage calls)."""
     if name not in STAGES:
         typer.secho(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}", fg="red", err=True)
         raise typer.Exit(2)
-    loaded = _setup(params, config, set_)
-    from tasks.stages import run_stage
+    loaded = _setup(params, config, set_, debug)
+    from tasks import tracking
+    from tasks.lock import project_lock
+    from tasks.stages import recover_outputs, run_stage
 
-    summary = run_stage(name, loaded, Path.cwd())
+    root = Path.cwd().resolve()
+    with _user_errors(debug), project_lock(root):
+        recover_outputs(root)
+        tracking.fail_orphaned_runs(root, loaded.project.experiment)
+        summary = run_stage(name, loaded, root)
     typer.echo(f"{name}: MLflow run {summary['run_id']}")
 
 
@@ -85,6 +141,24 @@ def check(params: ParamsOption = Path("params.yaml"), config: OverlayOption = No
 
     loaded = _setup(params, config, set_)
     typer.echo(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(check_only: Annotated[bool, typer.Option(
+        "--check", help="only check that dvc.yaml is current; exit 1 if not")] = False) -> None:
+    """Write dvc.yaml from the stages declared in tasks/dag.py (deps derived from imports)."""
+    from tasks.dag import dvc_yaml as render
+
+    target = Path.cwd() / "dvc.yaml"
+    text = render(Path.cwd().resolve())
+    if check_only:
+        if not target.is_file() or target.read_text() != text:
+            typer.secho("dvc.yaml is out of date: run `shrinkflow dvc-yaml`", fg="red", err=True)
+            raise typer.Exit(1)
+        typer.echo("dvc.yaml is current")
+        return
+    target.write_text(text)
+    typer.echo(f"wrote {target}")
 
 
 @app.command()

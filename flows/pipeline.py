@@ -1,7 +1,8 @@
 """The shrinkflow pipeline as a Prefect flow: prepare -> baseline -> prune, distill -> quantize -> compare.
 
-Wiring only: which task runs in which order and which MLflow run id each one gets. The maths is in
-`shrinkflow/`, the I/O, tracking and caching in `tasks/`.
+Wiring only: which task runs in which order and which MLflow run id each one gets. The stages and
+their order are declared in `tasks.dag`, the maths is in `shrinkflow/`, the I/O, tracking and
+caching in `tasks/`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from prefect import flow, get_run_logger
 
 from shrinkflow.config import load_params
 from tasks import stages, tracking
-from tasks.catalog import STAGE_DEPS
-
-STAGES = list(STAGE_DEPS)  # prepare, baseline, prune, distill, quantize, compare
+from tasks.dag import STAGES
+from tasks.lock import project_lock
 
 
 @flow(name="shrinkflow-pipeline")
@@ -25,20 +25,25 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
     log = get_run_logger()
     project = Path(root).resolve()
     params = load_params(project / params_file, overlays, overrides)
-    summaries: dict[str, dict[str, Any]] = {}
-    with tracking.pipeline_run(params, project, project / params_file) as parent:
-        for stage in STAGES:
-            summaries[stage] = stages.stage_task(stage, params, project)(stage, params, project,
-                                                                         parent.run_id)
-            parent.record(summaries[stage])
-        if stages.recordable(params_file, overlays, overrides):
-            stages.record_versions(project, STAGES)
-            tracking.log_artifact_to(project, parent.run_id, project / "dvc.lock")
-        else:
-            log.warning("run with overlays/overrides: outputs are not recorded in dvc.lock "
-                        "(use `dvc exp run -S key=value` to version an experiment)")
-        links = {stage: tracking.run_link(project, summary["run_id"])
-                 for stage, summary in summaries.items()}
-        links["pipeline"] = tracking.run_link(project, parent.run_id)
-        stages.publish_summary(project, summaries, links)
+    with project_lock(project):
+        stages.recover_outputs(project)
+        orphans = tracking.fail_orphaned_runs(project, params.project.experiment)
+        if orphans:
+            log.warning("marked %d MLflow run(s) of an interrupted run as failed", len(orphans))
+        summaries: dict[str, dict[str, Any]] = {}
+        with tracking.pipeline_run(params, project, project / params_file) as parent:
+            for stage in STAGES:
+                summaries[stage] = stages.stage_task(stage, params, project)(
+                    stage, params, project, parent.run_id)
+                parent.record(summaries[stage])
+            if stages.recordable(params_file, overlays, overrides):
+                stages.record_versions(project, list(STAGES))
+                tracking.log_artifact_to(project, parent.run_id, project / "dvc.lock")
+            else:
+                log.warning("run with overlays/overrides: outputs are not recorded in dvc.lock "
+                            "(use `dvc exp run -S key=value` to version an experiment)")
+            links = {stage: tracking.run_link(project, summary["run_id"])
+                     for stage, summary in summaries.items()}
+            links["pipeline"] = tracking.run_link(project, parent.run_id)
+            stages.publish_summary(project, summaries, links)
     return {"run_id": parent.run_id, "links": links, "stages": summaries}

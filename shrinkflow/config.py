@@ -18,8 +18,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shrinkflow.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """params.yaml (or an override) is missing, malformed, or names an unknown key/bad value."""
 
 
@@ -270,7 +272,8 @@ class CompareConfig(_Section):
     """Stage `compare`: measure every candidate side by side and pick the deployable one."""
 
     max_accuracy_drop_pp: float = Field(
-        0.5, ge=0, description="largest accuracy drop vs the teacher a deployable model may have"
+        0.5, ge=0, description="largest validation accuracy drop vs the teacher a deployable "
+        "model may have"
     )
 
 
@@ -285,7 +288,8 @@ class MeasureConfig(_Section):
     repeats: int = Field(200, ge=5, description="timed calls at batch 1 (p50/p95 over these)")
     throughput_repeats: int = Field(20, ge=3, description="timed calls at batch 256")
     rounds: int = Field(
-        5, ge=1, description="models timed together take turns in this many rounds (drift hits all)"
+        10, ge=2, description="models timed together take turns in this many rounds (drift hits "
+        "all; the intervals of speed ratios resample the rounds)"
     )
 
 

@@ -45,11 +45,12 @@ from torch import nn
 
 from shrinkflow.config import DistillConfig, ModelConfig, TrainConfig
 from shrinkflow.data import Augmenter, Split, with_unlabeled
+from shrinkflow.errors import UserError
 from shrinkflow.models import Architecture, architecture_for, build_model
 from shrinkflow.train import EpochLog, FitResult, Loss, fit, label_loss, sum_losses
 
 
-class DistillError(ValueError):
+class DistillError(UserError, ValueError):
     """A distillation setting does not fit the models (e.g. an unknown layer name)."""
 
 

@@ -1,15 +1,21 @@
 """The one place where model quality, size and speed are computed.
 
 Every number that reaches MLflow, DVC metrics or the benchmark report comes from here, with the
-standard names: accuracy, f1_macro, params_count, nonzero_params, size_bytes, flops, macs,
-latency_ms_p50_b1, latency_ms_p95_b1, throughput_sps_b256.
+standard names: accuracy and f1_macro (test split; `val_` prefixed on validation), params_count,
+nonzero_params, size_bytes, flops, macs, latency_ms_p50_b1, latency_ms_p95_b1, throughput_sps_b256.
+
+Quality and size are properties of a file and are computed by the stage that makes it. Speed is
+not: it depends on the moment and on what else runs, so models are only ever timed side by side,
+in one process, by the `compare` stage (`time_side_by_side`), and every speed ratio comes with an
+interval from the timing's own noise (`Noise`).
 
 Keys read from `measure`:
   threads             intra-op threads for torch and ONNX Runtime (fixed so numbers compare)
-  warmup              untimed calls before timing
+  warmup              untimed calls before timing, spread over the rounds
   repeats             timed calls at batch 1; p50/p95 are taken over them
   throughput_repeats  timed calls at batch 256; the median gives samples per second
-  rounds              models measured together are loaded and timed in turn, in this many rounds
+  rounds              models timed together take turns in this many rounds; the intervals
+                      resample them, so more rounds give tighter, more trustworthy intervals
 
 A model is measured through a `Predictor`: a function from a float32 numpy batch to logits. The
 same timing harness serves eager torch and ONNX Runtime, so their numbers are comparable.
@@ -22,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +121,7 @@ def compute(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[s
 
 
 # ---------------------------------------------------------------------------------------------
-# Speed
+# Speed: every model timed side by side, with the noise of the timing measured too
 # ---------------------------------------------------------------------------------------------
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
@@ -146,68 +152,100 @@ def _time_calls_ms(predict: Predictor, x: np.ndarray, calls: int) -> np.ndarray:
     return times
 
 
-def latencies(loaders: Mapping[str, Callable[[], Predictor]], sample: np.ndarray,
-              cfg: MeasureConfig) -> dict[str, dict[str, float]]:
-    """Batch-1 latency percentiles and batch-256 throughput of several models, by name.
+@dataclass(frozen=True)
+class Timing:
+    """Call times of one model, in ms, one row per round: timed side by side with other models."""
+
+    batch1_ms: np.ndarray  # (rounds, calls per round), batch 1
+    batch256_ms: np.ndarray  # (rounds, calls per round), batch THROUGHPUT_BATCH
+
+    def metrics(self) -> dict[str, float]:
+        return {"latency_ms_p50_b1": float(np.percentile(self.batch1_ms, 50)),
+                "latency_ms_p95_b1": float(np.percentile(self.batch1_ms, 95)),
+                "throughput_sps_b256": THROUGHPUT_BATCH / (float(np.median(self.batch256_ms)) / 1e3)}
+
+
+def time_side_by_side(loaders: Mapping[str, Callable[[], Predictor]], sample: np.ndarray,
+                      cfg: MeasureConfig, seed: int = 0) -> dict[str, Timing]:
+    """Batch-1 and batch-256 call times of several models, by name, taken in turn.
 
     `loaders[name]()` returns a ready predictor (for ONNX, a new Runtime session). The timed calls
-    are split into `cfg.rounds` rounds and every round loads and times every model in turn:
-    a slow phase of the machine falls on all models alike instead of on whichever was being
-    timed, and a session whose buffers happen to land badly in memory (up to 30% slower than
-    another session of the same file, measured here) is one round out of several.
-    `cfg.warmup` untimed batch-1 calls, spread over the rounds, and one untimed batch-256 call
-    per round precede the timed ones.
+    are split into `cfg.rounds` rounds; every round loads and times every model, in an order
+    shuffled per round (seeded): a slow phase of the machine falls on all models alike instead of
+    on whichever was being timed, no model always follows the same neighbour, and a session whose
+    buffers happen to land badly in memory (up to 30% slower than another session of the same
+    file, measured here) is one round out of several. Each round starts with untimed warm-up calls
+    (`cfg.warmup` in all) and one untimed batch-256 call. The rounds are what `Noise` resamples.
     """
     one = np.ascontiguousarray(sample[:1])
     batch = np.ascontiguousarray(np.resize(sample, (THROUGHPUT_BATCH, *sample.shape[1:])))
+    rounds = cfg.rounds
+    per_round = (-(-cfg.repeats // rounds), -(-cfg.throughput_repeats // rounds))
     at_one: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
     at_batch: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
-    rounds = min(cfg.rounds, cfg.throughput_repeats, cfg.repeats)
-    for index in range(rounds):
-        for name, load in loaders.items():
-            predict = load()
-            for _ in range(_share(cfg.warmup, rounds, index)):
+    order = np.random.default_rng(seed)
+    for _ in range(rounds):
+        for name in order.permutation(list(loaders)):
+            predict = loaders[name]()
+            for _ in range(-(-cfg.warmup // rounds)):
                 predict(one)
             predict(batch)
-            at_one[name].append(_time_calls_ms(predict, one, _share(cfg.repeats, rounds, index)))
-            at_batch[name].append(
-                _time_calls_ms(predict, batch, _share(cfg.throughput_repeats, rounds, index)))
-    results = {}
-    for name in loaders:
-        ones, batches = np.concatenate(at_one[name]), np.concatenate(at_batch[name])
-        results[name] = {
-            "latency_ms_p50_b1": float(np.percentile(ones, 50)),
-            "latency_ms_p95_b1": float(np.percentile(ones, 95)),
-            "throughput_sps_b256": float(THROUGHPUT_BATCH / (np.median(batches) / 1e3)),
-        }
-    return results
+            at_one[name].append(_time_calls_ms(predict, one, per_round[0]))
+            at_batch[name].append(_time_calls_ms(predict, batch, per_round[1]))
+    return {name: Timing(np.stack(at_one[name]), np.stack(at_batch[name])) for name in loaders}
 
 
-def _share(total: int, parts: int, index: int) -> int:
-    """Part `index` of `total` split into `parts` near-equal integers (they sum to `total`)."""
-    return total // parts + (1 if index < total % parts else 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Everything at once
-# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Measurement:
-    """One model's standard metrics (names as in MLflow and the benchmark report)."""
+class Ratio:
+    """A speed ratio and its confidence interval."""
 
-    accuracy: float
-    f1_macro: float
-    params_count: int
-    nonzero_params: int
-    size_bytes: int
-    latency_ms_p50_b1: float
-    latency_ms_p95_b1: float
-    throughput_sps_b256: float
-    flops: int | None = None
-    macs: int | None = None
+    value: float
+    low: float
+    high: float
 
-    def metrics(self) -> dict[str, float]:
-        return {key: float(value) for key, value in asdict(self).items() if value is not None}
+    def fields(self, name: str) -> dict[str, float | list[float]]:
+        """`name` and `name_interval`, as the benchmark report writes them."""
+        return {name: self.value, f"{name}_interval": [self.low, self.high]}
+
+
+class Noise:
+    """How sure a speed ratio is: a bootstrap over the rounds of a side-by-side timing.
+
+    Each resample draws the rounds with replacement, the same rounds for every model (they were
+    timed together, so a slow moment of the machine stays shared), and takes each model's median
+    call time over the calls of the drawn rounds. A ratio's interval spans the middle `level`
+    share of its resampled values. Two models whose batch-1 ratio interval contains 1 are not told
+    apart by this timing (`faster` is False both ways).
+    """
+
+    def __init__(self, timings: Mapping[str, Timing], resamples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> None:
+        self.timings = timings
+        self.tails = (50 * (1 - level), 50 * (1 + level))
+        rounds = {len(t.batch1_ms) for t in timings.values()}
+        if len(rounds) != 1:
+            raise ValueError(f"the models were not timed side by side: rounds {sorted(rounds)}")
+        count = rounds.pop()
+        drawn = np.random.default_rng(seed).integers(0, count, (resamples, count))
+        self._medians = {
+            (name, batch): np.median(times[drawn].reshape(resamples, -1), axis=1)
+            for name, timing in timings.items()
+            for batch, times in ((1, timing.batch1_ms), (THROUGHPUT_BATCH, timing.batch256_ms))}
+
+    def speedup(self, reference: str, candidate: str, batch: int = 1) -> Ratio:
+        """How many times faster `candidate` runs than `reference` at `batch` (1 or 256): the
+        ratio of their median call times (at 256, the ratio of throughputs)."""
+        def median(name: str) -> float:
+            timing = self.timings[name]
+            return float(np.median(timing.batch1_ms if batch == 1 else timing.batch256_ms))
+
+        resampled = self._medians[reference, batch] / self._medians[candidate, batch]
+        low, high = np.percentile(resampled, self.tails)
+        return Ratio(median(reference) / median(candidate), float(low), float(high))
+
+    def faster(self, first: str, second: str) -> bool:
+        """Is `first` faster than `second` at batch 1 beyond the noise?"""
+        return self.speedup(second, first).low > 1.0
 
 
 def machine_info(threads: int) -> dict[str, object]:
@@ -225,66 +263,28 @@ def machine_info(threads: int) -> dict[str, object]:
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-@dataclass(frozen=True)
-class Subject:
-    """One model to measure: how to load a predictor, the file that holds it, its torch module."""
-
-    load: Callable[[], Predictor]
-    artifact: str | Path
-    model: nn.Module | None = None  # torch: parameter and compute counts come from the module
-
-
-def measure_all(subjects: Mapping[str, Subject], x_test: np.ndarray, y_test: np.ndarray,
-                cfg: MeasureConfig) -> dict[str, Measurement]:
-    """Accuracy on the test split, file size and speed of each subject, timed side by side.
-
-    Parameter and compute counts come from the torch module when given, else from the ONNX file.
-    """
-    with torch_threads(cfg.threads):
-        quality = {name: evaluate(s.load(), x_test, y_test) for name, s in subjects.items()}
-        speed = latencies({name: s.load for name, s in subjects.items()}, x_test, cfg)
-    return {name: _measurement(subject, quality[name], speed[name], x_test.shape[1:])
-            for name, subject in subjects.items()}
+# ---------------------------------------------------------------------------------------------
+# Quality and size of one model, as every stage reports them
+# ---------------------------------------------------------------------------------------------
+def scores(predict: Predictor, val_x: np.ndarray, val_y: np.ndarray, test_x: np.ndarray,
+           test_y: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro F1 on validation (`val_*`: what choices read) and on test (reported)."""
+    val = evaluate(predict, val_x, val_y)
+    return {**{f"val_{key}": value for key, value in val.items()},
+            **evaluate(predict, test_x, test_y)}
 
 
-def _measurement(subject: Subject, quality: dict[str, float], speed: dict[str, float],
-                 input_shape: tuple[int, ...]) -> Measurement:
-    flops = macs = None
-    if subject.model is not None:
-        params, nonzero = count_params(subject.model)
-        flops, per_layer = compute(subject.model, input_shape)
-        macs = sum(per_layer.values())
-    else:
-        params, nonzero = count_onnx_params(subject.artifact)
-    return Measurement(
-        accuracy=quality["accuracy"],
-        f1_macro=quality["f1_macro"],
-        params_count=params,
-        nonzero_params=nonzero,
-        size_bytes=file_size(subject.artifact),
-        latency_ms_p50_b1=speed["latency_ms_p50_b1"],
-        latency_ms_p95_b1=speed["latency_ms_p95_b1"],
-        throughput_sps_b256=speed["throughput_sps_b256"],
-        flops=flops,
-        macs=macs,
-    )
+def onnx_size(path: str | Path) -> dict[str, float]:
+    """File size and (all, non-zero) parameter counts of an ONNX file."""
+    params, nonzero = count_onnx_params(path)
+    return {"params_count": float(params), "nonzero_params": float(nonzero),
+            "size_bytes": float(file_size(path))}
 
 
-def relative(candidate: Measurement, torch_baseline: Measurement, onnx_baseline: Measurement,
-             teacher_accuracy: float) -> dict[str, float]:
-    """Ratios against the fp32 baseline, each taken from numbers measured in the same run.
-
-    size_ratio             baseline fp32 torch file bytes / candidate file bytes
-    speedup_b1_vs_torch    baseline eager-torch p50 latency / candidate p50 latency (batch 1)
-    speedup_b1_vs_ort_fp32 baseline ONNX Runtime fp32 p50 latency / candidate p50 latency
-    throughput_ratio_b256_vs_ort_fp32  candidate / baseline ONNX Runtime fp32 samples per second
-    accuracy_drop_pp       teacher accuracy minus candidate accuracy, in percentage points
-    """
-    return {
-        "size_ratio": torch_baseline.size_bytes / candidate.size_bytes,
-        "speedup_b1_vs_torch": torch_baseline.latency_ms_p50_b1 / candidate.latency_ms_p50_b1,
-        "speedup_b1_vs_ort_fp32": onnx_baseline.latency_ms_p50_b1 / candidate.latency_ms_p50_b1,
-        "throughput_ratio_b256_vs_ort_fp32":
-            candidate.throughput_sps_b256 / onnx_baseline.throughput_sps_b256,
-        "accuracy_drop_pp": 100.0 * (teacher_accuracy - candidate.accuracy),
-    }
+def torch_size(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """File size, parameter counts and compute (FLOPs, MACs per sample) of a saved torch model."""
+    params, nonzero = count_params(model)
+    flops, per_layer = compute(model, input_shape)
+    return {"params_count": float(params), "nonzero_params": float(nonzero),
+            "size_bytes": float(file_size(path)), "flops": float(flops),
+            "macs": float(sum(per_layer.values()))}

@@ -65,27 +65,28 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, tit
 
 def pareto(rows: Sequence[dict], front: Sequence[str], chosen: str | None, path: Path,
            title: str) -> Path:
-    """Accuracy against file size (log scale), marker area by batch-1 latency; front joined."""
+    """Validation accuracy (what the choice reads) against file size (log scale), marker area by
+    batch-1 latency; front joined."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
     latencies = np.array([row["latency_ms_p50_b1"] for row in rows])
     areas = 40 + 400 * latencies / max(latencies.max(), 1e-12)
     colors = ["tab:red" if row["candidate"] == chosen else
               "tab:blue" if row["candidate"] in front else "tab:gray" for row in rows]
-    ax.scatter([row["size_bytes"] for row in rows], [100 * row["accuracy"] for row in rows],
+    ax.scatter([row["size_bytes"] for row in rows], [100 * row["val_accuracy"] for row in rows],
                s=areas, c=colors, alpha=0.7, edgecolors="black", linewidths=0.5)
     for row in rows:
         if row["candidate"] not in front and row["candidate"] != chosen:
             continue  # label the front only: dozens of overlapping names help nobody
         ax.annotate(f"{row['candidate']}\n{row['latency_ms_p50_b1'] * 1000:.0f} µs",
-                    (row["size_bytes"], 100 * row["accuracy"]), fontsize=7,
+                    (row["size_bytes"], 100 * row["val_accuracy"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     on_front = sorted((row for row in rows if row["candidate"] in front),
                       key=lambda row: row["size_bytes"])
-    ax.plot([row["size_bytes"] for row in on_front], [100 * row["accuracy"] for row in on_front],
+    ax.plot([row["size_bytes"] for row in on_front], [100 * row["val_accuracy"] for row in on_front],
             color="tab:blue", linewidth=1, linestyle="--", label="Pareto front")
     ax.set_xscale("log")
-    ax.set(xlabel="file size (bytes, log scale)", ylabel="test accuracy (%)",
+    ax.set(xlabel="file size (bytes, log scale)", ylabel="validation accuracy (%)",
            title=f"{title}\nmarker area: batch-1 latency; blue: Pareto front; red: deployed")
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -2,8 +2,10 @@
 
 A stage writes each candidate in its own folder (model.pt state_dict + architecture.json when it
 is a torch model, and the ONNX file that gets served) and lists them in the folder's
-`candidates.json` manifest: name, ONNX file, parent candidate, method. The `compare` stage reads
-every manifest and measures all candidates side by side with the one `measure` module.
+`candidates.json` manifest: name, ONNX file, parent candidate, method, MLflow run. Stages report
+a candidate's accuracy (validation and test) and size (`evaluate_onnx`); the `compare` stage reads
+every manifest, times all candidates side by side and logs those timings to the candidates' runs,
+so a file's speed is measured once, in one place.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from pathlib import Path
 
 import torch
 
-from shrinkflow import models
-from shrinkflow.config import MeasureConfig
+from shrinkflow import measure, models
 from shrinkflow.data import Splits
 from shrinkflow.export import export_onnx, onnx_predictor
-from shrinkflow.measure import Measurement, Subject, measure_all, torch_predictor
 from tasks import io
 from tasks.catalog import Catalog
 
@@ -31,6 +31,7 @@ class Candidate:
     parent: str  # what it was made from ("baseline", "student-kd", ...)
     method: str  # "structured", "unstructured", "kd", "int8_static", ...
     torch: str | None = None  # folder with model.pt + architecture.json, if it has one
+    run_id: str | None = None  # the MLflow run that made it (compare logs its timings there)
 
 
 def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path,
@@ -55,7 +56,8 @@ def load_torch(folder: Path, produced_by: str) -> tuple[models.Architecture, tor
     from shrinkflow.sparse import dense_state_dict
 
     arch = models.Architecture.from_dict(io.read_json(folder / "architecture.json", produced_by))
-    state = torch.load(folder / "model.pt", weights_only=True)  # no pickled code is executed
+    # weights_only: a model.pt holding pickled code is refused, never run
+    state = torch.load(io.require(folder / "model.pt", produced_by), weights_only=True)
     return arch, models.load_model(arch, dense_state_dict(state))
 
 
@@ -77,24 +79,8 @@ def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]
     return found
 
 
-def onnx_subject(path: Path, cfg: MeasureConfig) -> Subject:
-    """A served ONNX file, as `measure.measure_all` takes it."""
-    return Subject(lambda: onnx_predictor(path, cfg.threads), path)
-
-
-def torch_subject(model: torch.nn.Module, path: Path) -> Subject:
-    """An eager torch model saved at `path`, as `measure.measure_all` takes it."""
-    return Subject(lambda: torch_predictor(model), path, model)
-
-
-def measure_onnx(path: Path, splits: Splits, cfg: MeasureConfig) -> Measurement:
-    """Test accuracy, size and ONNX Runtime speed of one served file."""
-    return measure_all({"onnx": onnx_subject(path, cfg)}, splits.test.x, splits.test.y,
-                       cfg)["onnx"]
-
-
-def candidate_row(candidate: Candidate, measured: Measurement, ratios: dict[str, float],
-                  deployed: bool = False) -> dict:
-    """One line of the comparison: the fields of the benchmark report (shared/BENCH.md)."""
-    return {"candidate": candidate.name, "file": candidate.onnx, "parent": candidate.parent,
-            "method": candidate.method, **measured.metrics(), **ratios, "deployed": deployed}
+def evaluate_onnx(path: Path, splits: Splits) -> dict[str, float]:
+    """Validation and test accuracy and size of one served file (no timing: see compare)."""
+    predict = onnx_predictor(path)
+    return {**measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
+            **measure.onnx_size(path)}

@@ -1,8 +1,7 @@
 """Where every artifact lives, declared once (like a Kedro catalog).
 
 Stage functions ask the catalog for paths instead of building them, so tests point a whole pipeline
-at a temporary root. `STAGE_DEPS` lists what each stage reads: it feeds the Prefect cache key and
-must agree with the stage's `deps` in dvc.yaml (a test checks that).
+at a temporary root. Which stage reads and writes what is declared in `tasks.dag`.
 """
 
 from __future__ import annotations
@@ -11,48 +10,6 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-# Code and data each stage depends on, relative to the project root (mirrors dvc.yaml deps),
-# in the order the pipeline runs the stages.
-STAGE_DEPS: dict[str, tuple[str, ...]] = {
-    "prepare": (
-        "shrinkflow/config.py", "shrinkflow/data.py",
-        "tasks/prepare.py", "tasks/validation.py", "data/external",
-    ),
-    "baseline": (
-        "shrinkflow/models.py", "shrinkflow/train.py", "shrinkflow/measure.py",
-        "shrinkflow/export.py", "shrinkflow/plots.py", "tasks/baseline.py", "tasks/candidates.py",
-        "data/processed",
-    ),
-    "prune": (
-        "shrinkflow/prune.py", "shrinkflow/sparse.py", "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py",
-        "tasks/prune.py", "tasks/candidates.py", "models/baseline", "data/processed",
-    ),
-    "distill": (
-        "shrinkflow/distill.py", "shrinkflow/train.py", "shrinkflow/models.py", "shrinkflow/data.py",
-        "tasks/distill.py", "tasks/candidates.py", "models/baseline", "data/processed",
-    ),
-    "quantize": (
-        "shrinkflow/quantize.py", "shrinkflow/export.py", "tasks/quantize.py",
-        "tasks/candidates.py", "models/baseline", "models/pruned", "models/distilled",
-        "data/processed",
-    ),
-    "compare": (
-        "shrinkflow/measure.py", "shrinkflow/gate.py", "shrinkflow/plots.py",
-        "tasks/compare.py", "tasks/candidates.py", "models/baseline", "models/pruned",
-        "models/distilled", "models/quantized", "data/processed",
-    ),
-}
-
-# What each stage writes besides reports (mirrors dvc.yaml outs and metrics).
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "prepare": ("data/processed", "data/raw", "metrics/prepare.json"),
-    "baseline": ("models/baseline", "metrics/baseline.json"),
-    "prune": ("models/pruned", "metrics/prune.json"),
-    "distill": ("models/distilled", "metrics/distill.json"),
-    "quantize": ("models/quantized", "metrics/quantize.json"),
-    "compare": ("reports/compare", "metrics/compare.json"),
-}
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
 PROJECT_SOURCES = ("shrinkflow", "tasks", "flows", "configs", "data/external",
@@ -145,26 +102,14 @@ class Catalog:
     def summary_file(self) -> Path:
         return self.root / "reports" / "summary.md"
 
-    def stage_outputs(self, stage: str) -> tuple[Path, ...]:
-        """What a finished stage leaves behind; a missing one forces the stage to re-run."""
-        if stage not in STAGE_OUTPUTS:
-            raise KeyError(f"unknown stage {stage!r}; stages are {sorted(STAGE_DEPS)}")
-        return tuple(self.path(relative) for relative in STAGE_OUTPUTS[stage])
-
     def stamp_file(self, stage: str) -> Path:
         """The cache key the stage's current outputs were made from (see tasks.stages)."""
         return self.root / ".shrinkflow" / "stamps" / stage
 
-    def outputs_exist(self, stage: str) -> bool:
-        return all(path.exists() for path in self.stage_outputs(stage))
-
-    def deps_digest(self, stage: str) -> str:
-        """Content hash of everything `stage` reads (files and whole folders)."""
-        digest = hashlib.sha256()
-        for relative in STAGE_DEPS[stage]:
-            digest.update(relative.encode())
-            digest.update(tree_digest(self.path(relative)).encode())
-        return digest.hexdigest()
+    @property
+    def lock_file(self) -> Path:
+        """Held by the run working in this checkout (see tasks.lock)."""
+        return self.root / ".shrinkflow" / "lock"
 
 
 def file_md5(path: Path) -> str:

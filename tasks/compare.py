@@ -1,10 +1,20 @@
-"""Stage `compare`: every candidate measured side by side, the Pareto front, the deployable pick.
+"""Stage `compare`: every candidate timed side by side, the Pareto front, the deployable pick.
 
 Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized}/ (those that
-exist), data/processed/ and params.yaml `compare` and `measure`. All timings are taken in this one
-process with the same settings, so the ratios compare like with like. Writes metrics/compare.json
-(one row per candidate with the fields of the benchmark report), reports/compare/candidates.md and
-reports/compare/pareto.png, and logs them to MLflow.
+exist), data/processed/ and params.yaml `compare` and `measure`.
+
+- Accuracy: every candidate on the validation split (what the choice reads) and on the test split
+  (reported only), with the drop against the teacher on each.
+- Speed: measured here only, all models in this one process, taking turns over several rounds
+  (`measure.time_side_by_side`), so the ratios compare like with like. Every ratio has a bootstrap
+  interval over the rounds, and a control (the baseline's ONNX file timed a second time as if it
+  were another candidate) shows the noise floor: its ratio to the baseline should read 1.00. These
+  are the only speed figures: they are also logged to each candidate's own MLflow run.
+- Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation,
+  on the Pareto front, the fastest, latencies inside the noise counting as ties.
+
+Writes metrics/compare.json (one row per candidate with the fields of the benchmark report, plus
+the control), reports/compare/candidates.md and reports/compare/pareto.png, and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -13,100 +23,170 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from shrinkflow import gate, plots
+from shrinkflow import gate, measure, plots
 from shrinkflow.config import Params
-from shrinkflow.measure import measure_all, relative
+from shrinkflow.data import Splits
+from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.baseline import load_processed
-from tasks.candidates import MANIFEST, Candidate, candidate_row, load_torch, onnx_subject, \
-    read_manifests, torch_subject
+from tasks.candidates import MANIFEST, Candidate, evaluate_onnx, load_torch, read_manifests
 from tasks.catalog import Catalog
+from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
 CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized")
-TABLE_COLUMNS = ("candidate", "accuracy", "accuracy_drop_pp", "params_count", "size_bytes",
-                 "size_ratio", "latency_ms_p50_b1", "speedup_b1_vs_torch",
-                 "speedup_b1_vs_ort_fp32", "throughput_sps_b256",
-                 "throughput_ratio_b256_vs_ort_fp32")
+TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
+CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
+# (column, header, format) of candidates.md
+TABLE = (("val_accuracy", "val acc", "{:.4f}"), ("val_accuracy_drop_pp", "val drop pp", "{:.2f}"),
+         ("accuracy", "test acc", "{:.4f}"), ("accuracy_drop_pp", "test drop pp", "{:.2f}"),
+         ("params_count", "params", "{:,.0f}"), ("size_bytes", "bytes", "{:,.0f}"),
+         ("size_ratio", "smaller", "{:.1f}x"), ("latency_ms_p50_b1", "p50 ms b1", "{:.4f}"),
+         ("speedup_b1_vs_torch", "vs torch b1", None),
+         ("speedup_b1_vs_ort_fp32", "vs ORT fp32 b1", None),
+         ("throughput_sps_b256", "samples/s b256", "{:,.0f}"),
+         ("throughput_ratio_b256_vs_ort_fp32", "vs ORT fp32 b256", None))
+# what compare logs onto each candidate's own run (and the deployed one's onto compare's run)
+LOGGED = ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256", "size_ratio",
+          "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32",
+          "val_accuracy_drop_pp", "accuracy_drop_pp")
 
 
 def _candidates(catalog: Catalog) -> list[Candidate]:
     found = read_manifests(catalog, CANDIDATE_STAGES)
     if not found:
-        raise FileNotFoundError(f"no {MANIFEST} under {catalog.root / 'models'}: "
-                                "run the 'baseline' stage first")
+        raise io.MissingInputError(f"no {MANIFEST} under {catalog.root / 'models'}: "
+                                   "run the 'baseline' stage first")
     return found
 
 
-def markdown_table(rows: list[dict[str, Any]], chosen: str | None, max_drop_pp: float) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float) and abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _ratio_cell(row: dict[str, Any], key: str) -> str:
+    low, high = row[f"{key}_interval"]
+    return f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
-             "|" + "---|" * len(TABLE_COLUMNS)]
+
+def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: str | None,
+                   max_drop_pp: float) -> str:
+    lines = ["| candidate | " + " | ".join(header for _, header, _ in TABLE) + " |",
+             "|---|" + "---:|" * len(TABLE)]
     for row in rows:
         name = f"**{row['candidate']}** (deployed)" if row["candidate"] == chosen else row["candidate"]
-        lines.append("| " + " | ".join([name, *(cell(row[key]) for key in TABLE_COLUMNS[1:])])
-                     + " |")
-    verdict = (f"Deployed: `{chosen}`, the smallest candidate on the Pareto front within "
-               f"{max_drop_pp} pp of the teacher." if chosen else
-               f"No candidate is within {max_drop_pp} pp of the teacher: nothing is deployable.")
-    return "\n".join(lines) + "\n\n" + verdict + "\n"
+        cells = [_ratio_cell(row, key) if fmt is None else fmt.format(row[key])
+                 for key, _, fmt in TABLE]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    verdict = (f"Deployed: `{chosen}`, the fastest candidate on the Pareto front within "
+               f"{max_drop_pp} pp of the teacher on validation (latencies inside the timing noise "
+               "tie; then the smaller file wins)." if chosen else
+               f"No candidate is within {max_drop_pp} pp of the teacher on validation: nothing "
+               "is deployable.")
+    noise = (f"Control: the baseline's ONNX file timed a second time as another candidate runs "
+             f"{_ratio_cell(control, 'speedup_b1_vs_ort_fp32')} as fast as itself at batch 1 and "
+             f"{_ratio_cell(control, 'throughput_ratio_b256_vs_ort_fp32')} at batch 256: the "
+             "noise floor of these ratios. Intervals: 95% bootstrap over the timing rounds.")
+    return "\n".join(lines) + f"\n\n{verdict}\n\n{noise}\n"
+
+
+def _accuracy_drops(scores: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
+    """Teacher accuracy minus this one, in percentage points, on validation and on test."""
+    return {f"{split}accuracy_drop_pp": 100.0 * (teacher[f"{split}accuracy"]
+                                                 - scores[f"{split}accuracy"])
+            for split in ("val_", "")}
+
+
+def _speed(name: str, timings: dict[str, measure.Timing], noise: measure.Noise,
+           reference_onnx: str) -> dict[str, Any]:
+    return {**timings[name].metrics(),
+            **noise.speedup(TORCH_BASELINE, name).fields("speedup_b1_vs_torch"),
+            **noise.speedup(reference_onnx, name).fields("speedup_b1_vs_ort_fp32"),
+            **noise.speedup(reference_onnx, name, measure.THROUGHPUT_BATCH).fields(
+                "throughput_ratio_b256_vs_ort_fp32")}
+
+
+def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
+    """The teacher in eager torch: its scores and sizes, and the module to time."""
+    arch, model = load_torch(catalog.baseline_dir, produced_by="baseline")
+    predict = measure.torch_predictor(model)
+    row = {"candidate": TORCH_BASELINE, "file": "models/baseline/model.pt", "parent": "baseline",
+           "method": "fp32-eager",
+           **measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
+           **measure.torch_size(model, catalog.baseline_dir / "model.pt", arch.input_shape)}
+    return row, model
 
 
 def run_compare(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Measure every candidate, pick the deployable one; returns a JSON summary."""
+    """Evaluate and time every candidate, pick the deployable one; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.compare
     with tracking.stage_run("compare", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
-        log.info("measuring the eager-torch baseline and every candidate (threads=%d)",
-                 params.measure.threads)
-        _, baseline_model = load_torch(catalog.baseline_dir, produced_by="baseline")
-        torch_candidate = Candidate("baseline-fp32-torch", "models/baseline/model.pt", "baseline",
-                                    "fp32-eager", torch="models/baseline")
         candidates = _candidates(catalog)
-        subjects = {torch_candidate.name: torch_subject(baseline_model,
-                                                        catalog.baseline_dir / "model.pt"),
-                    **{c.name: onnx_subject(catalog.path(c.onnx), params.measure)
-                       for c in candidates}}
-        measured = measure_all(subjects, splits.test.x, splits.test.y, params.measure)
-        torch_baseline = measured[torch_candidate.name]
-        onnx_baseline = measured[candidates[0].name]  # the baseline's manifest comes first
-        teacher_accuracy = torch_baseline.accuracy  # the teacher is the baseline until search
-        rows = [candidate_row(c, measured[c.name],
-                              relative(measured[c.name], torch_baseline, onnx_baseline,
-                                       teacher_accuracy))
-                for c in (torch_candidate, *candidates)]
+        reference_onnx = candidates[0].name  # the baseline's manifest comes first
+        torch_row, teacher = _torch_row(catalog, splits)
+        rows = [torch_row] + [{"candidate": c.name, "file": c.onnx, "parent": c.parent,
+                               "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)}
+                              for c in candidates]
+
+        log.info("timing %d models side by side (%d rounds, threads=%d)", len(rows) + 1,
+                 params.measure.rounds, params.measure.threads)
+        loaders = {TORCH_BASELINE: lambda: measure.torch_predictor(teacher),
+                   **{c.name: _onnx_loader(catalog.path(c.onnx), params.measure.threads)
+                      for c in candidates},
+                   CONTROL: _onnx_loader(catalog.path(candidates[0].onnx), params.measure.threads)}
+        with measure.torch_threads(params.measure.threads):
+            timings = measure.time_side_by_side(loaders, splits.test.x, params.measure)
+        noise = measure.Noise(timings)
+        for row in rows:
+            row |= _speed(row["candidate"], timings, noise, reference_onnx)
+            row |= _accuracy_drops(row, torch_row)
+            row["size_ratio"] = torch_row["size_bytes"] / row["size_bytes"]
+        control = {"candidate": CONTROL, "file": candidates[0].onnx,
+                   **_speed(CONTROL, timings, noise, reference_onnx)}
+
+        def faster(a: gate.Row, b: gate.Row) -> bool:
+            return noise.faster(a["candidate"], b["candidate"])
+
         # only ONNX files are served; the eager-torch row is there as the reference
         chosen = gate.choose([row for row in rows if row["file"].endswith(".onnx")],
-                             cfg.max_accuracy_drop_pp)
+                             cfg.max_accuracy_drop_pp, faster)
         chosen_name = chosen["candidate"] if chosen else None
-        front = [row["candidate"] for row in gate.pareto_front(rows)]
+        front = [row["candidate"] for row in gate.pareto_front(rows, faster)]
         for row in rows:
             row["deployed"] = row["candidate"] == chosen_name
             row["pareto"] = row["candidate"] in front
 
         io.write_json(catalog.metrics_file("compare"),
                       # keyed by name so `dvc metrics show/diff` lists candidates.<name>.<metric>
-                      {"task": spec.name, "deployed": chosen_name,
+                      {"task": spec.name, "deployed": chosen_name, "control": control,
                        "candidates": {row["candidate"]: row for row in rows}})
+        table = markdown_table(rows, control, chosen_name, cfg.max_accuracy_drop_pp)
         with io.atomic_dir(catalog.compare_dir) as staging:
-            table = markdown_table(rows, chosen_name, cfg.max_accuracy_drop_pp)
             io.write_text(staging / "candidates.md", f"# Candidates on {spec.name}\n\n{table}")
             plots.pareto(rows, front, chosen_name, staging / "pareto.png",
                          f"{spec.name}: accuracy, size and latency of every candidate")
 
-        tracking.log_artifact(catalog.compare_dir, "compare")
-        tracking.log_artifact(catalog.metrics_file("compare"))
-        if chosen:
-            tracking.log_metrics({key: chosen[key] for key in (
-                "accuracy", "size_bytes", "size_ratio", "latency_ms_p50_b1",
-                "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32", "accuracy_drop_pp")})
-        tracking.set_tags({"deployed_candidate": chosen_name or "none", "dataset": spec.name})
+        _log(catalog, candidates, rows, control, chosen, spec.name)
         log.info("deployable: %s", chosen_name or "none within tolerance")
-        summary_metrics = {key: float(chosen[key]) for key in ("accuracy", "size_ratio",
-                           "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32")} if chosen else {}
+        summary_metrics = {key: float(chosen[key]) for key in (
+            "val_accuracy", "accuracy", "size_ratio", "speedup_b1_vs_torch",
+            "speedup_b1_vs_ort_fp32")} if chosen else {}
         return {"stage": "compare", "run_id": run.info.run_id, "dataset": spec.name,
                 "deployed": chosen_name, "metrics": summary_metrics, "table": table}
+
+
+def _onnx_loader(path: Path, threads: int):
+    return lambda: onnx_predictor(path, threads)
+
+
+def _log(catalog: Catalog, candidates: list[Candidate], rows: list[dict[str, Any]],
+         control: dict[str, Any], chosen: dict[str, Any] | None, dataset: str) -> None:
+    """The comparison on compare's run, and each candidate's timing on the candidate's own run."""
+    by_name = {row["candidate"]: row for row in rows}
+    for candidate in candidates:
+        if candidate.run_id:
+            tracking.log_metrics_to(catalog.root, candidate.run_id,
+                                    {key: by_name[candidate.name][key] for key in LOGGED})
+    tracking.log_artifact(catalog.compare_dir, "compare")
+    tracking.log_artifact(catalog.metrics_file("compare"))
+    tracking.log_metrics({"control_speedup_b1": control["speedup_b1_vs_ort_fp32"],
+                          **({f"deployed.{key}": chosen[key] for key in
+                              ("val_accuracy", "accuracy", "size_bytes", *LOGGED)} if chosen else {})})
+    tracking.set_tags({"deployed_candidate": chosen["candidate"] if chosen else "none",
+                       "dataset": dataset})

@@ -3,7 +3,7 @@
 Reads models/baseline/ (the teacher, until a search stage exists), data/processed/ (with the
 unlabeled inputs, when prepare wrote some: only the distilled students see them) and params.yaml
 `distill`, `baseline.train` / `baseline.augment` (the training loop and augmentation the students
-share with the teacher) and `measure`. For each student (`student`, then `extra_students` by name)
+share with the teacher). For each student (`student`, then `extra_students` by name)
 writes models/distilled/{<name>-kd,<name>-scratch}/ (model.pt, architecture.json, model.onnx), with
 one candidates.json, and metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds
 over training the same student without a teacher.
@@ -19,8 +19,8 @@ from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
 from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
-from tasks.baseline import load_processed, load_unlabeled
-from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
+from tasks.io import load_processed, load_unlabeled
+from tasks.candidates import Candidate, evaluate_onnx, load_torch, save_torch, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.distill")
@@ -37,13 +37,19 @@ def _variants(cfg: DistillConfig) -> list[tuple[str, str, ModelConfig, str]]:
 
 
 def _kd_gains(cfg: DistillConfig, metrics: dict[str, float]) -> dict[str, float]:
-    """'<student>.kd_gain_pp': accuracy with the teacher minus without, in percentage points."""
+    """'<student>.kd_gain_pp': test accuracy with the teacher minus without, in percentage points
+    (reported); '<student>.val_kd_gain_pp' the same on validation."""
     gains = {}
     for name in cfg.students():
-        kd, scratch = metrics.get(f"{name}-kd.accuracy"), metrics.get(f"{name}-scratch.accuracy")
-        if kd is not None and scratch is not None:
-            gains[f"{name}.kd_gain_pp"] = gain = 100 * (kd - scratch)
-            log.info("distillation adds %.2f pp to %s over the same student alone", gain, name)
+        for split in ("val_", ""):
+            kd = metrics.get(f"{name}-kd.{split}accuracy")
+            scratch = metrics.get(f"{name}-scratch.{split}accuracy")
+            if kd is not None and scratch is not None:
+                gains[f"{name}.{split}kd_gain_pp"] = 100 * (kd - scratch)
+        if f"{name}.kd_gain_pp" in gains:
+            log.info("distillation adds %.2f pp to %s over the same student alone (test; "
+                     "%.2f pp on validation)", gains[f"{name}.kd_gain_pp"], name,
+                     gains[f"{name}.val_kd_gain_pp"])
     return gains
 
 
@@ -65,7 +71,8 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
                 log.info("training %s %s %s", name, arch.family, arch.widths)
-                with tracking.candidate_run(name, {"method": method, "student": student_name}):
+                with tracking.candidate_run(name, {"method": method, "student": student_name}
+                                            ) as candidate_run:
                     if method == "kd":
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train, augment, on_epoch_end=tracking.log_epoch,
@@ -74,12 +81,13 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)
                     save_torch(student, arch, staging / name)
-                    measured = measure_onnx(staging / name / "model.onnx", splits, params.measure)
-                    tracking.log_metrics(measured.metrics())
-                metrics[f"{name}.accuracy"] = measured.accuracy
-                metrics[f"{name}.params_count"] = measured.params_count
+                    measured = evaluate_onnx(staging / name / "model.onnx", splits)
+                    tracking.log_metrics(measured)
+                metrics |= {f"{name}.{key}": measured[key]
+                            for key in ("val_accuracy", "accuracy", "params_count")}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}",
+                                            run_id=candidate_run.info.run_id))
             write_manifest(staging, candidates)
 
         metrics |= _kd_gains(cfg, metrics)

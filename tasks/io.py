@@ -1,12 +1,15 @@
-"""Atomic writes: a killed run never leaves a half-written artifact.
+"""Reading and writing stage outputs: atomic writes, and the processed data every stage reads.
 
 Files are written next to their target under a temporary name and renamed into place; folders are
 built in a temporary sibling folder and swapped in whole. Readers see the old version or the new
-one, never a mix.
+one, never a mix, and a run killed at any instant leaves one of the two in place: the swap is one
+atomic exchange of the two names (Linux renameat2), and where the file system cannot exchange, the
+two renames it takes instead are undone by `recover` at the next start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -15,6 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from shrinkflow import data
+from shrinkflow.errors import UserError
+from tasks.catalog import Catalog
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A stage's input is not there: the stage that produces it has not run (or was cleaned)."""
 
 
 def _umask() -> int:
@@ -43,6 +58,34 @@ def atomic_file(target: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28
+        return False
+    done = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                     _RENAME_EXCHANGE)
+    return done == 0
+
+
+def _retired(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover(target: Path) -> None:
+    """Undo what a killed swap of `target` left: the old folder set aside with nothing in its
+    place is put back, and staging folders of dead runs are removed. Call it only while holding
+    the project lock (another run's staging folder is not dead)."""
+    retired = _retired(target)
+    if retired.exists() and not target.exists():
+        os.replace(retired, target)
+    shutil.rmtree(retired, ignore_errors=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `target` as a whole."""
@@ -51,14 +94,17 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield staging
         _publish_mode(staging)
-        retired = target.with_name(f".{target.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
+        if not target.exists():
+            os.replace(staging, target)
+        elif not _exchange(staging, target):
+            # two renames: a kill between them leaves only the retired folder, which `recover`
+            # puts back at the next start
+            shutil.rmtree(_retired(target), ignore_errors=True)
+            os.replace(target, _retired(target))
+            os.replace(staging, target)
+            shutil.rmtree(_retired(target), ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # after an exchange: the previous version
 
 
 def write_json(target: Path, data: Any) -> Path:
@@ -73,8 +119,35 @@ def write_text(target: Path, text: str) -> Path:
     return target
 
 
+def require(path: Path, produced_by: str) -> Path:
+    """`path`, or a MissingInputError naming the stage that should have produced it."""
+    if not path.exists():
+        raise MissingInputError(f"{path} not found: run the '{produced_by}' stage first")
+    return path
+
+
 def read_json(path: Path, produced_by: str) -> Any:
     """Read a stage output, saying which stage should have produced it when it is missing."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the '{produced_by}' stage first")
-    return json.loads(path.read_text())
+    return json.loads(require(path, produced_by).read_text())
+
+
+def _arrays(path: Path, produced_by: str) -> dict[str, np.ndarray]:
+    # allow_pickle=False: an .npz holding pickled objects is refused, never unpickled
+    with np.load(require(path, produced_by), allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dict[str, Any]]:
+    """The splits written by `prepare`, with the data set's spec and metadata."""
+    meta = read_json(catalog.dataset_file(), produced_by="prepare")
+    splits = []
+    for name in ("train", "val", "test"):
+        arrays = _arrays(catalog.split_file(name), produced_by="prepare")
+        splits.append(data.Split(arrays["x"], arrays["y"]))
+    return data.Splits(*splits), data.DatasetSpec.from_dict(meta["spec"]), meta
+
+
+def load_unlabeled(catalog: Catalog) -> np.ndarray | None:
+    """The normalized unlabeled inputs written by `prepare`; None when it wrote none."""
+    path = catalog.unlabeled_file()
+    return _arrays(path, produced_by="prepare")["x"] if path.is_file() else None

@@ -3,7 +3,7 @@
 Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `baseline.train` /
 `baseline.augment` (fine-tuning reuses the training loop with `prune.finetune_lr` and
 `prune.finetune_epochs`; with `prune.finetune_with_teacher` it also learns from the unpruned
-model's soft labels at `distill.temperature` / `distill.alpha`) and `measure`. Writes one folder
+model's soft labels at `distill.temperature` / `distill.alpha`). Writes one folder
 per candidate under models/pruned/ with candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
 `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
 highest structured ratio within that drop on the validation split is kept as `structured-auto`,
@@ -23,8 +23,8 @@ from shrinkflow import data, prune
 from shrinkflow.config import Params
 from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
-from tasks.baseline import load_processed
-from tasks.candidates import Candidate, load_torch, measure_onnx, save_torch, write_manifest
+from tasks.io import load_processed
+from tasks.candidates import Candidate, evaluate_onnx, load_torch, save_torch, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.prune")
@@ -82,23 +82,24 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             for name, method, make in jobs:
                 log.info("making %s", name)
-                with tracking.candidate_run(name, {"method": method}):
+                with tracking.candidate_run(name, {"method": method}) as candidate_run:
                     model = make()
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)
                     save_torch(model, pruned_arch, staging / name, sparse=sparse)
-                    measured = {**measure_onnx(staging / name / "model.onnx", splits,
-                                               params.measure).metrics(),
+                    measured = {**evaluate_onnx(staging / name / "model.onnx", splits),
                                 "sparsity": prune.weight_sparsity(model)}
                     tracking.log_metrics(measured)
                 metrics[name] = {**measured, "widths": list(pruned_arch.widths)}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}",
+                                            run_id=candidate_run.info.run_id))
             write_manifest(staging, candidates)
 
         io.write_json(catalog.metrics_file("prune"), {"candidates": metrics, "search": search})
         flat = {f"{name}.{key}": value for name, row in metrics.items()
-                for key, value in row.items() if key in ("accuracy", "size_bytes", "sparsity")}
+                for key, value in row.items()
+                if key in ("val_accuracy", "accuracy", "size_bytes", "sparsity")}
         tracking.log_metrics(flat)
         return {"stage": "prune", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": flat}

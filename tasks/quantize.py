@@ -2,8 +2,7 @@
 every candidate.
 
 Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
-params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop) and
-`measure`. Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and
+params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop). Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and
 metrics/quantize.json with every fallback attempt. Unstructured-pruned candidates are quantized
 from a dense copy, and their zeros are stored sparse again afterwards, so they keep both savings.
 
@@ -24,8 +23,8 @@ from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.baseline import load_processed
-from tasks.candidates import Candidate, load_torch, measure_onnx, read_manifests, write_manifest
+from tasks.io import load_processed
+from tasks.candidates import Candidate, evaluate_onnx, load_torch, read_manifests, write_manifest
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.quantize")
@@ -68,23 +67,25 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     name = f"{source.name}-{method}"
                     dst = staging / f"{name}.onnx"
                     log.info("quantizing %s", name)
-                    with tracking.candidate_run(name, {"method": method, "parent": source.name}):
+                    with tracking.candidate_run(name, {"method": method, "parent": source.name}
+                                                ) as candidate_run:
                         record = _quantize_one(method, source, src, dst, calibration, reference,
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))
                         if source.method == "unstructured":
                             sparse.sparsify_onnx(dst, dst)
-                        measured = measure_onnx(dst, splits, params.measure)
-                        tracking.log_metrics(measured.metrics())
+                        measured = evaluate_onnx(dst, splits)
+                        tracking.log_metrics(measured)
                     report[name] = {**record, "val_accuracy_fp32": reference,
-                                    "accuracy": measured.accuracy,
-                                    "size_bytes": measured.size_bytes}
+                                    **{key: measured[key] for key in
+                                       ("val_accuracy", "accuracy", "size_bytes")}}
                     candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}.onnx",
-                                                source.name, method))
+                                                source.name, method,
+                                                run_id=candidate_run.info.run_id))
             write_manifest(staging, candidates)
         io.write_json(catalog.metrics_file("quantize"), report)
         flat = {f"{name}.{key}": value for name, row in report.items()
-                for key, value in row.items() if key in ("accuracy", "size_bytes")}
+                for key, value in row.items() if key in ("val_accuracy", "accuracy", "size_bytes")}
         tracking.log_metrics(flat)
         return {"stage": "quantize", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": flat}

@@ -8,6 +8,7 @@ a SQL backend and S3 artifacts needs no code change).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -22,6 +23,8 @@ import numpy as np
 from shrinkflow.config import Params, flatten
 
 PIPELINE_TAG = "shrinkflow.kind"
+# the checkout a run belongs to: runs of several checkouts may share one store
+PROJECT_TAG = "shrinkflow.project"
 
 
 def tracking_uri(root: Path) -> str:
@@ -60,7 +63,7 @@ def git_commit(root: Path) -> str | None:
 
 
 def _base_tags(root: Path, kind: str) -> dict[str, str]:
-    tags = {PIPELINE_TAG: kind}
+    tags = {PIPELINE_TAG: kind, PROJECT_TAG: str(root)}
     commit = git_commit(root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -101,6 +104,21 @@ def finish_pipeline_run(root: Path, run_id: str, metrics: dict[str, float], tags
         tags=[RunTag(key, str(value)) for key, value in tags.items()],
     )
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def log_metrics_to(root: Path, run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics onto a run that is not the active one (e.g. a candidate's, from compare); a run
+    the store no longer has (deleted, or made on another store) is skipped with a warning."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    now = int(1000 * time.time())
+    try:
+        _client(root).log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
+                                                 for key, value in metrics.items()])
+    except MlflowException as error:
+        logging.getLogger("shrinkflow.tracking").warning("run %s not updated: %s", run_id,
+                                                         error.message)
 
 
 def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -167,21 +185,43 @@ def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None 
 
 
 def log_epoch(epoch: Any) -> None:
-    """fit's on_epoch_end: one point per epoch on the active run's curves."""
+    """fit's on_epoch_end: one point per epoch on the active run's curves (`epoch_val_accuracy`:
+    `val_accuracy` is the finished model's)."""
     import mlflow
 
     mlflow.log_metrics({"train_loss": epoch.train_loss, "val_loss": epoch.val_loss,
-                        "val_accuracy": epoch.val_accuracy, "lr": epoch.lr}, step=epoch.epoch)
+                        "epoch_val_accuracy": epoch.val_accuracy, "lr": epoch.lr},
+                       step=epoch.epoch)
 
 
 @contextmanager
 def candidate_run(name: str, tags: dict[str, Any] | None = None) -> Iterator[Any]:
-    """A run for one candidate, nested under the active stage run (same thread)."""
+    """A run for one candidate, nested under the active stage run (same thread), in the same
+    experiment and checkout as that run."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, nested=True,
-                          tags={PIPELINE_TAG: "candidate", **(tags or {})}) as run:
+    stage = mlflow.active_run()
+    inherited = {PIPELINE_TAG: "candidate", PROJECT_TAG: stage.data.tags.get(PROJECT_TAG, "")}
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
+                          tags={**inherited, **(tags or {})}) as run:
         yield run
+
+
+def fail_orphaned_runs(root: Path, experiment: str) -> list[str]:
+    """Mark FAILED the runs of this checkout still RUNNING: their process was killed (call it
+    holding the project lock, so no live run of this checkout exists). Returns their ids."""
+    client = _client(root)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    orphans = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{PROJECT_TAG}` = '{root}'")
+    for run in orphans:
+        client.set_tag(run.info.run_id, "shrinkflow.ended", "its process died before the run "
+                       "ended; marked failed by the next run of this checkout")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in orphans]
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

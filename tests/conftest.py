@@ -7,6 +7,7 @@ their locations are temporary. Heavy imports stay inside fixtures so core tests 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,33 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_params(project: Path):
+def tiny_params():
     """Default params.yaml with the TINY overrides (digits, 2 epochs)."""
     from shrinkflow.config import load_params
 
-    return load_params(project / "params.yaml", overrides=TINY)
+    return load_params(REPO / "params.yaml", overrides=TINY)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project after `prepare` and `baseline` on the TINY params, made once per session: stage
+    tests start from a copy (`copy_trained`) instead of validating and training again."""
+    from shrinkflow.config import load_params
+    from tasks.stages import run_stage
+
+    project = copy_project(tmp_path_factory.mktemp("trained") / "project")
+    params = load_params(project / "params.yaml", overrides=TINY)
+    for stage in ("prepare", "baseline"):
+        run_stage(stage, params, project)
+    return project
+
+
+def copy_trained(trained: Path, destination: Path) -> Path:
+    """A copy of `trained_tiny` (code, config and outputs) at `destination`."""
+    return Path(shutil.copytree(trained, destination))
+
+
+@pytest.fixture
+def trained_project(trained_tiny: Path, tmp_path: Path) -> Path:
+    """A fresh copy of `trained_tiny` for one test."""
+    return copy_trained(trained_tiny, tmp_path / "trained")

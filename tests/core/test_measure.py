@@ -14,17 +14,19 @@ from shrinkflow.config import MeasureConfig
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import (
     THROUGHPUT_BATCH,
-    Measurement,
-    Subject,
+    Noise,
+    Timing,
     classification_metrics,
     compute,
     confusion,
     count_onnx_params,
     count_params,
-    latencies,
-    measure_all,
+    onnx_size,
     predict_batched,
+    scores,
+    time_side_by_side,
     torch_predictor,
+    torch_size,
     torch_threads,
 )
 from shrinkflow.models import Architecture, build_model
@@ -130,64 +132,74 @@ def test_compute_leaves_the_model_in_eval_mode_and_does_not_change_its_output():
 # ---------------------------------------------------------------------------------------------
 # speed
 # ---------------------------------------------------------------------------------------------
-def test_latency_times_batch_1_and_batch_256_with_the_configured_repeats(fast_measure_cfg):
+def _sleeper(ms: float, batches: list[int] | None = None):
+    def predict(x: np.ndarray) -> np.ndarray:
+        if batches is not None:
+            batches.append(len(x))
+        time.sleep(ms / 1000)
+        return np.zeros((len(x), 2), np.float32)
+    return predict
+
+
+def test_timing_takes_batch_1_and_batch_256_calls_in_rounds(fast_measure_cfg):
     # given a predictor that takes about 2 ms per call and records its batch sizes
     batches: list[int] = []
-
-    def slow(x: np.ndarray) -> np.ndarray:
-        batches.append(len(x))
-        time.sleep(0.002)
-        return np.zeros((len(x), 2), np.float32)
-
-    sample = np.zeros((10, 3), np.float32)
-    result = latencies({"slow": lambda: slow}, sample, fast_measure_cfg)["slow"]
-    cfg = fast_measure_cfg
-    # then it makes warmup + repeats calls at batch 1, one warm-up per round + the throughput
-    # repeats at batch 256, and reports milliseconds and samples per second
-    rounds = min(cfg.rounds, cfg.throughput_repeats, cfg.repeats)
-    assert batches.count(1) == cfg.warmup + cfg.repeats, f"unexpected call pattern {batches}"
-    assert batches.count(THROUGHPUT_BATCH) == rounds + cfg.throughput_repeats, (
-        f"unexpected call pattern {batches}"
-    )
-    assert set(result) == {"latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256"}
-    assert 2.0 <= result["latency_ms_p50_b1"] < 200, f"p50 should be ~2 ms, got {result['latency_ms_p50_b1']}"
-    assert result["latency_ms_p95_b1"] >= result["latency_ms_p50_b1"], "p95 should not be below p50"
-    assert 256 / 0.2 < result["throughput_sps_b256"] <= 256 / 0.002, (
-        f"throughput should be ~256 samples per ~2 ms, got {result['throughput_sps_b256']}"
-    )
+    cfg = fast_measure_cfg.model_copy(update={"rounds": 3, "repeats": 9, "throughput_repeats": 3})
+    timing = time_side_by_side({"slow": lambda: _sleeper(2, batches)}, np.zeros((10, 3), np.float32),
+                               cfg)["slow"]
+    # then: per round one warm-up call, then the round's timed calls at batch 1; one untimed
+    # and one timed call at batch 256
+    assert timing.batch1_ms.shape == (3, 3) and timing.batch256_ms.shape == (3, 1)
+    assert batches.count(1) == 3 * (1 + 3), f"unexpected call pattern {batches}"
+    assert batches.count(THROUGHPUT_BATCH) == 3 * 2, f"unexpected call pattern {batches}"
+    metrics = timing.metrics()
+    assert set(metrics) == {"latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256"}
+    assert 2.0 <= metrics["latency_ms_p50_b1"] < 200, f"p50 should be ~2 ms, got {metrics}"
+    assert metrics["latency_ms_p95_b1"] >= metrics["latency_ms_p50_b1"]
+    assert 256 / 0.2 < metrics["throughput_sps_b256"] <= 256 / 0.002
 
 
-def test_latencies_time_models_in_turn_over_the_configured_rounds():
-    # given two predictors that record who was called, at which batch size
-    calls: list[tuple[str, int]] = []
-
-    def recorder(name: str):
-        def predict(x: np.ndarray) -> np.ndarray:
-            calls.append((name, len(x)))
-            return np.zeros((len(x), 2), np.float32)
-        return predict
-
+def test_models_take_turns_in_a_shuffled_order_each_round():
+    # given two predictors that record each load
     loads: list[str] = []
 
     def loader(name: str):
         def load():
             loads.append(name)
-            return recorder(name)
+            return _sleeper(0)
         return load
 
-    cfg = MeasureConfig(warmup=2, repeats=7, throughput_repeats=4, rounds=3)
-    sample = np.zeros((10, 3), np.float32)
-    result = latencies({"a": loader("a"), "b": loader("b")}, sample, cfg)
-    # then each model is loaded afresh in each of the 3 rounds, a then b
-    assert loads == ["a", "b"] * 3, f"expected 3 rounds of a then b, got loads {loads}"
-    turns = [name for i, (name, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != name]
-    assert turns == ["a", "b"] * 3, f"calls should alternate in 3 rounds, got turns {turns}"
-    # and gets all its calls: warm-up + repeats at batch 1 (7 = 3 + 2 + 2 timed), one untimed
-    # batch-256 call per round + the throughput repeats (4 = 2 + 1 + 1 timed)
-    for name in "ab":
-        assert calls.count((name, 1)) == cfg.warmup + cfg.repeats
-        assert calls.count((name, THROUGHPUT_BATCH)) == 3 + cfg.throughput_repeats
-    assert set(result) == {"a", "b"}
+    cfg = MeasureConfig(warmup=0, repeats=20, throughput_repeats=10, rounds=10)
+    time_side_by_side({"a": loader("a"), "b": loader("b")}, np.zeros((4, 3), np.float32), cfg)
+    # then each model is loaded afresh in each round, both in every round, not always a first
+    rounds = [tuple(loads[i:i + 2]) for i in range(0, len(loads), 2)]
+    assert len(rounds) == 10 and all(sorted(r) == ["a", "b"] for r in rounds), rounds
+    assert len(set(rounds)) == 2, f"the order should vary between rounds, got {rounds}"
+
+
+def _timing(rng: np.random.Generator, ms: float, rounds: int = 10, calls: int = 20) -> Timing:
+    """Call times around `ms` with 10% noise, and a slow moment shared by every model in round 3."""
+    drift = np.ones((rounds, 1))
+    drift[3] = 1.5
+    noisy = ms * drift * rng.lognormal(0.0, 0.1, (rounds, calls))
+    return Timing(noisy, 256 * noisy)
+
+
+def test_noise__the_same_model_twice_reads_one_and_a_real_speedup_is_told_apart():
+    rng = np.random.default_rng(0)
+    timings = {"base": _timing(rng, 1.0), "control": _timing(rng, 1.0), "fast": _timing(rng, 0.5)}
+    noise = Noise(timings)
+    # then: the control's ratio to the baseline holds 1.00 in its interval
+    control = noise.speedup("base", "control")
+    assert control.low <= 1.0 <= control.high and 0.9 < control.value < 1.1, control
+    # and: the twice-as-fast model reads ~2x, with an interval above 1, at both batch sizes
+    for batch in (1, THROUGHPUT_BATCH):
+        fast = noise.speedup("base", "fast", batch)
+        assert 1.0 < fast.low <= fast.value <= fast.high and 1.8 < fast.value < 2.2, fast
+    assert noise.faster("fast", "base") and not noise.faster("base", "fast")
+    assert not noise.faster("control", "base") and not noise.faster("base", "control"), \
+        "two timings of one file must tie"
+    assert control.fields("r") == {"r": control.value, "r_interval": [control.low, control.high]}
 
 
 def test_torch_threads_sets_and_restores_the_thread_count():
@@ -198,11 +210,11 @@ def test_torch_threads_sets_and_restores_the_thread_count():
 
 
 # ---------------------------------------------------------------------------------------------
-# everything at once
+# quality and size of one model
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def trained_mlp() -> tuple[nn.Module, np.ndarray, np.ndarray]:
-    """An MLP on 6 features with a known fraction of zero weights, plus test data."""
+    """An MLP on 6 features with a known fraction of zero weights, plus data."""
     torch.manual_seed(0)
     model = build_model(Architecture("mlp", (6,), 3, (8,))).eval()
     with torch.no_grad():
@@ -213,80 +225,42 @@ def trained_mlp() -> tuple[nn.Module, np.ndarray, np.ndarray]:
     return model, x, y
 
 
-def test_measure_on_a_torch_model_returns_every_standard_metric(tmp_path: Path, trained_mlp, fast_measure_cfg):
-    # given a torch model saved as a state_dict file
+def test_scores_are_validation_and_test_accuracy_under_their_names(trained_mlp):
     model, x, y = trained_mlp
+    predict = torch_predictor(model)
+    result = scores(predict, x[:20], y[:20], x[20:], y[20:])
+    assert set(result) == {"val_accuracy", "val_f1_macro", "accuracy", "f1_macro"}
+    assert result["val_accuracy"] == classification_metrics(y[:20], predict(x[:20]).argmax(1))["accuracy"]
+    assert result["accuracy"] == classification_metrics(y[20:], predict(x[20:]).argmax(1))["accuracy"]
+
+
+def test_torch_size_counts_params_compute_and_file_bytes(tmp_path: Path, trained_mlp):
+    model, _, _ = trained_mlp
     artifact = tmp_path / "model.pt"
     torch.save(model.state_dict(), artifact)
-    threads_before = torch.get_num_threads()
-    # when it is measured
-    subject = Subject(lambda: torch_predictor(model), artifact, model)
-    result = measure_all({"torch": subject}, x, y, fast_measure_cfg)["torch"]
-    metrics = result.metrics()
-    # then every standard metric is present with a plausible value
-    assert set(metrics) == STANDARD_METRICS, f"missing {STANDARD_METRICS - set(metrics)}"
-    expected = classification_metrics(y, torch_predictor(model)(x).argmax(1))
-    assert result.accuracy == expected["accuracy"] and result.f1_macro == expected["f1_macro"], (
-        "quality should be computed on the model's test predictions"
-    )
-    assert (result.params_count, result.nonzero_params) == count_params(model), "params from the model"
-    assert result.nonzero_params == result.params_count - 16 - 8, (
+    result = torch_size(model, artifact, (6,))
+    assert (result["params_count"], result["nonzero_params"]) == count_params(model)
+    assert result["nonzero_params"] == result["params_count"] - 16 - 8, (
         "the 16 zeroed weights and the 8 zero-initialised BatchNorm biases should not count"
     )
-    assert result.size_bytes == artifact.stat().st_size, "size_bytes should be the artifact's file size"
-    assert result.latency_ms_p50_b1 > 0, "latency should be positive"
-    assert result.latency_ms_p95_b1 >= result.latency_ms_p50_b1, "p95 should not be below p50"
-    assert result.throughput_sps_b256 > 0, "throughput should be positive"
-    assert result.macs == 6 * 8 + 8 * 3, f"MACs should be 6*8 + 8*3 = 72, got {result.macs}"
-    assert result.flops == 2 * result.macs, "flops should be twice the MACs"
-    assert all(type(v) is float for v in metrics.values()), "metrics() should give floats for logging"
-    assert torch.get_num_threads() == threads_before, "measure should restore torch's thread count"
+    assert result["size_bytes"] == artifact.stat().st_size
+    assert result["macs"] == 6 * 8 + 8 * 3, f"MACs should be 6*8 + 8*3 = 72, got {result['macs']}"
+    assert result["flops"] == 2 * result["macs"], "flops should be twice the MACs"
+    assert all(type(v) is float for v in result.values()), "floats, for logging"
 
 
-def test_measure_on_an_onnx_model_counts_params_from_the_file(tmp_path: Path, fast_measure_cfg):
+def test_onnx_size_counts_params_from_the_file(tmp_path: Path):
     # given a BatchNorm-free model exported to ONNX, with some zeroed weights
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     with torch.no_grad():
         model[0].weight[:, 0] = 0.0  # 8 zeros
     path = export_onnx(model, (6,), tmp_path / "model.onnx")
-    x = np.random.default_rng(0).standard_normal((30, 6)).astype(np.float32)
-    y = np.zeros(30, np.int64)
     # then the ONNX initializers hold exactly the torch parameters
-    assert count_onnx_params(path) == count_params(model), (
-        f"ONNX should hold the same (all, non-zero) numbers as torch: "
-        f"{count_onnx_params(path)} vs {count_params(model)}"
-    )
-    # and measuring through ONNX Runtime gives every metric except the torch-only compute counts
-    subject = Subject(lambda: onnx_predictor(path), path)
-    result = measure_all({"onnx": subject}, x, y, fast_measure_cfg)["onnx"]
-    assert result.flops is None and result.macs is None, "compute counts need a torch model"
-    assert set(result.metrics()) == STANDARD_METRICS - {"flops", "macs"}, "None metrics are left out"
-    assert (result.params_count, result.nonzero_params) == (6 * 8 + 8 + 8 * 3 + 3, 6 * 8 + 8 + 8 * 3 + 3 - 8)
-    assert result.size_bytes == path.stat().st_size, "size_bytes should be the ONNX file's size"
-    torch_accuracy = classification_metrics(y, torch_predictor(model)(x).argmax(1))["accuracy"]
-    assert result.accuracy == torch_accuracy, "ONNX and torch should agree on accuracy"
-
-
-def test_measurement_metrics_drop_missing_values_and_give_floats():
-    m = Measurement(0.5, 0.4, 10, 8, 100, 1.0, 2.0, 300.0)
-    assert m.metrics() == {
-        "accuracy": 0.5, "f1_macro": 0.4, "params_count": 10.0, "nonzero_params": 8.0,
-        "size_bytes": 100.0, "latency_ms_p50_b1": 1.0, "latency_ms_p95_b1": 2.0,
-        "throughput_sps_b256": 300.0,
-    }, "metrics() should list the set values under their standard names"
-
-
-def test_relative__ratios_against_the_baselines():
-    from shrinkflow.measure import Measurement, relative
-
-    def m(acc, size, lat, tput):
-        return Measurement(acc, acc, 1, 1, size, lat, lat, tput)
-
-    torch_base, onnx_base = m(0.99, 80_000, 0.09, 40_000), m(0.99, 90_000, 0.012, 250_000)
-    ratios = relative(m(0.985, 3_200, 0.006, 2_000_000), torch_base, onnx_base, 0.99)
-    assert ratios["size_ratio"] == 25.0
-    assert ratios["speedup_b1_vs_torch"] == 15.0
-    assert ratios["speedup_b1_vs_ort_fp32"] == 2.0
-    assert ratios["throughput_ratio_b256_vs_ort_fp32"] == 8.0
-    assert abs(ratios["accuracy_drop_pp"] - 0.5) < 1e-9
+    assert count_onnx_params(path) == count_params(model)
+    result = onnx_size(path)
+    assert (result["params_count"], result["nonzero_params"]) == (6 * 8 + 8 + 8 * 3 + 3,
+                                                                  6 * 8 + 8 + 8 * 3 + 3 - 8)
+    assert result["size_bytes"] == path.stat().st_size
+    x = np.random.default_rng(0).standard_normal((30, 6)).astype(np.float32)
+    assert (onnx_predictor(path)(x).argmax(1) == torch_predictor(model)(x).argmax(1)).all()

@@ -67,7 +67,7 @@ def test_plots_do_not_leave_figures_open(tmp_path: Path):
 def test_pareto_plot_writes_a_png(tmp_path):
     from shrinkflow.plots import pareto
 
-    rows = [{"candidate": "a", "accuracy": 0.99, "size_bytes": 80_000, "latency_ms_p50_b1": 0.09},
-            {"candidate": "b", "accuracy": 0.98, "size_bytes": 3_000, "latency_ms_p50_b1": 0.005}]
+    rows = [{"candidate": "a", "val_accuracy": 0.99, "size_bytes": 80_000, "latency_ms_p50_b1": 0.09},
+            {"candidate": "b", "val_accuracy": 0.98, "size_bytes": 3_000, "latency_ms_p50_b1": 0.005}]
     path = pareto(rows, ["a", "b"], "b", tmp_path / "pareto.png", "digits")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,74 +1,150 @@
-"""Stage `compare`: every candidate measured in one place, the deployable one chosen."""
+"""Stage `compare`: every candidate timed side by side, the deployable one chosen on validation."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from shrinkflow.config import load_params
+from shrinkflow.export import export_onnx
+from shrinkflow.models import build_model
+from tasks.candidates import Candidate, load_torch, write_manifest
 from tasks.catalog import Catalog
-from tasks.compare import run_compare
-from tasks.stages import run_stage
+from tasks.compare import CONTROL, TORCH_BASELINE, run_compare
+from tests.conftest import TINY, copy_trained
+
+# the default timing settings (TINY shortens them): enough calls for real intervals
+TIMING = ["measure.warmup=20", "measure.repeats=200", "measure.throughput_repeats=20"]
+
+
+class SlowTwin(nn.Module):
+    """The teacher's predictions, plus a large computation that adds exactly zero: as accurate,
+    several times bigger and slower."""
+
+    def __init__(self, teacher: nn.Module, features: int) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.heavy = nn.Sequential(nn.Flatten(), nn.Linear(features, 512), nn.Tanh(),
+                                   nn.Linear(512, 512), nn.Tanh(), nn.Linear(512, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x) + 0.0 * self.heavy(x)
+
+
+def _add_candidates(project) -> None:
+    """models/distilled/ lists two real ONNX candidates besides the baseline: a slower twin of
+    the teacher (as accurate) and an untrained small model (faster, far less accurate)."""
+    catalog = Catalog.at(project)
+    arch, teacher = load_torch(catalog.baseline_dir, "baseline")
+    folder = catalog.stage_models("distilled")
+    folder.mkdir(parents=True)
+    torch.manual_seed(1)
+    export_onnx(SlowTwin(teacher, int(np.prod(arch.input_shape))).eval(), arch.input_shape,
+                folder / "slow-twin.onnx")
+    untrained = build_model(arch.__class__(arch.family, arch.input_shape, arch.n_classes, (2, 2)))
+    export_onnx(untrained.eval(), arch.input_shape, folder / "untrained.onnx")
+    write_manifest(folder, [Candidate("slow-twin", "models/distilled/slow-twin.onnx", "baseline",
+                                      "none"),
+                            Candidate("untrained", "models/distilled/untrained.onnx", "baseline",
+                                      "none")])
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    from shrinkflow.config import load_params
-    from tests.conftest import TINY, copy_project
-
-    project = copy_project(tmp_path_factory.mktemp("compare") / "project")
-    params = load_params(project / "params.yaml", overrides=TINY)
-    for stage in ("prepare", "baseline"):
-        run_stage(stage, params, project)
+def compared(trained_tiny, tmp_path_factory):
+    project = copy_trained(trained_tiny, tmp_path_factory.mktemp("compare") / "project")
+    _add_candidates(project)
+    params = load_params(project / "params.yaml", overrides=[*TINY, *TIMING])
     return project, params, run_compare(params, project)
 
 
-def test_compare__rows_carry_the_benchmark_fields(compared):
-    project, _, summary = compared
-    report = json.loads(Catalog.at(project).metrics_file("compare").read_text())
-    assert sorted(report["candidates"]) == ["baseline-fp32", "baseline-fp32-torch"]
-    for row in report["candidates"].values():
-        for key in ("accuracy", "accuracy_drop_pp", "size_bytes", "size_ratio",
-                    "latency_ms_p50_b1", "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
-                    "throughput_sps_b256", "deployed"):
-            assert key in row, f"{row['candidate']} should report {key}"
-    torch_row = report["candidates"]["baseline-fp32-torch"]
-    assert torch_row["size_ratio"] == 1.0 and torch_row["speedup_b1_vs_torch"] == 1.0
+def _report(project) -> dict:
+    return json.loads(Catalog.at(project).metrics_file("compare").read_text())
 
 
-def test_compare__deploys_only_an_onnx_file(compared):
+def test_compare__deploys_the_candidate_that_is_accurate_fast_and_small(compared):
     project, _, summary = compared
-    report = json.loads(Catalog.at(project).metrics_file("compare").read_text())
-    deployed = [row for row in report["candidates"].values() if row["deployed"]]
-    assert len(deployed) == 1 and deployed[0]["file"].endswith(".onnx")
-    assert summary["deployed"] == deployed[0]["candidate"]
+    report = _report(project)
+    rows = report["candidates"]
+    # then: the slow twin is as accurate but clearly slower, the untrained model is rejected on
+    # validation: the baseline's own ONNX file wins
+    assert rows["slow-twin"]["val_accuracy"] == rows["baseline-fp32"]["val_accuracy"]
+    assert rows["slow-twin"]["speedup_b1_vs_ort_fp32_interval"][1] < 1.0, \
+        "the twin should be measured slower, beyond the noise"
+    assert rows["untrained"]["val_accuracy_drop_pp"] > 5
+    assert summary["deployed"] == report["deployed"] == "baseline-fp32"
+    assert [name for name, row in rows.items() if row["deployed"]] == ["baseline-fp32"]
+    assert "**baseline-fp32** (deployed)" in (Catalog.at(project).compare_dir / "candidates.md"
+                                              ).read_text()
     assert (Catalog.at(project).compare_dir / "pareto.png").is_file()
-    assert "(deployed)" in (Catalog.at(project).compare_dir / "candidates.md").read_text()
 
 
-def test_compare__a_candidate_beyond_tolerance_is_never_deployed(compared):
+def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
+    project, _, _ = compared
+    report = _report(project)
+    for row in report["candidates"].values():
+        for key in ("val_accuracy", "val_accuracy_drop_pp", "accuracy", "accuracy_drop_pp",
+                    "size_bytes", "size_ratio", "latency_ms_p50_b1", "throughput_sps_b256",
+                    "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
+                    "throughput_ratio_b256_vs_ort_fp32", "deployed"):
+            assert key in row, f"{row['candidate']} should report {key}"
+        for key in ("speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
+                    "throughput_ratio_b256_vs_ort_fp32"):
+            low, high = row[f"{key}_interval"]
+            assert low <= row[key] <= high, f"{row['candidate']}: {key} outside its interval"
+    torch_row = report["candidates"][TORCH_BASELINE]
+    assert torch_row["size_ratio"] == 1.0 and torch_row["speedup_b1_vs_torch"] == 1.0
+    # and: the control (the baseline file timed twice) reads about 1 with an interval
+    control = report["control"]
+    assert control["candidate"] == CONTROL
+    assert 0.7 < control["speedup_b1_vs_ort_fp32"] < 1.4, control
+    low, high = control["speedup_b1_vs_ort_fp32_interval"]
+    assert low <= control["speedup_b1_vs_ort_fp32"] <= high
+
+
+def test_compare__timings_reach_the_candidates_own_runs(compared):
+    from mlflow import MlflowClient
+
+    project, _, _ = compared
+    row = _report(project)["candidates"]["baseline-fp32"]
+    run_id = json.loads((Catalog.at(project).baseline_dir / "candidates.json").read_text())[0]["run_id"]
+    logged = MlflowClient().get_run(run_id).data.metrics
+    # then: the baseline's own run shows compare's numbers, the only timing there is
+    assert logged["latency_ms_p50_b1"] == pytest.approx(row["latency_ms_p50_b1"])
+    assert logged["speedup_b1_vs_torch"] == pytest.approx(row["speedup_b1_vs_torch"])
+
+
+def test_compare__the_choice_is_unchanged_when_the_test_labels_are_shuffled(compared):
+    project, params, first = compared
+    before = _report(project)["candidates"]
+    # given: test labels shuffled, so every test accuracy collapses to chance
+    split = Catalog.at(project).split_file("test")
+    with np.load(split) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    np.savez(split, x=x, y=np.random.default_rng(0).permutation(y))
+    try:
+        # when
+        second = run_compare(params, project)
+        after = _report(project)["candidates"]
+    finally:
+        np.savez(split, x=x, y=y)
+    # then: test accuracies changed, the validation ones and the choice did not
+    assert after["baseline-fp32"]["accuracy"] != before["baseline-fp32"]["accuracy"]
+    assert {name: row["val_accuracy"] for name, row in after.items()} == \
+        {name: row["val_accuracy"] for name, row in before.items()}
+    assert second["deployed"] == first["deployed"] == "baseline-fp32"
+
+
+def test_compare__a_candidate_beyond_tolerance_on_validation_is_never_deployed(compared):
     project, params, _ = compared
     strict = params.model_copy(update={"compare": params.compare.model_copy(
         update={"max_accuracy_drop_pp": 0.0})})
-    # given: a manifest entry whose model is far worse than the teacher (an untrained copy)
-    import torch
-
-    from shrinkflow.models import build_model
-    from tasks.candidates import Candidate, load_torch, save_torch, write_manifest
-
-    catalog = Catalog.at(project)
-    arch, _ = load_torch(catalog.baseline_dir, "baseline")
-    folder = catalog.stage_models("distilled")
-    torch.manual_seed(1)
-    save_torch(build_model(arch), arch, folder / "untrained")
-    write_manifest(folder, [Candidate("untrained", "models/distilled/untrained/model.onnx",
-                                      "baseline", "none")])
-    # when
     summary = run_compare(strict, project)
-    # then: the baseline's own ONNX (drop 0) is still chosen; the untrained one never is
     assert summary["deployed"] == "baseline-fp32"
-    shutil.rmtree(folder)
+    assert not _report(project)["candidates"]["untrained"]["deployed"]
 
 
 def test_compare__without_baseline_names_the_stage(tmp_path, tiny_params):

@@ -4,78 +4,94 @@ from __future__ import annotations
 
 import json
 
-from shrinkflow.config import PrepareConfig
+import pytest
+
+from shrinkflow.config import PrepareConfig, load_params
 from shrinkflow.data import builtin_table
 from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.distill import run_distill
 from tasks.stages import run_stage
-from tests.conftest import unlabeled_csv_params
+from tests.conftest import TINY, copy_trained, unlabeled_csv_params
 
 
-def test_distill__trains_both_students_and_records_the_gain(project):
-    from shrinkflow.config import load_params
-    from tests.conftest import TINY
+def test_distill__trains_both_students_and_records_the_gain(trained_project, tiny_params):
+    from mlflow import MlflowClient
 
-    # given
-    params = load_params(project / "params.yaml",
-                         overrides=[*TINY, "baseline.model.width=16", "distill.student.width=4"])
-    for stage in ("prepare", "baseline"):
-        run_stage(stage, params, project)
+    project = trained_project
     # when
-    summary = run_distill(params, project)
+    summary = run_distill(tiny_params, project)
     # then
     folder = Catalog.at(project).stage_models("distilled")
-    assert [c.name for c in read_manifest(folder, "distill")] == ["student-kd", "student-scratch"]
+    candidates = read_manifest(folder, "distill")
+    assert [c.name for c in candidates] == ["student-kd", "student-scratch"]
     arch, _ = load_torch(folder / "student-kd", "distill")
     assert arch.widths == (4, 8), "the student should have distill.student's widths"
     metrics = json.loads(Catalog.at(project).metrics_file("distill").read_text())
-    gain = metrics["student-kd.accuracy"] - metrics["student-scratch.accuracy"]
-    assert abs(metrics["student.kd_gain_pp"] - 100 * gain) < 1e-9
+    for split in ("", "val_"):
+        gain = metrics[f"student-kd.{split}accuracy"] - metrics[f"student-scratch.{split}accuracy"]
+        assert abs(metrics[f"student.{split}kd_gain_pp"] - 100 * gain) < 1e-9
     assert metrics["unlabeled_rows"] == 0
     assert summary["metrics"] == metrics
+    # and: each candidate's run sits in the project's experiment, under the stage's run
+    client = MlflowClient()
+    stage = client.get_run(summary["run_id"])
+    assert client.get_experiment(stage.info.experiment_id).name == tiny_params.project.experiment
+    for candidate in candidates:
+        run = client.get_run(candidate.run_id)
+        assert run.info.experiment_id == stage.info.experiment_id, \
+            f"{candidate.name} should be in the project's experiment"
+        assert run.data.tags["mlflow.parentRunId"] == summary["run_id"]
+        assert run.data.metrics["val_accuracy"] == metrics[f"{candidate.name}.val_accuracy"]
 
 
 def _digits_inputs(rows: int):
     return builtin_table(PrepareConfig())[0].drop(columns="label").head(rows)
 
 
-def test_distill__extra_students_and_the_unlabeled_pool(project):
+@pytest.fixture(scope="module")
+def pooled(trained_tiny, tmp_path_factory):
+    """The trained tiny project, prepared again with 400 unlabeled digits (the same splits, so
+    the baseline stays valid)."""
+    project = copy_trained(trained_tiny, tmp_path_factory.mktemp("pooled") / "project")
+    params = unlabeled_csv_params(project, _digits_inputs(400))
+    run_stage("prepare", params, project)
+    return project
+
+
+def test_distill__extra_students_and_the_unlabeled_pool(pooled):
     # given a pool of unlabeled digits, and an MLP student beside the CNN one
-    params = unlabeled_csv_params(project, _digits_inputs(400), "baseline.model.width=16",
-                                  "distill.student.width=4",
-                                  "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}")
-    for stage in ("prepare", "baseline"):
-        run_stage(stage, params, project)
+    params = load_params(pooled / "params.yaml", overrides=[
+        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv",
+        "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}"])
     # when
-    run_distill(params, project)
+    run_distill(params, pooled)
     # then every student is trained with and without the teacher, each gain recorded
-    folder = Catalog.at(project).stage_models("distilled")
+    folder = Catalog.at(pooled).stage_models("distilled")
     assert [c.name for c in read_manifest(folder, "distill")] == [
         "student-kd", "student-scratch", "mlp-kd", "mlp-scratch"]
     arch, _ = load_torch(folder / "mlp-kd", "distill")
     assert arch.family == "mlp" and arch.widths == (32,)
-    metrics = json.loads(Catalog.at(project).metrics_file("distill").read_text())
+    metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())
     assert {"student.kd_gain_pp", "mlp.kd_gain_pp"} <= metrics.keys()
-    assert metrics["unlabeled_rows"] == 400
+    prepared = json.loads(Catalog.at(pooled).metrics_file("prepare").read_text())
+    assert metrics["unlabeled_rows"] == prepared["rows_unlabeled"] > 0, \
+        "the distilled students learn from every unlabeled row prepare kept"
 
 
-def test_distill__the_pool_can_be_left_out(project):
-    params = unlabeled_csv_params(project, _digits_inputs(200), "distill.use_unlabeled=false",
-                                  "distill.train_without_teacher=false")
-    for stage in ("prepare", "baseline"):
-        run_stage(stage, params, project)
-    run_distill(params, project)
-    assert Catalog.at(project).unlabeled_file().is_file(), "prepare wrote the pool"
-    metrics = json.loads(Catalog.at(project).metrics_file("distill").read_text())
+def test_distill__the_pool_can_be_left_out(pooled):
+    params = load_params(pooled / "params.yaml", overrides=[
+        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv", "distill.use_unlabeled=false",
+        "distill.train_without_teacher=false"])
+    run_distill(params, pooled)
+    assert Catalog.at(pooled).unlabeled_file().is_file(), "prepare wrote the pool"
+    metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())
     assert metrics["unlabeled_rows"] == 0, "distill.use_unlabeled=false leaves it out"
     assert "student.kd_gain_pp" not in metrics, "no student alone, no gain"
 
 
-def test_distill__disabled_writes_an_empty_manifest(project, tiny_params):
+def test_distill__disabled_writes_an_empty_manifest(trained_project, tiny_params):
     params = tiny_params.model_copy(update={"distill": tiny_params.distill.model_copy(
         update={"enabled": False})})
-    for stage in ("prepare", "baseline"):
-        run_stage(stage, params, project)
-    run_distill(params, project)
-    assert read_manifest(Catalog.at(project).stage_models("distilled"), "distill") == []
+    run_distill(params, trained_project)
+    assert read_manifest(Catalog.at(trained_project).stage_models("distilled"), "distill") == []

@@ -1,10 +1,14 @@
-"""Atomic writes keep the previous version when writing fails."""
+"""tasks.io: atomic writes keep the previous version when writing fails or the run is killed;
+missing inputs name the stage that makes them."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tasks.io import atomic_dir, atomic_file, read_json
+from tasks import io as io_module
+from tasks.io import atomic_dir, atomic_file, load_processed, read_json, recover
 
 
 def test_atomic_file__failure_keeps_old_content(tmp_path):
@@ -41,3 +45,57 @@ def test_atomic_dir__failure_keeps_old_folder(tmp_path):
 def test_read_json__missing_file_names_the_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the 'prepare' stage first"):
         read_json(tmp_path / "dataset.json", produced_by="prepare")
+
+
+def test_atomic_dir__swaps_in_one_step_so_the_target_never_disappears(tmp_path, monkeypatch):
+    # given: a folder being replaced, and a spy on every rename
+    target = tmp_path / "folder"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renames.append((a, b)) or real_replace(a, b))
+    # when
+    with atomic_dir(target) as staging:
+        (staging / "new.txt").write_text("new")
+    # then: the new content is in place, and the old folder was never renamed away (it was
+    # exchanged with the staging folder in one system call)
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert renames == [], f"no two-step rename should happen here, saw {renames}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "no leftovers"
+
+
+def test_recover__puts_back_a_folder_a_killed_two_step_swap_left_aside(tmp_path):
+    # given: what a kill between the two renames of the fallback swap leaves: the old folder
+    # set aside, nothing at the target, and a staging folder of the dead run
+    target = tmp_path / "folder"
+    (tmp_path / ".folder.old").mkdir()
+    (tmp_path / ".folder.old" / "keep.txt").write_text("keep")
+    (tmp_path / ".folder.abc123.tmp").mkdir()
+    # when
+    recover(target)
+    # then
+    assert (target / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_atomic_dir__without_an_exchange_still_replaces_the_folder(tmp_path, monkeypatch):
+    # given: a file system that cannot exchange two names
+    monkeypatch.setattr(io_module, "_exchange", lambda first, second: False)
+    target = tmp_path / "folder"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    # when
+    with atomic_dir(target) as staging:
+        (staging / "new.txt").write_text("new")
+    # then
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+
+
+def test_load_processed__missing_split_is_a_user_error_naming_the_stage(tmp_path):
+    from shrinkflow.errors import UserError
+    from tasks.catalog import Catalog
+
+    with pytest.raises(UserError, match="run the 'prepare' stage first"):
+        load_processed(Catalog.at(tmp_path))

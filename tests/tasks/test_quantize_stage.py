@@ -18,13 +18,15 @@ QUICK_QUANTIZE = ["prune.structured.enabled=false", "distill.enabled=false",
                   "quantize.methods=[fp16, int8_weights]"]
 
 
-def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_sparse(project):
+def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_sparse(
+        trained_project):
     from shrinkflow.config import load_params
     from tests.conftest import TINY
 
     # given a baseline and its 80% unstructured-pruned candidate (stored sparse)
+    project = trained_project
     params = load_params(project / "params.yaml", overrides=[*TINY, *QUICK_QUANTIZE])
-    for stage in ("prepare", "baseline", "prune", "distill"):
+    for stage in ("prune", "distill"):
         run_stage(stage, params, project)
     catalog = Catalog.at(project)
     # when both are quantized

@@ -1,0 +1,149 @@
+"""The accuracy-aware fallback: int8 static, and while it loses too much accuracy, other
+calibrations, the most sensitive layers kept in float, then QAT; every attempt is recorded."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shrinkflow.config import QuantizeConfig
+from shrinkflow.measure import file_size
+from shrinkflow.quantize.calibrate import (
+    CALIBRATION_METHODS, Calibrated, CalibrationName, calibration_rows,
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One quantized model tried by `quantize_with_fallback`."""
+
+    step: str  # what produced it: initial | minmax | percentile | entropy | exclude_sensitive | qat
+    method: str  # int8_static, or qat (int8 static of the QAT-trained model)
+    calibration: str
+    excluded_nodes: tuple[str, ...]
+    accuracy: float
+    drop_pp: float  # reference accuracy minus this one, in percentage points
+    size_bytes: int
+    accepted: bool  # drop_pp <= quantize.max_accuracy_drop_pp
+
+    def to_dict(self) -> dict:
+        """JSON-ready (for the stage's report and MLflow)."""
+        return {**asdict(self), "excluded_nodes": list(self.excluded_nodes)}
+
+
+@dataclass(frozen=True)
+class FallbackResult:
+    path: Path  # dst: the chosen model
+    chosen: Attempt  # the first accepted attempt, else the most accurate one
+    attempts: tuple[Attempt, ...]  # every attempt, in the order tried
+
+    @property
+    def accepted(self) -> bool:
+        return self.chosen.accepted
+
+
+def quantize_with_fallback(
+    src: str | Path,
+    dst: str | Path,
+    calibration_x: np.ndarray,
+    evaluate: Callable[[Path], float],
+    reference_accuracy: float,
+    cfg: QuantizeConfig,
+    qat: Callable[[], Path] | None = None,
+) -> FallbackResult:
+    """int8 static with `quantize.calibration`; while the accuracy drop exceeds
+    `quantize.max_accuracy_drop_pp`, try the `quantize.fallback` steps in order.
+
+    evaluate(path) -> accuracy in [0, 1] of a quantized ONNX file (the caller's data and metric).
+    reference_accuracy: the float model's accuracy on the same data.
+    qat() -> path of a float32 ONNX of a QAT-trained model (e.g. `export_qat_onnx`); it is
+    quantized with minmax calibration. Without it the qat step is skipped.
+
+    Steps: a calibration name tries that calibration (skipped if already tried);
+    exclude_sensitive ranks the weighted nodes by sensitivity (`Calibrated.sensitivity`, with the
+    best calibration so far) and keeps the 1, 2, ... most sensitive in float (at least one stays
+    int8); qat as above. The chain stops at the first accepted attempt. The chosen file (the
+    accepted one, or the most accurate with `accepted=False`: the caller decides) is written to
+    `dst`; the other attempts live in a temporary directory that is removed.
+    """
+    # measured by the caller, so no QuantizeConfig bound covers it
+    if not 0.0 <= reference_accuracy <= 1.0:
+        raise ValueError(f"reference_accuracy must be in [0, 1], got {reference_accuracy!r}")
+    x = calibration_rows(calibration_x)[: cfg.calibration_samples]
+
+    with tempfile.TemporaryDirectory(prefix="shrinkflow-fallback-") as tmp:
+        chain = _Chain(Path(tmp), evaluate, reference_accuracy, cfg)
+        work = Calibrated(src, x, cfg.percentile, chain.subdir("source"))
+        done = chain.attempt("initial", work, cfg.calibration)
+        for step in cfg.fallback:
+            if done:
+                break
+            if step in CALIBRATION_METHODS:
+                done = chain.recalibrate(work, step)
+            elif step == "exclude_sensitive":
+                done = chain.exclude_sensitive(work)
+            elif step == "qat" and qat is not None:
+                # minmax: the statistic the EMA ranges tracked during QAT
+                trained = Calibrated(qat(), x, cfg.percentile, chain.subdir("qat"))
+                done = chain.attempt(step, trained, "minmax", method="qat")
+        chosen, chosen_path = chain.choice()
+        shutil.copyfile(chosen_path, dst)
+    return FallbackResult(Path(dst), chosen, tuple(a for a, _ in chain.tried))
+
+
+@dataclass
+class _Chain:
+    """The attempts of one `quantize_with_fallback` call, their files under `workdir`."""
+
+    workdir: Path
+    evaluate: Callable[[Path], float]
+    reference_accuracy: float
+    cfg: QuantizeConfig
+    tried: list[tuple[Attempt, Path]] = field(default_factory=list)
+
+    def subdir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir()
+        return path
+
+    def attempt(self, step: str, source: Calibrated, calibration: CalibrationName,
+                excluded: tuple[str, ...] = (), method: str = "int8_static") -> bool:
+        """Quantize `source`, evaluate and record it; whether it was accepted."""
+        path = source.quantize(self.workdir / f"attempt-{len(self.tried)}.onnx", calibration,
+                               self.cfg.per_channel, excluded, quant_format=self.cfg.format)
+        accuracy = float(self.evaluate(path))
+        # rounded so that 0.99 - 0.985 counts as 0.5 pp, not 0.5000000000000004
+        drop_pp = round((self.reference_accuracy - accuracy) * 100.0, 9)
+        record = Attempt(step, method, calibration, excluded, accuracy, drop_pp, file_size(path),
+                         drop_pp <= self.cfg.max_accuracy_drop_pp)
+        self.tried.append((record, path))
+        return record.accepted
+
+    def recalibrate(self, work: Calibrated, calibration: CalibrationName) -> bool:
+        """The whole model with another calibration, unless that one was tried already."""
+        if any(a.calibration == calibration and a.method == "int8_static" and not a.excluded_nodes
+               for a, _ in self.tried):
+            return False
+        return self.attempt(calibration, work, calibration)
+
+    def exclude_sensitive(self, work: Calibrated) -> bool:
+        """Keep the 1, 2, ... most sensitive weighted nodes in float (at least one stays int8),
+        with the calibration of the most accurate int8 static attempt so far."""
+        calibration = max((a for a, _ in self.tried if a.method == "int8_static"),
+                          key=lambda a: a.accuracy).calibration
+        ranking = [name for name, _ in work.sensitivity(calibration, self.cfg.per_channel)]
+        return any(self.attempt("exclude_sensitive", work, calibration, tuple(ranking[:count]))
+                   for count in range(1, len(ranking)))
+
+    def choice(self) -> tuple[Attempt, Path]:
+        """The first accepted attempt; none accepted: the most accurate, on a tie the smaller
+        file, then the earlier attempt."""
+        accepted = [item for item in self.tried if item[0].accepted]
+        if accepted:
+            return accepted[0]
+        return min(self.tried, key=lambda item: (-item[0].accuracy, item[0].size_bytes))

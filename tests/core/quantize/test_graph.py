@@ -1,0 +1,24 @@
+"""shrinkflow.quantize.graph: the ONNX helpers every quantizer shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from shrinkflow import quantize as q
+
+
+def test_quantizable_nodes_lists_weighted_nodes_in_graph_order(fp32: Path):
+    model = onnx.load(str(fp32))
+    expected = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert q.quantizable_nodes(fp32) == expected and len(expected) == 3, (
+        f"expected the 2 convs and the Gemm, got {q.quantizable_nodes(fp32)}")
+
+
+def test_a_missing_onnx_file_is_named_before_anything_is_written(tmp_path: Path):
+    # given a path with no file; when a quantizer reads it; then the error names the path
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        q.to_int8_dynamic(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists(), "nothing should be written"
