@@ -71,9 +71,9 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
             save_torch(model, arch, staging)
             folder = str(catalog.baseline_dir.relative_to(catalog.root))
             write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx",
-                                               "baseline", "fp32", torch=folder,
-                                               run_id=run.info.run_id)])
+                                               "baseline", "fp32", torch=folder)])
             onnx_bytes = measure.file_size(staging / "model.onnx")
+            tracking.tag_model_file(staging / "model.onnx")
             sizes = measure.torch_size(model, staging / "model.pt", arch.input_shape)
         metrics = {
             **measure.scores(measure.torch_predictor(model), splits.val.x, splits.val.y,

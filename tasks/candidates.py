@@ -2,10 +2,12 @@
 
 A stage writes each candidate in its own folder (model.pt state_dict + architecture.json when it
 is a torch model, and the ONNX file that gets served) and lists them in the folder's
-`candidates.json` manifest: name, ONNX file, parent candidate, method, MLflow run. Stages report
-a candidate's accuracy (validation and test) and size (`evaluate_onnx`); the `compare` stage reads
-every manifest, times all candidates side by side and logs those timings to the candidates' runs,
-so a file's speed is measured once, in one place.
+`candidates.json` manifest: name, ONNX file, parent candidate, method. Stages report a
+candidate's accuracy (validation and test) and size (`evaluate_onnx`) on the candidate's MLflow run,
+tagged with the ONNX file's md5; the `compare` stage reads every manifest, times all candidates side
+by side and logs those timings to the run that made each file (found by that tag), so a file's
+speed is measured once, in one place. Manifests hold no run ids: the same inputs give the same
+bytes, so a stage re-run with nothing changed leaves the stages after it cached.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from shrinkflow import measure, models
 from shrinkflow.data import Splits
 from shrinkflow.export import export_onnx, onnx_predictor
-from tasks import io
+from tasks import io, tracking
 from tasks.catalog import Catalog
 
 MANIFEST = "candidates.json"
@@ -31,7 +33,6 @@ class Candidate:
     parent: str  # what it was made from ("baseline", "student-kd", ...)
     method: str  # "structured", "unstructured", "kd", "int8_static", ...
     torch: str | None = None  # folder with model.pt + architecture.json, if it has one
-    run_id: str | None = None  # the MLflow run that made it (compare logs its timings there)
 
 
 def save_torch(model: torch.nn.Module, arch: models.Architecture, folder: Path,
@@ -80,7 +81,9 @@ def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]
 
 
 def evaluate_onnx(path: Path, splits: Splits) -> dict[str, float]:
-    """Validation and test accuracy and size of one served file (no timing: see compare)."""
+    """Validation and test accuracy and size of one served file (no timing: see compare); the
+    active MLflow run is tagged as the one that made this file."""
+    tracking.tag_model_file(path)
     predict = onnx_predictor(path)
     return {**measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
             **measure.onnx_size(path)}

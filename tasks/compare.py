@@ -178,10 +178,14 @@ def _onnx_loader(path: Path, threads: int):
 def _log(catalog: Catalog, candidates: list[Candidate], rows: list[dict[str, Any]],
          control: dict[str, Any], chosen: dict[str, Any] | None, dataset: str) -> None:
     """The comparison on compare's run, and each candidate's timing on the candidate's own run."""
+    import mlflow
+
     by_name = {row["candidate"]: row for row in rows}
+    experiment_id = mlflow.active_run().info.experiment_id
     for candidate in candidates:
-        if candidate.run_id:
-            tracking.log_metrics_to(catalog.root, candidate.run_id,
+        made_by = tracking.run_that_made(catalog.root, experiment_id, catalog.path(candidate.onnx))
+        if made_by is not None:
+            tracking.log_metrics_to(catalog.root, made_by,
                                     {key: by_name[candidate.name][key] for key in LOGGED})
     tracking.log_artifact(catalog.compare_dir, "compare")
     tracking.log_artifact(catalog.metrics_file("compare"))

@@ -71,8 +71,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
                 log.info("training %s %s %s", name, arch.family, arch.widths)
-                with tracking.candidate_run(name, {"method": method, "student": student_name}
-                                            ) as candidate_run:
+                with tracking.candidate_run(name, {"method": method, "student": student_name}):
                     if method == "kd":
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train, augment, on_epoch_end=tracking.log_epoch,
@@ -86,8 +85,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                 metrics |= {f"{name}.{key}": measured[key]
                             for key in ("val_accuracy", "accuracy", "params_count")}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}",
-                                            run_id=candidate_run.info.run_id))
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
         metrics |= _kd_gains(cfg, metrics)

@@ -82,7 +82,7 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             for name, method, make in jobs:
                 log.info("making %s", name)
-                with tracking.candidate_run(name, {"method": method}) as candidate_run:
+                with tracking.candidate_run(name, {"method": method}):
                     model = make()
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)
@@ -92,8 +92,7 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                     tracking.log_metrics(measured)
                 metrics[name] = {**measured, "widths": list(pruned_arch.widths)}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}",
-                                            run_id=candidate_run.info.run_id))
+                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
         io.write_json(catalog.metrics_file("prune"), {"candidates": metrics, "search": search})

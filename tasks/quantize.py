@@ -67,8 +67,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     name = f"{source.name}-{method}"
                     dst = staging / f"{name}.onnx"
                     log.info("quantizing %s", name)
-                    with tracking.candidate_run(name, {"method": method, "parent": source.name}
-                                                ) as candidate_run:
+                    with tracking.candidate_run(name, {"method": method, "parent": source.name}):
                         record = _quantize_one(method, source, src, dst, calibration, reference,
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))
@@ -80,8 +79,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                                     **{key: measured[key] for key in
                                        ("val_accuracy", "accuracy", "size_bytes")}}
                     candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}.onnx",
-                                                source.name, method,
-                                                run_id=candidate_run.info.run_id))
+                                                source.name, method))
             write_manifest(staging, candidates)
         io.write_json(catalog.metrics_file("quantize"), report)
         flat = {f"{name}.{key}": value for name, row in report.items()

@@ -25,6 +25,8 @@ from shrinkflow.config import Params, flatten
 PIPELINE_TAG = "shrinkflow.kind"
 # the checkout a run belongs to: runs of several checkouts may share one store
 PROJECT_TAG = "shrinkflow.project"
+# the md5 of the model file a run made: how compare finds the run to log a file's timings on
+MODEL_FILE_TAG = "shrinkflow.model_md5"
 
 
 def tracking_uri(root: Path) -> str:
@@ -205,6 +207,26 @@ def candidate_run(name: str, tags: dict[str, Any] | None = None) -> Iterator[Any
     with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
                           tags={**inherited, **(tags or {})}) as run:
         yield run
+
+
+def tag_model_file(path: Path) -> None:
+    """Mark the active run as the one that made the model file at `path` (by its md5)."""
+    import mlflow
+
+    from tasks.catalog import file_md5
+
+    mlflow.set_tag(MODEL_FILE_TAG, file_md5(path))
+
+
+def run_that_made(root: Path, experiment_id: str, path: Path) -> str | None:
+    """The latest run of this checkout that made a file with `path`'s bytes (None if none did)."""
+    from tasks.catalog import file_md5
+
+    found = _client(root).search_runs(
+        [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{MODEL_FILE_TAG}` = '{file_md5(path)}' "
+                      f"and tags.`{PROJECT_TAG}` = '{root}'")
+    return found[0].info.run_id if found else None
 
 
 def fail_orphaned_runs(root: Path, experiment: str) -> list[str]:

@@ -10,8 +10,8 @@ import torch
 
 from shrinkflow.models import Architecture, load_model
 from tasks.baseline import run_baseline
-from tasks.candidates import read_manifest
 from tasks.catalog import Catalog
+from tasks.tracking import run_that_made
 
 STANDARD = ("val_accuracy", "val_f1_macro", "accuracy", "f1_macro", "params_count",
             "nonzero_params", "size_bytes", "flops", "macs", "onnx_size_bytes")
@@ -20,8 +20,11 @@ STANDARD = ("val_accuracy", "val_f1_macro", "accuracy", "f1_macro", "params_coun
 @pytest.fixture(scope="module")
 def trained(trained_tiny):
     """The session's prepared + trained tiny project (read only here) and its baseline summary."""
-    manifest = read_manifest(Catalog.at(trained_tiny).baseline_dir, "baseline")
-    return trained_tiny, {"run_id": manifest[0].run_id}
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient().get_experiment_by_name("shrinkflow").experiment_id
+    model = Catalog.at(trained_tiny).baseline_dir / "model.onnx"
+    return trained_tiny, {"run_id": run_that_made(trained_tiny, experiment, model)}
 
 
 def test_run_baseline__reports_quality_and_size_but_no_timing(trained):

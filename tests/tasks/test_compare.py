@@ -14,6 +14,7 @@ from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
 from tasks.candidates import Candidate, load_torch, write_manifest
 from tasks.catalog import Catalog
+from tasks import tracking
 from tasks.compare import CONTROL, TORCH_BASELINE, run_compare
 from tests.conftest import TINY, copy_trained
 
@@ -35,30 +36,35 @@ class SlowTwin(nn.Module):
         return self.teacher(x) + 0.0 * self.heavy(x)
 
 
-def _add_candidates(project) -> None:
+def _add_candidates(project, params) -> str:
     """models/distilled/ lists two real ONNX candidates besides the baseline: a slower twin of
-    the teacher (as accurate) and an untrained small model (faster, far less accurate)."""
+    the teacher (as accurate) and an untrained small model (faster, far less accurate). Returns
+    the MLflow run that made the twin."""
     catalog = Catalog.at(project)
     arch, teacher = load_torch(catalog.baseline_dir, "baseline")
     folder = catalog.stage_models("distilled")
     folder.mkdir(parents=True)
     torch.manual_seed(1)
-    export_onnx(SlowTwin(teacher, int(np.prod(arch.input_shape))).eval(), arch.input_shape,
-                folder / "slow-twin.onnx")
+    with tracking.stage_run("distill", params, catalog.root), \
+            tracking.candidate_run("slow-twin") as twin_run:
+        export_onnx(SlowTwin(teacher, int(np.prod(arch.input_shape))).eval(), arch.input_shape,
+                    folder / "slow-twin.onnx")
+        tracking.tag_model_file(folder / "slow-twin.onnx")
     untrained = build_model(arch.__class__(arch.family, arch.input_shape, arch.n_classes, (2, 2)))
     export_onnx(untrained.eval(), arch.input_shape, folder / "untrained.onnx")
     write_manifest(folder, [Candidate("slow-twin", "models/distilled/slow-twin.onnx", "baseline",
                                       "none"),
                             Candidate("untrained", "models/distilled/untrained.onnx", "baseline",
                                       "none")])
+    return twin_run.info.run_id
 
 
 @pytest.fixture(scope="module")
 def compared(trained_tiny, tmp_path_factory):
     project = copy_trained(trained_tiny, tmp_path_factory.mktemp("compare") / "project")
-    _add_candidates(project)
     params = load_params(project / "params.yaml", overrides=[*TINY, *TIMING])
-    return project, params, run_compare(params, project)
+    twin_run = _add_candidates(project, params)
+    return project, params, run_compare(params, project), twin_run
 
 
 def _report(project) -> dict:
@@ -66,7 +72,7 @@ def _report(project) -> dict:
 
 
 def test_compare__deploys_the_candidate_that_is_accurate_fast_and_small(compared):
-    project, _, summary = compared
+    project, _, summary, _ = compared
     report = _report(project)
     rows = report["candidates"]
     # then: the slow twin is as accurate but clearly slower, the untrained model is rejected on
@@ -83,7 +89,7 @@ def test_compare__deploys_the_candidate_that_is_accurate_fast_and_small(compared
 
 
 def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
-    project, _, _ = compared
+    project, _, _, _ = compared
     report = _report(project)
     for row in report["candidates"].values():
         for key in ("val_accuracy", "val_accuracy_drop_pp", "accuracy", "accuracy_drop_pp",
@@ -108,17 +114,16 @@ def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
 def test_compare__timings_reach_the_candidates_own_runs(compared):
     from mlflow import MlflowClient
 
-    project, _, _ = compared
-    row = _report(project)["candidates"]["baseline-fp32"]
-    run_id = json.loads((Catalog.at(project).baseline_dir / "candidates.json").read_text())[0]["run_id"]
-    logged = MlflowClient().get_run(run_id).data.metrics
-    # then: the baseline's own run shows compare's numbers, the only timing there is
+    project, _, _, twin_run = compared
+    row = _report(project)["candidates"]["slow-twin"]
+    logged = MlflowClient().get_run(twin_run).data.metrics
+    # then: the run that made the file shows compare's numbers, the only timing there is
     assert logged["latency_ms_p50_b1"] == pytest.approx(row["latency_ms_p50_b1"])
     assert logged["speedup_b1_vs_torch"] == pytest.approx(row["speedup_b1_vs_torch"])
 
 
 def test_compare__the_choice_is_unchanged_when_the_test_labels_are_shuffled(compared):
-    project, params, first = compared
+    project, params, first, _ = compared
     before = _report(project)["candidates"]
     # given: test labels shuffled, so every test accuracy collapses to chance
     split = Catalog.at(project).split_file("test")
@@ -139,7 +144,7 @@ def test_compare__the_choice_is_unchanged_when_the_test_labels_are_shuffled(comp
 
 
 def test_compare__a_candidate_beyond_tolerance_on_validation_is_never_deployed(compared):
-    project, params, _ = compared
+    project, params, _, _ = compared
     strict = params.model_copy(update={"compare": params.compare.model_copy(
         update={"max_accuracy_drop_pp": 0.0})})
     summary = run_compare(strict, project)

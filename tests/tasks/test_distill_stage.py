@@ -11,6 +11,7 @@ from shrinkflow.data import builtin_table
 from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.distill import run_distill
+from tasks.tracking import run_that_made
 from tasks.stages import run_stage
 from tests.conftest import TINY, copy_trained, unlabeled_csv_params
 
@@ -38,7 +39,8 @@ def test_distill__trains_both_students_and_records_the_gain(trained_project, tin
     stage = client.get_run(summary["run_id"])
     assert client.get_experiment(stage.info.experiment_id).name == tiny_params.project.experiment
     for candidate in candidates:
-        run = client.get_run(candidate.run_id)
+        run = client.get_run(run_that_made(project, stage.info.experiment_id,
+                                           project / candidate.onnx))
         assert run.info.experiment_id == stage.info.experiment_id, \
             f"{candidate.name} should be in the project's experiment"
         assert run.data.tags["mlflow.parentRunId"] == summary["run_id"]
