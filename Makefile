@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test test-fast ui server bench lock clean help
+.PHONY: install run test test-fast lint ui server bench lock clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -32,8 +32,12 @@ run: $(STAMP)  ## run the pipeline (prepare -> baseline) on params.yaml
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## skip the slow accuracy-target tests
-	$(BIN)/pytest -m "not slow"
+test-fast: $(STAMP)  ## core and stage tests only: no whole pipelines, services or accuracy targets
+	$(BIN)/pytest -m "not slow and not integration"
+
+lint: $(STAMP)  ## ruff (style, imports, bugbear) and bandit (security) on the code
+	$(BIN)/ruff check .
+	$(BIN)/bandit -q -c pyproject.toml -r shrinkflow tasks flows bench
 
 ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(BIN)/shrinkflow ui

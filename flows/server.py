@@ -11,6 +11,7 @@ With PREFECT_API_URL set (a running Prefect server), nothing is started.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -37,10 +38,8 @@ def _free_port() -> int:
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the command dies, even by SIGKILL (Linux)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the server may outlive a kill
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def _start(port: int) -> subprocess.Popen:

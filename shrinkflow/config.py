@@ -142,7 +142,8 @@ class StructuredPruneConfig(_Section):
     """Remove whole channels/filters/neurons (Torch-Pruning): a smaller dense network."""
 
     enabled: bool = Field(True, description="produce structured-pruning candidates")
-    ratios: tuple[Ratio, ...] = Field((0.5, 0.75), description="channel fractions to remove, one candidate each")
+    ratios: tuple[Ratio, ...] = Field(
+        (0.5, 0.75), description="channel fractions to remove, one candidate each")
     importance: Literal["l1", "l2", "group_norm"] = Field(
         "l1", description="how channels are ranked: l1 | l2 norm of weights, group_norm over coupled layers"
     )

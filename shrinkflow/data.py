@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from shrinkflow.config import AugmentConfig, PrepareConfig
+from shrinkflow.errors import UserError
 
 Kind = Literal["image", "signal", "tabular"]
 BUILTIN_TARGET = "label"
@@ -40,7 +41,7 @@ UNLABELED = -100  # label of a row without one: cross-entropy's default ignore_i
 _DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data does not have the shape or content a stage needs."""
 
 
@@ -195,7 +196,7 @@ def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray,
     """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
     index = {label: i for i, label in enumerate(spec.labels)}
     labels = frame[spec.target].map(lambda value: index.get(str(value), -1)).to_numpy(np.int64)
-    unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels) if i < 0})
+    unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels, strict=True) if i < 0})
     if unknown:
         raise DataError(f"column {spec.target!r} has labels outside {list(spec.labels)}: {unknown}")
     return table_to_features(frame, spec), labels
@@ -220,6 +221,30 @@ def with_unlabeled(split: Split, unlabeled_x: np.ndarray | None) -> Split:
     labels = np.full(len(unlabeled_x), UNLABELED, dtype=split.y.dtype)
     return Split(np.concatenate([split.x, unlabeled_x.astype(split.x.dtype)]),
                  np.concatenate([split.y, labels]))
+
+
+def rows_found_in(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """A boolean mask over `rows`: True where a row equals some row of `others` exactly.
+
+    Rows are compared whole (every value of the per-row shape, which both arrays must share), in
+    the dtype both convert to without loss. Each row is hashed by its bytes, so the cost is linear
+    in both sizes; -0.0 counts as 0.0 (equal values, different bytes) and a NaN matches only a NaN
+    of the same bits.
+    """
+    if rows.shape[1:] != others.shape[1:]:
+        raise DataError(f"rows of shape {rows.shape[1:]} cannot be found among rows of shape "
+                        f"{others.shape[1:]}")
+    dtype = np.result_type(rows, others)
+    width = math.prod(rows.shape[1:])
+
+    def row_bytes(array: np.ndarray) -> list[bytes]:
+        flat = np.ascontiguousarray(array, dtype=dtype).reshape(len(array), width)
+        if np.issubdtype(dtype, np.floating):
+            flat = flat + 0.0  # -0.0 + 0.0 is +0.0
+        return [row.tobytes() for row in flat]
+
+    seen = set(row_bytes(others))
+    return np.fromiter((row in seen for row in row_bytes(rows)), dtype=bool, count=len(rows))
 
 
 @dataclass(frozen=True)

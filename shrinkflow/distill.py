@@ -169,7 +169,7 @@ def feature_loss(
         student, teacher = _to_vector(student), _to_vector(teacher)
     student = adapter(student)
     if student.shape[2:] != teacher.shape[2:]:
-        size = tuple(min(s, t) for s, t in zip(student.shape[2:], teacher.shape[2:]))
+        size = tuple(min(s, t) for s, t in zip(student.shape[2:], teacher.shape[2:], strict=True))
         pool = F.adaptive_avg_pool1d if student.dim() == 3 else F.adaptive_avg_pool2d
         student, teacher = pool(student, size), pool(teacher, size)
     return F.mse_loss(student, teacher)
@@ -305,7 +305,7 @@ def distill(
             # forward pass distillation_loss made on the same inputs just before
             return cfg.feature_weight * sum(
                 feature_loss(student_capture.outputs[s], teacher_capture.outputs[t], adapter)
-                for (t, s), adapter in zip(cfg.feature_pairs, adapters)
+                for (t, s), adapter in zip(cfg.feature_pairs, adapters, strict=True)
             )
 
         soft = distillation_loss(teacher, temperature, alpha, train_cfg.label_smoothing,

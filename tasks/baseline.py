@@ -19,9 +19,9 @@ import torch
 from shrinkflow import data, measure, models, plots, train
 from shrinkflow.config import Params
 from tasks import io, tracking
-from tasks.io import load_processed
 from tasks.candidates import Candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
+from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.baseline")
 

@@ -12,6 +12,8 @@ bytes, so a stage re-run with nothing changed leaves the stages after it cached.
 
 from __future__ import annotations
 
+# only for the error type of refused files: nothing is unpickled here
+import pickle  # nosec B403
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,8 +59,12 @@ def load_torch(folder: Path, produced_by: str) -> tuple[models.Architecture, tor
     from shrinkflow.sparse import dense_state_dict
 
     arch = models.Architecture.from_dict(io.read_json(folder / "architecture.json", produced_by))
-    # weights_only: a model.pt holding pickled code is refused, never run
-    state = torch.load(io.require(folder / "model.pt", produced_by), weights_only=True)
+    path = io.require(folder / "model.pt", produced_by)
+    try:  # weights_only: a model.pt holding pickled code is refused, never run
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise io.UnsafeFileError(f"{path} holds pickled objects beyond tensors: refused "
+                                 f"({str(error).splitlines()[0]})") from None
     return arch, models.load_model(arch, dense_state_dict(state))
 
 
@@ -81,9 +87,16 @@ def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]
 
 
 def evaluate_onnx(path: Path, splits: Splits) -> dict[str, float]:
-    """Validation and test accuracy and size of one served file (no timing: see compare); the
-    active MLflow run is tagged as the one that made this file."""
-    tracking.tag_model_file(path)
+    """Validation and test accuracy and size of one served file (no timing: see compare)."""
     predict = onnx_predictor(path)
     return {**measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
             **measure.onnx_size(path)}
+
+
+def report_candidate(path: Path, splits: Splits, **extra: float) -> dict[str, float]:
+    """Evaluate a candidate's file and log the result (with `extra` metrics) on the active run,
+    tagged as the run that made this file; returns what was logged."""
+    measured = {**evaluate_onnx(path, splits), **extra}
+    tracking.log_metrics(measured)
+    tracking.tag_model_file(path)
+    return measured

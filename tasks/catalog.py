@@ -114,7 +114,7 @@ class Catalog:
 
 def file_md5(path: Path) -> str:
     """md5 of a file's bytes: the same digest DVC records for it in dvc.lock."""
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)  # a content digest, as DVC's, not a secret
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -127,7 +127,7 @@ def tree_digest(path: Path) -> str:
         return file_md5(path)
     if not path.is_dir():
         return ""
-    digest = hashlib.md5()
+    digest = hashlib.md5(usedforsecurity=False)
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(child.relative_to(path)).encode())
         digest.update(file_md5(child).encode())

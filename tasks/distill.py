@@ -19,9 +19,9 @@ from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
 from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
-from tasks.io import load_processed, load_unlabeled
-from tasks.candidates import Candidate, evaluate_onnx, load_torch, save_torch, write_manifest
+from tasks.candidates import Candidate, load_torch, report_candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
+from tasks.io import load_processed, load_unlabeled
 
 log = logging.getLogger("shrinkflow.distill")
 STAGE_DIR = "distilled"
@@ -80,8 +80,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)
                     save_torch(student, arch, staging / name)
-                    measured = evaluate_onnx(staging / name / "model.onnx", splits)
-                    tracking.log_metrics(measured)
+                    measured = report_candidate(staging / name / "model.onnx", splits)
                 metrics |= {f"{name}.{key}": measured[key]
                             for key in ("val_accuracy", "accuracy", "params_count")}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",

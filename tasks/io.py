@@ -32,6 +32,10 @@ class MissingInputError(UserError, FileNotFoundError):
     """A stage's input is not there: the stage that produces it has not run (or was cleaned)."""
 
 
+class UnsafeFileError(UserError, ValueError):
+    """A file holds pickled Python objects where only plain arrays belong: it is not loaded."""
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -134,7 +138,11 @@ def read_json(path: Path, produced_by: str) -> Any:
 def _arrays(path: Path, produced_by: str) -> dict[str, np.ndarray]:
     # allow_pickle=False: an .npz holding pickled objects is refused, never unpickled
     with np.load(require(path, produced_by), allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+        try:
+            return {name: arrays[name] for name in arrays.files}
+        except ValueError as error:
+            raise UnsafeFileError(f"{path} holds pickled objects, not plain arrays: refused "
+                                  f"({error})") from None
 
 
 def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dict[str, Any]]:

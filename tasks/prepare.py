@@ -9,11 +9,18 @@ reports/validation.json and the Great Expectations Data Docs under reports/data_
 
 Both the raw table and the processed splits are validated before anything is written: a failed
 expectation stops the stage with every failure listed, and the previous outputs stay as they were.
+So does a user CSV whose header repeats a column name, or whose label column holds a single class.
+Unlabeled rows identical to a validation or test row are left out of the pool (and counted in
+metrics/prepare.json as `unlabeled_rows_dropped`): students distilled on them would see the very
+inputs they are scored on.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +36,31 @@ log = logging.getLogger("shrinkflow.prepare")
 
 
 def read_user_csv(path: Path, key: str = "prepare.csv.path") -> pd.DataFrame:
-    """Read a user table; a missing, empty or malformed file is named in the error, with `key`."""
+    """Read a user table; a missing, empty or malformed file, or a header that repeats a column
+    name, is named in the error, with `key`."""
     if not path.is_file():
         raise data.DataError(f"{key}: file not found: {path}")
     try:
         frame = pd.read_csv(path)
+        repeated = _repeated_columns(path)
     except pd.errors.EmptyDataError:
         raise data.DataError(f"{key}: {path} is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
         raise data.DataError(f"{key}: {path} is not a readable CSV: {exc}") from None
+    if repeated:
+        raise data.DataError(f"{key}: {path} repeats the column name(s) {repeated} in its header; "
+                             "each column needs a name of its own")
     if frame.empty:
         raise data.DataError(f"{key}: {path} has a header but no rows")
     return frame
+
+
+def _repeated_columns(path: Path) -> list[str]:
+    """Names the header row of `path` holds more than once, read with the csv module: pandas
+    silently renames the second 'a' to 'a.1'. utf-8-sig skips a byte order mark, as pandas does."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next((row for row in csv.reader(handle) if row), [])
+    return sorted(name for name, count in Counter(header).items() if count > 1)
 
 
 def _external_path(relative: str, catalog: Catalog) -> Path:
@@ -57,7 +77,16 @@ def load_raw(cfg: PrepareConfig, catalog: Catalog) -> tuple[pd.DataFrame, data.D
         return data.builtin_table(cfg)
     path = _external_path(cfg.csv.path, catalog)
     frame = read_user_csv(path)
-    return frame, data.csv_spec(frame, cfg.csv.target, name=path.stem)
+    spec = data.csv_spec(frame, cfg.csv.target, name=path.stem)
+    if len(spec.classes) == 1:
+        raise data.DataError(f"prepare.csv.path: {path}: the label column {spec.target!r} holds a "
+                             f"single class, {spec.classes[0]!r}; a classifier needs at least two")
+    return frame, spec
+
+
+def _unlabeled_key(cfg: PrepareConfig) -> str:
+    """The params key of the configured unlabeled pool, for messages."""
+    return "prepare.unlabeled_samples" if cfg.unlabeled_samples else "prepare.unlabeled_csv"
 
 
 def load_unlabeled(cfg: PrepareConfig, spec: data.DatasetSpec,
@@ -70,28 +99,54 @@ def load_unlabeled(cfg: PrepareConfig, spec: data.DatasetSpec,
         return data.mnist1d_unlabeled(cfg.unlabeled_samples, cfg.seed)
     if not cfg.unlabeled_csv:
         return None
+    key = _unlabeled_key(cfg)
     path = _external_path(cfg.unlabeled_csv, catalog)
-    frame = read_user_csv(path, key="prepare.unlabeled_csv")
+    frame = read_user_csv(path, key=key)
     unknown = sorted(set(frame.columns) - set(spec.feature_columns) - {spec.target})
     if unknown:
-        raise data.DataError(f"prepare.unlabeled_csv: {path} has columns that are not features "
+        raise data.DataError(f"{key}: {path} has columns that are not features "
                              f"of {spec.name!r}: {unknown}")
     return frame.drop(columns=[spec.target], errors="ignore")
 
 
-def _split_and_normalize(frame: pd.DataFrame, spec: data.DatasetSpec,
-                         cfg: PrepareConfig) -> tuple[data.Splits, data.Normalizer]:
+@dataclass(frozen=True)
+class _Prepared:
+    """The normalized splits, their normalizer and the unlabeled inputs, normalized alike."""
+
+    splits: data.Splits
+    normalizer: data.Normalizer
+    unlabeled_x: np.ndarray | None  # None without a pool; never a validation or test row
+    unlabeled_dropped: int  # pool rows left out for being identical to a validation or test row
+
+    @property
+    def rows_unlabeled(self) -> int:
+        return 0 if self.unlabeled_x is None else len(self.unlabeled_x)
+
+
+def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
+                         spec: data.DatasetSpec, cfg: PrepareConfig) -> _Prepared:
     x, y = data.table_to_arrays(frame, spec)
     try:
-        splits = data.stratified_split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        raw = data.stratified_split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     except ValueError as exc:  # e.g. a class with fewer members than there are splits
         raise data.DataError(f"cannot split {spec.name!r} by class: {exc}") from None
-    return data.normalize_splits(splits, spec.kind)
+    splits, normalizer = data.normalize_splits(raw, spec.kind)
+    if unlabeled is None:
+        return _Prepared(splits, normalizer, None, 0)
+    # the pool is compared as the model reads it, raw float32 features: distilling on a row the
+    # students are later scored on would inflate their validation and test accuracy
+    pool = data.table_to_features(unlabeled, spec)
+    held_out = data.rows_found_in(pool, np.concatenate([raw.val.x, raw.test.x]))
+    dropped = int(held_out.sum())
+    if dropped:
+        log.warning("%s: dropped %d rows identical to validation or test rows",
+                    _unlabeled_key(cfg), dropped)
+    return _Prepared(splits, normalizer, normalizer(pool[~held_out]), dropped)
 
 
 def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
                       spec: data.DatasetSpec, cfg: PrepareConfig, catalog: Catalog,
-                      ) -> tuple[data.Splits, data.Normalizer, list[dict]]:
+                      ) -> tuple[_Prepared, list[dict]]:
     """Validate the raw tables, split and normalize, validate the splits; keep every report."""
     from tasks.validation import DataValidationError, validate_processed, validate_raw
 
@@ -101,8 +156,9 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
         if unlabeled is not None:
             reports.append(validate_raw(unlabeled, spec, cfg.validation, catalog.data_docs_dir,
                                         labeled=False))
-        splits, normalizer = _split_and_normalize(frame, spec, cfg)
-        reports.append(validate_processed(splits, spec, cfg.validation, catalog.data_docs_dir))
+        prepared = _split_and_normalize(frame, unlabeled, spec, cfg)
+        reports.append(validate_processed(prepared.splits, spec, cfg.validation,
+                                          catalog.data_docs_dir))
     except DataValidationError as error:
         reports.append(error.report)
         raise
@@ -113,11 +169,10 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
     for report in reports:
         for warning in report.warnings:
             log.warning("%s: %s", report.name, warning)
-    return splits, normalizer, [report.to_dict() for report in reports]
+    return prepared, [report.to_dict() for report in reports]
 
 
-def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, splits: data.Splits,
-                   normalizer: data.Normalizer, unlabeled_x: np.ndarray | None,
+def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, prepared: _Prepared,
                    catalog: Catalog) -> str:
     """Raw table and processed splits (and unlabeled inputs), each folder swapped in whole;
     returns the raw md5."""
@@ -125,21 +180,21 @@ def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, splits: data.Spl
         raw_file = staging / catalog.raw_table(spec.name).name
         frame.to_csv(raw_file, index=False)
         raw_md5 = file_md5(raw_file)
-    n_classes = len(spec.classes)
+    splits, n_classes = prepared.splits, len(spec.classes)
     with io.atomic_dir(catalog.processed_dir) as staging:
         for name in ("train", "val", "test"):
             split: data.Split = getattr(splits, name)
             np.savez(catalog.split_file(name, staging), x=split.x, y=split.y)
-        if unlabeled_x is not None:
-            np.savez(catalog.unlabeled_file(staging), x=unlabeled_x)
+        if prepared.unlabeled_x is not None:
+            np.savez(catalog.unlabeled_file(staging), x=prepared.unlabeled_x)
         io.write_json(catalog.dataset_file(staging), {
             "spec": spec.to_dict(),
-            "normalizer": normalizer.to_dict(),
+            "normalizer": prepared.normalizer.to_dict(),
             "raw_file": str(catalog.raw_table(spec.name).relative_to(catalog.root)),
             "raw_md5": raw_md5,
             "class_counts": {name: data.class_counts(getattr(splits, name).y, n_classes).tolist()
                              for name in ("train", "val", "test")},
-            "rows_unlabeled": 0 if unlabeled_x is None else len(unlabeled_x),
+            "rows_unlabeled": prepared.rows_unlabeled,
         })
     return raw_md5
 
@@ -154,16 +209,16 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
 
         log.info("validating %d raw rows, splitting (stratified, seed %d), validating splits",
                  len(frame), cfg.seed)
-        splits, normalizer, reports = _validated_splits(frame, unlabeled, spec, cfg, catalog)
-        unlabeled_x = None if unlabeled is None else normalizer(data.table_to_features(unlabeled,
-                                                                                       spec))
+        prepared, reports = _validated_splits(frame, unlabeled, spec, cfg, catalog)
+        splits = prepared.splits
 
         log.info("writing %s and %s", catalog.raw_dir, catalog.processed_dir)
-        raw_md5 = _write_outputs(frame, spec, splits, normalizer, unlabeled_x, catalog)
+        raw_md5 = _write_outputs(frame, spec, prepared, catalog)
         metrics = {
             "rows_train": len(splits.train), "rows_val": len(splits.val),
             "rows_test": len(splits.test),
-            "rows_unlabeled": 0 if unlabeled_x is None else len(unlabeled_x),
+            "rows_unlabeled": prepared.rows_unlabeled,
+            "unlabeled_rows_dropped": prepared.unlabeled_dropped,
             "n_features": int(np.prod(spec.input_shape)),
             "n_classes": len(spec.classes),
             "expectations_evaluated": sum(report["evaluated"] for report in reports),

@@ -3,9 +3,9 @@
 Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `baseline.train` /
 `baseline.augment` (fine-tuning reuses the training loop with `prune.finetune_lr` and
 `prune.finetune_epochs`; with `prune.finetune_with_teacher` it also learns from the unpruned
-model's soft labels at `distill.temperature` / `distill.alpha`). Writes one folder
-per candidate under models/pruned/ with candidates.json: `structured-<pct>` (channels removed: a smaller dense network) and
-`unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
+model's soft labels at `distill.temperature` / `distill.alpha`). Writes one folder per candidate
+under models/pruned/ with candidates.json: `structured-<pct>` (channels removed: a smaller dense
+network) and `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
 highest structured ratio within that drop on the validation split is kept as `structured-auto`,
 and every ratio tried is recorded in metrics/prune.json.
 """
@@ -23,9 +23,9 @@ from shrinkflow import data, prune
 from shrinkflow.config import Params
 from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
-from tasks.io import load_processed
-from tasks.candidates import Candidate, evaluate_onnx, load_torch, save_torch, write_manifest
+from tasks.candidates import Candidate, load_torch, report_candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
+from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.prune")
 STAGE_DIR = "pruned"
@@ -87,9 +87,8 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)
                     save_torch(model, pruned_arch, staging / name, sparse=sparse)
-                    measured = {**evaluate_onnx(staging / name / "model.onnx", splits),
-                                "sparsity": prune.weight_sparsity(model)}
-                    tracking.log_metrics(measured)
+                    measured = report_candidate(staging / name / "model.onnx", splits,
+                                                sparsity=prune.weight_sparsity(model))
                 metrics[name] = {**measured, "widths": list(pruned_arch.widths)}
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
                                             "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))

@@ -2,9 +2,10 @@
 every candidate.
 
 Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
-params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop). Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and
-metrics/quantize.json with every fallback attempt. Unstructured-pruned candidates are quantized
-from a dense copy, and their zeros are stored sparse again afterwards, so they keep both savings.
+params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop).
+Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and metrics/quantize.json
+with every fallback attempt. Unstructured-pruned candidates are quantized from a dense copy, and
+their zeros are stored sparse again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
 accuracy checks of the fallback chain use the validation split, never the test split.
@@ -23,9 +24,9 @@ from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.io import load_processed
-from tasks.candidates import Candidate, evaluate_onnx, load_torch, read_manifests, write_manifest
+from tasks.candidates import Candidate, load_torch, read_manifests, report_candidate, write_manifest
 from tasks.catalog import Catalog
+from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.quantize")
 STAGE_DIR = "quantized"
@@ -73,8 +74,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                                                Path(scratch))
                         if source.method == "unstructured":
                             sparse.sparsify_onnx(dst, dst)
-                        measured = evaluate_onnx(dst, splits)
-                        tracking.log_metrics(measured)
+                        measured = report_candidate(dst, splits)
                     report[name] = {**record, "val_accuracy_fp32": reference,
                                     **{key: measured[key] for key in
                                        ("val_accuracy", "accuracy", "size_bytes")}}

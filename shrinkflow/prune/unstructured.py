@@ -123,7 +123,7 @@ def _masks(weights: dict[str, torch.Tensor], ratios: PerLayer) -> dict[str, torc
         return {name: _smallest_mask(w, ratios[name]) for name, w in weights.items()}
     flat = _smallest_mask(torch.cat([w.flatten() for w in weights.values()]), ratios)
     parts = flat.split([w.numel() for w in weights.values()])
-    return {name: part.view_as(weights[name]) for name, part in zip(weights, parts)}
+    return {name: part.view_as(weights[name]) for name, part in zip(weights, parts, strict=True)}
 
 
 def _step_ratios(targets: PerLayer, steps: int) -> list[PerLayer]:

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from shrinkflow.quantize.graph import (
-    input_name, load_onnx, preprocess, quantizable_nodes, quiet, save_lean,
+    input_name,
+    load_onnx,
+    preprocess,
+    quantizable_nodes,
+    quiet,
+    save_lean,
 )
 
 if TYPE_CHECKING:

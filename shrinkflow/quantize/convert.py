@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shrinkflow.quantize.graph import (
-    WEIGHTED_OPS, load_onnx, preprocess, quiet, save_lean, sort_topologically,
+    WEIGHTED_OPS,
+    load_onnx,
+    preprocess,
+    quiet,
+    save_lean,
+    sort_topologically,
 )
 
 if TYPE_CHECKING:

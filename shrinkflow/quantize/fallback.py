@@ -14,7 +14,10 @@ import numpy as np
 from shrinkflow.config import QuantizeConfig
 from shrinkflow.measure import file_size
 from shrinkflow.quantize.calibrate import (
-    CALIBRATION_METHODS, Calibrated, CalibrationName, calibration_rows,
+    CALIBRATION_METHODS,
+    Calibrated,
+    CalibrationName,
+    calibration_rows,
 )
 
 

@@ -24,6 +24,7 @@ from shrinkflow.data import (
     make_loader,
     mnist1d_unlabeled,
     normalize_splits,
+    rows_found_in,
     stratified_split,
     table_to_arrays,
     with_unlabeled,
@@ -188,7 +189,7 @@ def test_stratified_split_keeps_class_proportions(imbalanced):
     x, y = imbalanced
     overall = np.bincount(y) / len(y)
     splits = stratified_split(x, y, 0.15, 0.2, seed=0)
-    for name, part in zip(("train", "val", "test"), (splits.train, splits.val, splits.test)):
+    for name, part in zip(("train", "val", "test"), (splits.train, splits.val, splits.test), strict=True):
         counts = np.bincount(part.y, minlength=4)
         expected = overall * len(part)
         assert np.all(np.abs(counts - expected) <= 1), (
@@ -201,7 +202,8 @@ def test_stratified_split_is_reproducible_for_a_seed_and_varies_across_seeds(imb
     x, y = imbalanced
     first, again = (stratified_split(x, y, 0.15, 0.2, seed=7) for _ in range(2))
     other = stratified_split(x, y, 0.15, 0.2, seed=8)
-    for a, b in zip((first.train, first.val, first.test), (again.train, again.val, again.test)):
+    for a, b in zip((first.train, first.val, first.test), (again.train, again.val, again.test),
+                    strict=True):
         assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y), "same seed should give the same split"
     assert not np.array_equal(first.test.x, other.test.x), "another seed should give another split"
 
@@ -356,7 +358,7 @@ def test_augmenter__signal_shift_is_an_edge_padded_integer_shift():
     out = _augmenter("signal", max_shift=2, noise_std=0.0)(x)
     # then every row equals its input shifted by some s in [-2, 2], repeating the end value
     shifts_seen = set()
-    for row_in, row_out in zip(x[:, 0], out[:, 0]):
+    for row_in, row_out in zip(x[:, 0], out[:, 0], strict=True):
         matches = []
         for s in range(-2, 3):
             positions = (torch.arange(40) - s).clamp(0, 39)
@@ -413,3 +415,37 @@ def test_with_unlabeled__inputs_of_another_shape_fail_naming_both():
     split = Split(np.zeros((3, 1, 4), np.float32), np.array([0, 1, 2]))
     with pytest.raises(DataError, match=r"\(1, 5\).*\(1, 4\)"):
         with_unlabeled(split, np.ones((2, 1, 5), np.float32))
+
+
+def test_rows_found_in__marks_the_rows_that_occur_among_the_others():
+    # given five 2x2 images, two of which (rows 1 and 3) occur among the others, in another order
+    rows = np.arange(20, dtype=np.float32).reshape(5, 1, 2, 2)
+    others = np.concatenate([rows[[3, 1]], rows[:1] + 0.5])
+    # when / then exactly those rows are found
+    assert rows_found_in(rows, others).tolist() == [False, True, False, True, False]
+
+
+def test_rows_found_in__compares_whole_rows_by_exact_value():
+    # given one row, and candidates: itself, itself with -0.0, its last value one float32 step
+    # away, its values in another order, and itself as integers
+    others = np.array([[0.0, 1.0, 2.0]], np.float32)
+    step = np.nextafter(np.float32(2.0), np.float32(3.0))
+    candidates = np.array([[0.0, 1.0, 2.0], [-0.0, 1.0, 2.0], [0.0, 1.0, step], [2.0, 1.0, 0.0]],
+                          np.float32)
+    # when they are looked up
+    found = rows_found_in(candidates, others).tolist()
+    integers = rows_found_in(np.array([[0, 1, 2]]), others).tolist()
+    # then equal values match whatever their bytes or dtype; a near miss or a permutation does not
+    assert found == [True, True, False, False]
+    assert integers == [True]
+
+
+def test_rows_found_in__no_rows_on_either_side_finds_nothing():
+    rows = np.ones((3, 4), np.float32)
+    assert rows_found_in(rows, np.empty((0, 4), np.float32)).tolist() == [False] * 3
+    assert rows_found_in(np.empty((0, 4), np.float32), rows).shape == (0,)
+
+
+def test_rows_found_in__rows_of_another_shape_fail_naming_both():
+    with pytest.raises(DataError, match=r"\(1, 5\).*\(1, 4\)"):
+        rows_found_in(np.ones((2, 1, 5)), np.ones((2, 1, 4)))

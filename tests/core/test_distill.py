@@ -13,7 +13,13 @@ from torch import nn
 from shrinkflow import distill as distill_module
 from shrinkflow.config import AugmentConfig, DistillConfig, ModelConfig, PrepareConfig, TrainConfig
 from shrinkflow.data import (
-    UNLABELED, Augmenter, Split, Splits, builtin_table, normalize_splits, stratified_split,
+    UNLABELED,
+    Augmenter,
+    Split,
+    Splits,
+    builtin_table,
+    normalize_splits,
+    stratified_split,
     table_to_arrays,
 )
 from shrinkflow.distill import (
@@ -28,7 +34,7 @@ from shrinkflow.distill import (
 )
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import CNN, MLP, Architecture, build_model
-from shrinkflow.train import fit, label_loss, predict_logits
+from shrinkflow.train import fit, predict_logits
 
 CUDA = torch.cuda.is_available()
 TEACHER_ARCH = Architecture("cnn", (1, 8, 8), 10, (8, 16), kernel_size=3, dropout=0.0)
@@ -384,7 +390,8 @@ def test_the_teacher_sees_the_students_augmented_inputs_in_eval_mode_without_gra
             handle.remove()
     # then every training batch reached the teacher unchanged, in eval mode, without autograd
     assert len(seen["teacher"]) == len(seen["student"]) > 0, "the teacher should run once per batch"
-    for (t_inputs, t_training, t_grad), (s_inputs, _, _) in zip(seen["teacher"], seen["student"]):
+    for (t_inputs, t_training, t_grad), (s_inputs, _, _) in zip(seen["teacher"], seen["student"],
+                                                                strict=True):
         assert torch.equal(t_inputs, s_inputs), "the teacher should get the student's (augmented) batch"
         assert not t_training and not t_grad, "the teacher should run in eval mode under no_grad"
     raw = {tuple(row.ravel()) for row in digits.train.x[:64]}

@@ -120,7 +120,8 @@ def test_architecture_round_trips_through_json():
 @pytest.mark.parametrize(
     ("family", "input_shape"), [("mlp", (30,)), ("cnn", (1, 40)), ("cnn", (1, 8, 8))]
 )
-def test_load_model_from_a_weights_only_state_dict_gives_identical_outputs(tmp_path: Path, family, input_shape):
+def test_load_model_from_a_weights_only_state_dict_gives_identical_outputs(
+        tmp_path: Path, family, input_shape):
     # given a model whose BatchNorm statistics moved away from their initial values
     torch.manual_seed(0)
     arch = Architecture(family, input_shape, 5, (6, 6), dropout=0.5)

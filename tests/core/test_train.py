@@ -14,7 +14,13 @@ from shrinkflow.config import AugmentConfig, TrainConfig
 from shrinkflow.data import UNLABELED, Augmenter, Split
 from shrinkflow.models import Architecture, build_model
 from shrinkflow.train import (
-    EpochLog, cross_entropy, fit, label_loss, predict_logits, resolve_device, sum_losses,
+    EpochLog,
+    cross_entropy,
+    fit,
+    label_loss,
+    predict_logits,
+    resolve_device,
+    sum_losses,
 )
 
 CUDA = torch.cuda.is_available()
@@ -87,7 +93,7 @@ def test_fit_with_the_same_seed_gives_identical_history_and_weights(separable, c
     b = fit(second, train_split, val_split, cpu_train_cfg, progress=False)
     # then every logged number (except wall time) and every weight is identical
     assert _without_seconds(a.history) == _without_seconds(b.history), "same seed -> same history"
-    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
+    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(p, q), f"same seed -> same weights, but {name} differs"
 
 

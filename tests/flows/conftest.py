@@ -1,7 +1,9 @@
-"""A real Prefect API (the test harness's temporary server) for every flow test, started once."""
+"""A real Prefect API (the test harness's temporary server) for every flow test, started once, and
+one reference pipeline run in a git + DVC project that the flow tests share."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,16 +39,26 @@ def tiny_params_file(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     """Run a command with the test interpreter's bin/ (shrinkflow, dvc) first on PATH."""
+    return subprocess.run(command, cwd=cwd, env=command_env(**env), capture_output=True,
+                          text=True, timeout=600)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment of a command a user runs next to the tests: the same stores and, when the
+    test harness runs one, the same Prefect API (no temporary server of its own)."""
+    from prefect.settings import PREFECT_API_URL
+
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    return {**env, **extra}
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path) -> Path:
+def make_dvc_project(destination: Path) -> Path:
     """A git + DVC repository holding the project with tiny params and a local remote."""
-    project = copy_project(tmp_path / "project")
+    project = copy_project(destination)
     tiny_params_file(project)
     shutil.copytree(REPO / ".dvc", project / ".dvc",
                     ignore=shutil.ignore_patterns("tmp", "cache", "site_cache", "config.local"))
@@ -56,3 +68,21 @@ def dvc_project(tmp_path: Path) -> Path:
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         assert run(command, project).returncode == 0
     return project
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> Path:
+    return make_dvc_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def reference(prefect_api, tmp_path_factory) -> dict:
+    """One uninterrupted pipeline run through Prefect on the tiny params.yaml of a git + DVC
+    project (so it records dvc.lock): the project, the flow's result and compare.json as the run
+    left it. Modules that change the project put it back as they found it."""
+    from flows.pipeline import pipeline
+
+    project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
+    result = pipeline(root=str(project))
+    return {"project": project, "result": result,
+            "compare": json.loads((project / "metrics" / "compare.json").read_text())}

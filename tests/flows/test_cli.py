@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -14,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = run(["shrinkflow", "--help"], REPO)
     assert result.returncode == 0
-    for command in ("run", "stage", "check", "ui"):
+    for command in ("run", "stage", "check", "dvc-yaml", "ui"):
         assert command in result.stdout
 
 
@@ -37,3 +38,36 @@ def test_stage__unknown_name_exits_2_listing_stages(project, monkeypatch):
     result = runner.invoke(app, ["stage", "train"])
     assert result.exit_code == 2
     assert "prepare" in result.output and "baseline" in result.output
+
+
+@pytest.mark.integration
+def test_run__a_user_error_prints_its_message_without_a_traceback(prefect_api, project):
+    # given: a CSV source whose file does not exist
+    args = ["shrinkflow", "run", "--set", "prepare.source=csv",
+            "--set", "prepare.csv.path=data/external/missing.csv"]
+    # when
+    result = run(args, project)
+    # then: the message, a failure status, and no Python traceback
+    assert result.returncode == 1, result.stderr
+    assert "prepare.csv.path: file not found" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    # and: --debug shows where it came from
+    debug = run([*args, "--debug"], project)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_stage__a_missing_upstream_output_names_the_stage_without_a_traceback(project):
+    result = run(["shrinkflow", "stage", "baseline"], project)
+    assert result.returncode == 1
+    assert "run the 'prepare' stage first" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_dvc_yaml__check_passes_on_the_shipped_file_and_fails_on_a_stale_one(project):
+    assert run(["shrinkflow", "dvc-yaml", "--check"], project).returncode == 0
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text().replace(
+        "      - shrinkflow/gate.py\n", ""))
+    stale = run(["shrinkflow", "dvc-yaml", "--check"], project)
+    assert stale.returncode == 1 and "out of date" in stale.stderr
+    assert run(["shrinkflow", "dvc-yaml"], project).returncode == 0
+    assert run(["shrinkflow", "dvc-yaml", "--check"], project).returncode == 0

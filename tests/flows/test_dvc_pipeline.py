@@ -1,50 +1,104 @@
-"""DVC on the real pipeline: repro, metrics, plots, push/pull, and the flow recording dvc.lock."""
+"""DVC on the real pipeline: the flow records dvc.lock, DVC sees exactly the stages a code change
+touches, repro, metrics, plots, push/pull. All on the session's reference project."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from flows.pipeline import pipeline
+from tasks import dag
 from tasks.catalog import Catalog, tree_digest
 from tests.flows.conftest import run
 
-
-def test_dvc_repro__runs_stages_then_has_nothing_to_do(dvc_project):
-    # when
-    first = run(["dvc", "repro"], dvc_project)
-    # then
-    assert first.returncode == 0, first.stderr + first.stdout
-    assert (dvc_project / "models/baseline/model.onnx").is_file()
-    second = run(["dvc", "repro"], dvc_project)
-    assert "Data and pipelines are up to date" in second.stdout, second.stdout
-
-    # and: metrics and plots are readable by DVC
-    metrics = run(["dvc", "metrics", "show", "--json"], dvc_project)
-    assert metrics.returncode == 0 and '"accuracy"' in metrics.stdout
-    plots = run(["dvc", "plots", "show", "--json"], dvc_project)
-    assert plots.returncode == 0 and "val_accuracy" in plots.stdout, plots.stderr
-
-    # and: push, lose everything local, pull it back identical
-    assert run(["dvc", "push"], dvc_project).returncode == 0
-    catalog = Catalog.at(dvc_project)
-    before = {path: tree_digest(path) for path in (catalog.processed_dir, catalog.baseline_dir)}
-    for path in (*before, dvc_project / ".dvc" / "cache"):
-        shutil.rmtree(path)
-    pulled = run(["dvc", "pull"], dvc_project)
-    assert pulled.returncode == 0, pulled.stderr
-    assert {path: tree_digest(path) for path in before} == before
+pytestmark = pytest.mark.integration
 
 
-def test_flow__records_outputs_in_dvc_lock_and_pushes(prefect_api, dvc_project):
-    # when: the Prefect flow runs on params.yaml as it is
-    result = pipeline(root=str(dvc_project))
-    # then: DVC sees the flow's outputs as the pipeline's current state, and the remote has them
-    status = run(["dvc", "status"], dvc_project)
-    assert "up to date" in status.stdout, status.stdout
-    assert (dvc_project / "dvc.lock").is_file()
-    remote = dvc_project / ".dvc-storage"
-    assert remote.is_dir() and any(remote.rglob("*")), "outputs should be pushed to the remote"
+@contextmanager
+def _commented(path: Path) -> Iterator[None]:
+    """`path` with a comment appended for the block, then as it was."""
+    original = path.read_text()
+    path.write_text(original + "\n# a comment\n")
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def _changed_stages(project: Path) -> set[str]:
+    status = run(["dvc", "status", "--json"], project)
+    assert status.returncode == 0, status.stderr
+    import json
+
+    return set(json.loads(status.stdout or "{}"))
+
+
+def test_flow__records_outputs_in_dvc_lock_and_pushes(reference):
     from mlflow import MlflowClient
 
-    logged = {item.path for item in MlflowClient().list_artifacts(result["run_id"])}
+    project = reference["project"]
+    # then: DVC sees the flow's outputs as the pipeline's current state, and the remote has them
+    assert _changed_stages(project) == set()
+    cloud = run(["dvc", "status", "--cloud"], project)
+    assert cloud.returncode == 0 and "up to date" in cloud.stdout, cloud.stdout
+    logged = {item.path for item in MlflowClient().list_artifacts(reference["result"]["run_id"])}
     assert "dvc.lock" in logged, "the parent run should keep the dvc.lock it produced"
+
+
+@pytest.mark.parametrize("module", ["shrinkflow/gate.py", "shrinkflow/distill.py",
+                                    "shrinkflow/data.py"])
+def test_dvc_status__a_comment_deep_in_the_code_changes_exactly_its_importers(reference, module):
+    project = reference["project"]
+    expected = {name for name in dag.STAGES if module in dag.code_deps(name, project)}
+    with _commented(project / module):
+        assert _changed_stages(project) == expected
+    assert _changed_stages(project) == set()
+
+
+def test_record_versions__runs_again_when_dvc_lock_or_the_remote_lost_its_records(reference):
+    project = reference["project"]
+    # given: dvc.lock deleted and the remote emptied, outputs and caches untouched
+    (project / "dvc.lock").unlink()
+    shutil.rmtree(project / ".dvc-storage")
+    # when: the pipeline runs again with nothing else changed
+    pipeline(root=str(project))
+    # then: the recording was not skipped: dvc.lock is back and the remote holds everything
+    assert _changed_stages(project) == set()
+    cloud = run(["dvc", "status", "--cloud"], project)
+    assert cloud.returncode == 0 and "up to date" in cloud.stdout, cloud.stdout
+
+
+def test_dvc_repro__runs_what_changed_then_has_nothing_to_do(reference):
+    project = reference["project"]
+    # given: compare's outputs lost
+    shutil.rmtree(project / "reports" / "compare")
+    (project / "metrics" / "compare.json").unlink()
+    # when
+    repro = run(["dvc", "repro"], project)
+    # then: DVC runs compare alone, through the same stage function the flow runs
+    assert repro.returncode == 0, repro.stderr + repro.stdout
+    ran = {name for name in dag.STAGES if f"Running stage '{name}'" in repro.stdout}
+    assert ran == {"compare"}, repro.stdout
+    again = run(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date" in again.stdout, again.stdout
+    # and: metrics and plots are readable by DVC
+    metrics = run(["dvc", "metrics", "show", "--json"], project)
+    assert metrics.returncode == 0 and '"val_accuracy"' in metrics.stdout
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert plots.returncode == 0 and "val_accuracy" in plots.stdout, plots.stderr
+
+
+def test_dvc_push_pull__restores_lost_outputs_byte_for_byte(reference):
+    project = reference["project"]
+    assert run(["dvc", "push"], project).returncode == 0
+    catalog = Catalog.at(project)
+    before = {path: tree_digest(path) for path in (catalog.processed_dir, catalog.baseline_dir)}
+    for path in (*before, project / ".dvc" / "cache"):
+        shutil.rmtree(path)
+    pulled = run(["dvc", "pull"], project)
+    assert pulled.returncode == 0, pulled.stderr
+    assert {path: tree_digest(path) for path in before} == before

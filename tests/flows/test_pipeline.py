@@ -1,4 +1,8 @@
-"""The Prefect flow end to end: real Prefect API, real SQLite MLflow store, real files."""
+"""The Prefect flow end to end: real Prefect API, real SQLite MLflow store, real files.
+
+The tests share the session's reference run and run in file order: the read-only ones first, then
+those that edit code, change params or delete outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from mlflow import MlflowClient
 
 from flows.pipeline import pipeline
 from tasks.catalog import Catalog
-from tests.conftest import TINY
+from tasks.dag import STAGES
+
+pytestmark = pytest.mark.integration
 
 
 def _children(parent_run_id: str) -> list:
@@ -19,45 +25,34 @@ def _children(parent_run_id: str) -> list:
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
-def _run(project, *extra: str) -> dict:
-    return pipeline(root=str(project), overrides=[*TINY, *extra])
+def _ran(first: dict, second: dict) -> set[str]:
+    """The stages of `second` that ran (their run differs from `first`'s) instead of coming
+    from the cache."""
+    return {stage for stage in STAGES
+            if second["stages"][stage]["run_id"] != first["stages"][stage]["run_id"]}
 
 
-@pytest.fixture(scope="module")
-def shared(prefect_api, tmp_path_factory):
-    """One project and its first run, shared by this module's tests (they run in file order:
-    the read-only ones first, then those that change params or delete outputs)."""
-    from tests.conftest import copy_project
-
-    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
-    return project, _run(project)
-
-
-@pytest.fixture
-def first_run(shared):
-    return shared[1]
-
-
-@pytest.fixture
-def project(shared):  # noqa: F811 - this module's tests share one project
-    return shared[0]
-
-
-def test_pipeline__stages_are_nested_under_one_parent_run(first_run, project):
+def test_pipeline__stages_are_nested_under_one_parent_run(reference):
+    result, project = reference["result"], reference["project"]
     # then: one parent with a nested run per stage, stage metrics copied onto the parent
-    parent = MlflowClient().get_run(first_run["run_id"])
+    parent = MlflowClient().get_run(result["run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["shrinkflow.kind"] == "pipeline"
     assert parent.data.params["baseline.train.epochs"] == "2", "params.yaml should be flattened"
-    assert "baseline.accuracy" in parent.data.metrics
-    names = sorted(run.info.run_name for run in _children(first_run["run_id"]))
-    assert names == ["baseline", "compare", "distill", "prepare", "prune", "quantize"]
-    # and: the summary is a Prefect markdown artifact and a file
+    assert "baseline.val_accuracy" in parent.data.metrics
+    stages = _children(result["run_id"])
+    assert sorted(run.info.run_name for run in stages) == sorted(STAGES)
+    # and: the candidates are nested in their stage's run, in the project's experiment too
+    candidates = [run for stage in stages for run in _children(stage.info.run_id)]
+    assert {"student-kd", "structured-50", "baseline-fp32-int8_static"} <= \
+        {run.info.run_name for run in candidates}
+    assert {run.info.experiment_id for run in candidates} == {parent.info.experiment_id}
+    # and: the summary is a file
     summary = Catalog.at(project).summary_file.read_text()
-    assert "| accuracy |" in summary and first_run["stages"]["baseline"]["run_id"] in summary
+    assert "validation accuracy" in summary and result["stages"]["baseline"]["run_id"] in summary
 
 
-def test_pipeline__summary_is_a_prefect_artifact(first_run):
+def test_pipeline__summary_is_a_prefect_artifact(reference):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -67,57 +62,94 @@ def test_pipeline__summary_is_a_prefect_artifact(first_run):
     assert artifacts and artifacts[0].type == "markdown"
 
 
-def test_pipeline__unchanged_rerun_is_cached(first_run, project):
+def test_pipeline__unchanged_rerun_is_cached(reference):
     # when: the same configuration again
-    second = _run(project)
+    second = pipeline(root=str(reference["project"]))
     # then: no stage ran again; the new parent run points at the cached stage runs
-    for stage in ("prepare", "baseline", "compare"):
-        assert second["stages"][stage]["run_id"] == first_run["stages"][stage]["run_id"], \
-            f"{stage} should come from the cache"
+    assert _ran(reference["result"], second) == set()
     assert _children(second["run_id"]) == []
 
 
-def test_pipeline__changed_baseline_param_reruns_only_baseline(first_run, project):
+def test_pipeline__a_comment_deep_in_the_code_reruns_exactly_the_stages_importing_it(reference):
+    # given: a comment added to shrinkflow/plots.py, which baseline and compare import
+    project = reference["project"]
+    plots = project / "shrinkflow" / "plots.py"
+    plots.write_text(plots.read_text() + "\n# a comment\n")
     # when
-    second = _run(project, "baseline.train.epochs=1")
+    second = pipeline(root=str(project))
+    # then: those two run again; baseline writes the same bytes (same config and seed), so the
+    # stages that read its outputs come from the cache
+    assert _ran(reference["result"], second) == {"baseline", "compare"}
+    assert second["stages"]["baseline"]["metrics"]["val_accuracy"] == \
+        reference["result"]["stages"]["baseline"]["metrics"]["val_accuracy"]
+
+
+def test_pipeline__changed_baseline_param_reruns_baseline_and_what_reads_it(reference):
+    project, first = reference["project"], reference["result"]
+    # when
+    second = pipeline(root=str(project), overrides=["baseline.train.epochs=1"])
     # then
-    assert second["stages"]["prepare"]["run_id"] == first_run["stages"]["prepare"]["run_id"]
-    assert second["stages"]["baseline"]["run_id"] != first_run["stages"]["baseline"]["run_id"]
+    assert _ran(first, second) == {"baseline", "prune", "distill", "quantize", "compare"}
     assert second["stages"]["baseline"]["metrics"]["epochs_run"] == 1
-    assert second["stages"]["compare"]["run_id"] != first_run["stages"]["compare"]["run_id"], \
-        "compare reads the baseline's outputs, so it must run again too"
 
 
-def test_pipeline__outputs_of_other_params_are_not_taken_from_the_cache(first_run, project):
+def test_pipeline__outputs_of_other_params_are_not_taken_from_the_cache(reference):
     # given: the previous test left outputs made with epochs=1 on disk; the cache still holds
-    # an entry for the default params
-    # when: the default params run again
-    again = _run(project)
+    # an entry for the params.yaml ones
+    # when: params.yaml runs again
+    again = pipeline(root=str(reference["project"]))
     # then: baseline runs again instead of returning the cached summary of different files
-    assert again["stages"]["baseline"]["run_id"] != first_run["stages"]["baseline"]["run_id"]
+    assert "baseline" in _ran(reference["result"], again)
     assert again["stages"]["baseline"]["metrics"]["epochs_run"] == 2
 
 
-def test_pipeline__missing_outputs_force_a_rerun(first_run, project):
+def test_pipeline__missing_outputs_force_a_rerun(reference):
     # given: the baseline's outputs are gone although its cache entry is not
-    before = _run(project)["stages"]["baseline"]["run_id"]
+    project = reference["project"]
+    before = pipeline(root=str(project))
     shutil.rmtree(Catalog.at(project).baseline_dir)
     # when
-    second = _run(project)
+    second = pipeline(root=str(project))
     # then
-    assert second["stages"]["baseline"]["run_id"] != before
+    assert _ran(before, second) == {"baseline"}
     assert (Catalog.at(project).baseline_dir / "model.onnx").is_file()
 
 
+def test_pipeline__a_missing_upstream_output_fails_at_once_without_retries(prefect_api, tmp_path):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from shrinkflow.config import load_params
+    from tasks import stages
+    from tests.conftest import TINY
+
+    params = load_params(stages.dag.ROOT / "params.yaml", overrides=TINY)
+
+    @flow
+    def baseline_alone():
+        return stages.stage_task("baseline", params, tmp_path)("baseline", params, tmp_path,
+                                                                return_state=True)
+
+    # when: baseline runs in a folder where prepare never ran
+    state = baseline_alone()
+    # then: it failed with the missing input named, after a single attempt
+    assert state.is_failed()
+    with pytest.raises(FileNotFoundError, match="run the 'prepare' stage first"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1
+
+
 def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, tmp_path):
-    from tests.conftest import copy_project
+    from tests.conftest import TINY, copy_project
 
     project = copy_project(tmp_path / "project")
     # given: a user CSV with a NaN
     (project / "data/external/bad.csv").write_text("a,b,label\n" + "1,2,0\n" * 30 + "nan,1,1\n" * 30)
     # when
     with pytest.raises(Exception, match="null"):
-        _run(project, "prepare.source=csv", "prepare.csv.path=data/external/bad.csv")
+        pipeline(root=str(project), overrides=[*TINY, "prepare.source=csv",
+                                               "prepare.csv.path=data/external/bad.csv"])
     # then
     client = MlflowClient()
     experiment = client.get_experiment_by_name("shrinkflow")

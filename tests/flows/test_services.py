@@ -29,6 +29,7 @@ from tasks.catalog import Catalog, tree_digest
 from tests.conftest import copy_project
 from tests.flows.conftest import run
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the test interpreter's bin/: mlflow, moto_server, dvc
 STARTUP_TIMEOUT_S = 60

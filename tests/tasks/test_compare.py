@@ -12,9 +12,9 @@ from torch import nn
 from shrinkflow.config import load_params
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
+from tasks import tracking
 from tasks.candidates import Candidate, load_torch, write_manifest
 from tasks.catalog import Catalog
-from tasks import tracking
 from tasks.compare import CONTROL, TORCH_BASELINE, run_compare
 from tests.conftest import TINY, copy_trained
 

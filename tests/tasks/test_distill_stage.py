@@ -11,8 +11,8 @@ from shrinkflow.data import builtin_table
 from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.distill import run_distill
-from tasks.tracking import run_that_made
 from tasks.stages import run_stage
+from tasks.tracking import run_that_made
 from tests.conftest import TINY, copy_trained, unlabeled_csv_params
 
 

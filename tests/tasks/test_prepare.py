@@ -1,8 +1,14 @@
-"""Stage `prepare`: real files, a real SQLite MLflow store, Great Expectations on broken data."""
+"""Stage `prepare`: real files, a real SQLite MLflow store, Great Expectations on broken data.
+
+Validating the 260-expectation digits table takes seconds, so digits is prepared once per module;
+the inputs that must be refused go to one project prepared once from a small user table (three
+features), whose outputs each refused run must leave as they were.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,28 +16,59 @@ import pandas as pd
 import pytest
 
 from shrinkflow.config import PrepareConfig, load_params
-from shrinkflow.data import DataError, builtin_table
+from shrinkflow.data import DataError, builtin_table, csv_spec, stratified_split, table_to_arrays
+from tasks import dag
 from tasks.catalog import Catalog, tree_digest
 from tasks.prepare import run_prepare
 from tasks.validation import DataValidationError
-from tests.conftest import TINY, unlabeled_csv_params
+from tests.conftest import TINY, copy_project, unlabeled_csv_params
+
+CSV_SOURCE = ("prepare.source=csv", "prepare.csv.path=data/external/user.csv",
+              "prepare.csv.target=label")
+FEATURES = ["length", "width", "depth"]
 
 
-@pytest.fixture(scope="module")
-def digits_frame() -> pd.DataFrame:
-    return builtin_table(PrepareConfig())[0]
+def user_table(rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    """A user table: three numeric features and the text label 'yes' or 'no' (length > 0)."""
+    features = np.random.default_rng(seed).normal(size=(rows, len(FEATURES)))
+    labels = np.where(features[:, 0] > 0, "yes", "no")
+    return pd.DataFrame(features, columns=FEATURES).assign(label=labels)
 
 
-def csv_params(project: Path, frame: pd.DataFrame | None, text: str | None = None):
-    """Params pointing prepare at data/external/user.csv holding `frame` (or raw `text`)."""
+def write_user_csv(project: Path, frame: pd.DataFrame | None, text: str | None = None) -> None:
+    """data/external/user.csv holding `frame` (or the raw `text`)."""
     path = project / "data" / "external" / "user.csv"
     if frame is not None:
         frame.to_csv(path, index=False)
     else:
         path.write_text(text or "")
-    return load_params(project / "params.yaml", overrides=[
-        *TINY, "prepare.source=csv", "prepare.csv.path=data/external/user.csv",
-        "prepare.csv.target=label"])
+
+
+def csv_params(project: Path, frame: pd.DataFrame | None, text: str | None = None):
+    """Params pointing prepare at data/external/user.csv holding `frame` (or raw `text`)."""
+    write_user_csv(project, frame, text)
+    return load_params(project / "params.yaml", overrides=[*TINY, *CSV_SOURCE])
+
+
+def pool_params(project: Path, pool: pd.DataFrame):
+    """Params preparing the user table with `pool` as its unlabeled CSV."""
+    write_user_csv(project, user_table())
+    return unlabeled_csv_params(project, pool, *CSV_SOURCE)
+
+
+def _outputs(project: Path) -> dict[str, str]:
+    catalog = Catalog.at(project)
+    return {path: tree_digest(catalog.path(path)) for path in dag.stage("prepare").outputs}
+
+
+def refused(project: Path, params) -> DataValidationError | DataError:
+    """The error of a prepare run that must be refused, having checked that it left the previous
+    outputs as they were."""
+    before = _outputs(project)
+    with pytest.raises((DataValidationError, DataError)) as raised:
+        run_prepare(params, project)
+    assert _outputs(project) == before, "a refused input must not touch the previous outputs"
+    return raised.value
 
 
 def _mlflow_run(run_id: str):
@@ -40,9 +77,27 @@ def _mlflow_run(run_id: str):
     return MlflowClient().get_run(run_id)
 
 
-def test_run_prepare__writes_validated_splits_and_tracks_them(project, tiny_params):
-    # when
-    summary = run_prepare(tiny_params, project)
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A project prepared from digits with the TINY params: (project, params, summary)."""
+    project = copy_project(tmp_path_factory.mktemp("digits") / "project")
+    params = load_params(project / "params.yaml", overrides=TINY)
+    return project, params, run_prepare(params, project)
+
+
+@pytest.fixture(scope="module")
+def prepared_csv(tmp_path_factory):
+    """A project prepared from `user_table()` as a user CSV: (project, summary)."""
+    project = copy_project(tmp_path_factory.mktemp("user") / "project")
+    return project, run_prepare(csv_params(project, user_table()), project)
+
+
+# ---------------------------------------------------------------------------------------------
+# valid sources
+# ---------------------------------------------------------------------------------------------
+def test_run_prepare__writes_validated_splits_and_tracks_them(digits_run):
+    # given the digits source prepared with the TINY params
+    project, _, summary = digits_run
 
     # then: splits, metadata and metrics are on disk
     catalog = Catalog.at(project)
@@ -56,6 +111,8 @@ def test_run_prepare__writes_validated_splits_and_tracks_them(project, tiny_para
     assert meta["raw_md5"] == summary["raw_md5"]
     assert catalog.raw_table("digits").is_file(), "the raw table should be kept for DVC"
     assert (catalog.data_docs_dir / "index.html").is_file(), "Data Docs should be built"
+    metrics = json.loads(catalog.metrics_file("prepare").read_text())
+    assert metrics == summary["metrics"] and metrics["unlabeled_rows_dropped"] == 0
     # and: the MLflow run holds params, metrics, the DVC digest and the validation report
     run = _mlflow_run(summary["run_id"])
     assert run.data.params["prepare.source"] == "digits"
@@ -67,63 +124,78 @@ def test_run_prepare__writes_validated_splits_and_tracks_them(project, tiny_para
     assert {"validation.json", "data_docs", "dataset.json"} <= artifacts
 
 
-def test_run_prepare__is_deterministic(project, tiny_params):
-    # given / when: the same params twice
-    first = run_prepare(tiny_params, project)
+def test_run_prepare__is_deterministic(digits_run):
+    # given a prepared project
+    project, params, first = digits_run
     digest = tree_digest(Catalog.at(project).processed_dir)
-    second = run_prepare(tiny_params, project)
-    # then
+    # when it is prepared again with the same params
+    second = run_prepare(params, project)
+    # then the raw table and the splits are the same
     assert first["raw_md5"] == second["raw_md5"]
     assert tree_digest(Catalog.at(project).processed_dir) == digest, "same params, same splits"
 
 
+def test_run_prepare__user_csv_with_string_labels_is_prepared(prepared_csv):
+    # given a two-class user table with text labels, prepared
+    project, summary = prepared_csv
+    # then its classes are the sorted labels and its features a flat vector
+    meta = json.loads(Catalog.at(project).dataset_file().read_text())
+    assert meta["spec"]["classes"] == ["no", "yes"]
+    assert meta["spec"]["kind"] == "tabular" and meta["spec"]["input_shape"] == [3]
+    assert summary["dataset"] == "user"
+
+
+# ---------------------------------------------------------------------------------------------
+# refused sources
+# ---------------------------------------------------------------------------------------------
 BROKEN = {
-    "nan": (lambda f: f.assign(px_0_3=f["px_0_3"].where(f.index != 5, np.nan)),
-            ["px_0_3", "null"]),
-    "inf": (lambda f: f.assign(px_2_2=f["px_2_2"].where(f.index != 7, np.inf)),
-            ["px_2_2"]),
+    "nan": (lambda f: f.assign(width=f["width"].where(f.index != 5, np.nan)), ["width", "null"]),
+    "inf": (lambda f: f.assign(width=f["width"].where(f.index != 7, np.inf)),
+            ["width", "outside"]),
     "missing_column": (lambda f: f.drop(columns=["label"]), ["label", "not found"]),
-    "wrong_dtype": (lambda f: f.assign(px_1_1=f["px_1_1"].astype(object).where(f.index != 3, "abc")),
-                    ["px_1_1", "dtype"]),
+    "wrong_dtype": (lambda f: f.assign(depth=f["depth"].astype(object).where(f.index != 3, "abc")),
+                    ["depth", "dtype"]),
     "too_few_rows": (lambda f: f.head(20), ["row count", "20"]),
+    # pandas would read the second 'width' as 'width.1'
+    "repeated_column": (lambda f: f.rename(columns={"depth": "width"}),
+                        ["prepare.csv.path", "user.csv", "['width']"]),
+    "single_class": (lambda f: f.assign(label="yes"),
+                     ["prepare.csv.path", "user.csv", "'label'", "single class", "'yes'"]),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
-def test_run_prepare__broken_csv_is_rejected_and_previous_outputs_kept(
-        project, tiny_params, digits_frame, kind):
+def test_run_prepare__broken_csv_is_rejected_and_previous_outputs_kept(prepared_csv, kind):
     # given: a good run's outputs
-    run_prepare(tiny_params, project)
-    catalog = Catalog.at(project)
-    before = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
+    project, _ = prepared_csv
     breaker, words = BROKEN[kind]
 
-    # when: the source becomes a broken CSV
-    params = csv_params(project, breaker(digits_frame.copy()))
-    with pytest.raises((DataValidationError, DataError)) as raised:
-        run_prepare(params, project)
+    # when: the source becomes a broken CSV, then: it is refused, nothing downstream changed
+    error = refused(project, csv_params(project, breaker(user_table())))
 
-    # then: the error names what is wrong, nothing downstream changed, the report is kept
-    message = str(raised.value)
+    # and: the error names what is wrong, and a failed validation keeps its report
     for word in words:
-        assert word in message, f"the error should mention {word!r}: {message}"
-    after = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
-    assert after == before, "a rejected input must not touch the previous outputs"
-    assert (catalog.data_docs_dir / "index.html").is_file() or kind == "missing_column"
+        assert word in str(error), f"the error should mention {word!r}: {error}"
+    if isinstance(error, DataValidationError):
+        reports = json.loads(Catalog.at(project).validation_report.read_text())
+        assert reports[-1] == error.report.to_dict()
+        assert Path(error.report.docs_index).is_file()
 
 
-def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(project, tiny_params,
-                                                                        monkeypatch, digits_frame):
-    # given: the built-in digits table with one label 10 (classes are 0..9)
-    broken = digits_frame.copy()
+def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(prepared_csv, monkeypatch):
+    # given: the built-in digits table with one label 10 (classes are 0..9), cut to four pixels to
+    # keep the suite small (the label check is the built-in one all the same)
+    project, _ = prepared_csv
+    frame, spec = builtin_table(PrepareConfig())
+    pixels = spec.feature_columns[:4]
+    broken = frame[[*pixels, "label"]].copy()
     broken.loc[4, "label"] = 10
-    spec = builtin_table(PrepareConfig())[1]
-    monkeypatch.setattr("shrinkflow.data.builtin_table", lambda cfg: (broken, spec))
-    # when / then
-    with pytest.raises(DataValidationError) as raised:
-        run_prepare(tiny_params, project)
-    assert "label" in str(raised.value) and "10" in str(raised.value)
-    assert not Catalog.at(project).processed_dir.exists(), "nothing should be written"
+    small = replace(spec, kind="tabular", input_shape=(4,), feature_columns=pixels)
+    monkeypatch.setattr("shrinkflow.data.builtin_table", lambda cfg: (broken, small))
+    # when / then: it is refused naming the column and the value, the outputs untouched
+    error = refused(project, load_params(project / "params.yaml", overrides=TINY))
+    assert isinstance(error, DataValidationError)
+    assert "column 'label'" in str(error) and "10 at row 4" in str(error)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -131,7 +203,9 @@ def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(project, t
     ("a,b,label\n", ["no rows"]),
 ])
 def test_run_prepare__empty_csv_is_rejected_naming_the_file(project, text, words):
+    # given a user CSV without rows (or without anything)
     params = csv_params(project, None, text)
+    # when / then it is refused naming the file, before anything is written
     with pytest.raises(DataError) as raised:
         run_prepare(params, project)
     assert "user.csv" in str(raised.value)
@@ -141,71 +215,93 @@ def test_run_prepare__empty_csv_is_rejected_naming_the_file(project, text, words
 
 
 def test_run_prepare__missing_csv_names_the_key_and_path(project):
+    # given a user CSV that does not exist, when / then the error names the key and the path
     params = load_params(project / "params.yaml", overrides=[
         "prepare.source=csv", "prepare.csv.path=data/external/nope.csv"])
     with pytest.raises(DataError, match=r"prepare\.csv\.path.*nope\.csv"):
         run_prepare(params, project)
 
 
-def test_run_prepare__user_csv_with_string_labels_is_prepared(project, tmp_path):
-    # given: a small two-class table with text labels
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(120, 3))
-    labels = np.where(features[:, 0] > 0, "yes", "no")
-    frame = pd.DataFrame(features, columns=["a", "b", "c"]).assign(label=labels)
-    # when
-    summary = run_prepare(csv_params(project, frame), project)
-    # then
-    meta = json.loads(Catalog.at(project).dataset_file().read_text())
-    assert meta["spec"]["classes"] == ["no", "yes"]
-    assert meta["spec"]["kind"] == "tabular" and meta["spec"]["input_shape"] == [3]
-    assert summary["dataset"] == "user"
-
-
 # ---------------------------------------------------------------------------------------------
 # unlabeled pool
 # ---------------------------------------------------------------------------------------------
-def test_run_prepare__unlabeled_csv_is_validated_normalized_and_stored(project, digits_frame):
-    # given a pool of 300 digits images, with the label column still in it (it is dropped)
-    pool = digits_frame.sample(300, random_state=0)
-    # when
-    summary = run_prepare(unlabeled_csv_params(project, pool), project)
-    # then the inputs are stored with the training split's normalization, without labels
+def _stored_pool(project: Path) -> tuple[np.ndarray, dict]:
+    """The stored unlabeled inputs, and dataset.json."""
     catalog = Catalog.at(project)
-    meta = json.loads(catalog.dataset_file().read_text())
     with np.load(catalog.unlabeled_file(), allow_pickle=False) as arrays:
         assert set(arrays.files) == {"x"}, "an unlabeled pool holds inputs only"
-        stored = arrays["x"]
+        return arrays["x"], json.loads(catalog.dataset_file().read_text())
+
+
+def _normalized(frame: pd.DataFrame, meta: dict) -> np.ndarray:
+    """The features of `frame` normalized with the training split's statistics in `meta`."""
     mean, std = (np.asarray(meta["normalizer"][key], np.float32) for key in ("mean", "std"))
-    raw = pool.drop(columns="label").to_numpy(np.float32).reshape(300, 1, 8, 8)
-    np.testing.assert_allclose(stored, (raw - mean) / std, rtol=1e-6)
+    return (frame[FEATURES].to_numpy(np.float32) - mean) / std
+
+
+def test_run_prepare__unlabeled_csv_is_validated_normalized_and_stored(project):
+    # given a pool of 300 fresh rows, with the label column still in it (it is dropped)
+    pool = user_table(rows=300, seed=1)
+    # when
+    summary = run_prepare(pool_params(project, pool), project)
+    # then the inputs are stored with the training split's normalization, without labels
+    stored, meta = _stored_pool(project)
+    np.testing.assert_allclose(stored, _normalized(pool, meta), rtol=1e-6)
     assert meta["rows_unlabeled"] == 300 and summary["metrics"]["rows_unlabeled"] == 300
-    report = json.loads(catalog.validation_report.read_text())
-    assert [entry["name"] for entry in report] == ["raw:digits", "unlabeled:digits",
-                                                   "processed:digits"]
+    assert summary["metrics"]["unlabeled_rows_dropped"] == 0
+    report = json.loads(Catalog.at(project).validation_report.read_text())
+    assert [entry["name"] for entry in report] == ["raw:user", "unlabeled:user", "processed:user"]
+
+
+def test_run_prepare__unlabeled_rows_identical_to_validation_or_test_rows_are_dropped(
+        project, caplog):
+    # given a pool of 3 training rows, copies of 5 validation rows, 40 fresh rows and copies of
+    # 7 test rows; the split depends on the labels and the seed only, so splitting the row
+    # numbers says which rows go where
+    table = user_table()
+    cfg = load_params(project / "params.yaml", overrides=list(CSV_SOURCE)).prepare
+    _, y = table_to_arrays(table, csv_spec(table, "label", "user"))
+    rows = stratified_split(np.arange(len(table))[:, None], y, cfg.val_fraction,
+                            cfg.test_fraction, cfg.seed)
+    train, val, test = (table.iloc[split.x[:, 0]] for split in (rows.train, rows.val, rows.test))
+    fresh = user_table(rows=40, seed=1)
+    pool = pd.concat([train.head(3), val.head(5), fresh, test.head(7)])
+    # when
+    summary = run_prepare(pool_params(project, pool), project)
+    # then the copies are left out of the stored pool, which keeps the other rows in order
+    stored, meta = _stored_pool(project)
+    kept = pd.concat([train.head(3), fresh])
+    np.testing.assert_allclose(stored, _normalized(kept, meta), rtol=1e-6)
+    # and the count is logged, in metrics/prepare.json and MLflow
+    assert "prepare.unlabeled_csv: dropped 12 rows identical to validation or test rows" in (
+        caplog.text)
+    metrics = json.loads(Catalog.at(project).metrics_file("prepare").read_text())
+    assert (metrics["unlabeled_rows_dropped"], metrics["rows_unlabeled"]) == (12, 43)
+    assert _mlflow_run(summary["run_id"]).data.metrics["unlabeled_rows_dropped"] == 12
 
 
 @pytest.mark.parametrize("breaker, words", [
-    (lambda f: f.assign(px_0_3=f["px_0_3"].where(f.index != f.index[4], np.nan)),
-     ["unlabeled data", "px_0_3", "null"]),
-    (lambda f: f.drop(columns=["px_2_2"]), ["unlabeled data", "px_2_2", "column missing"]),
+    (lambda f: f.assign(width=f["width"].where(f.index != f.index[4], np.nan)),
+     ["unlabeled data", "width", "null"]),
+    (lambda f: f.drop(columns=["depth"]), ["unlabeled data", "depth", "column missing"]),
     (lambda f: f.assign(extra=1.0), ["prepare.unlabeled_csv", "unlabeled.csv", "extra"]),
-])
+    (lambda f: f.rename(columns={"depth": "width"}),
+     ["prepare.unlabeled_csv", "unlabeled.csv", "['width']"]),
+], ids=["null", "missing_column", "extra_column", "repeated_column"])
 def test_run_prepare__broken_unlabeled_csv_is_rejected_and_previous_outputs_kept(
-        project, tiny_params, digits_frame, breaker, words):
-    run_prepare(tiny_params, project)
-    catalog = Catalog.at(project)
-    before = {path: tree_digest(path) for path in catalog.stage_outputs("prepare")}
-    params = unlabeled_csv_params(project, breaker(digits_frame.head(100).drop(columns="label")))
-    with pytest.raises((DataValidationError, DataError)) as raised:
-        run_prepare(params, project)
+        prepared_csv, breaker, words):
+    # given: a good run's outputs (without a pool), when: a broken pool is added
+    project, _ = prepared_csv
+    pool = breaker(user_table(rows=100, seed=2).drop(columns="label"))
+    # then: it is refused naming what is wrong, nothing downstream changed, no pool stored
+    error = refused(project, pool_params(project, pool))
     for word in words:
-        assert word in str(raised.value), f"the error should mention {word!r}: {raised.value}"
-    assert {path: tree_digest(path) for path in catalog.stage_outputs("prepare")} == before
-    assert not catalog.unlabeled_file().exists()
+        assert word in str(error), f"the error should mention {word!r}: {error}"
+    assert not Catalog.at(project).unlabeled_file().exists()
 
 
 def test_prepare_config__unlabeled_samples_need_mnist1d_and_exclude_a_csv_pool():
+    # generated signals for another source, or besides a CSV pool, are refused up front
     with pytest.raises(ValueError, match=r"unlabeled_samples.*'digits'.*unlabeled_csv"):
         PrepareConfig(unlabeled_samples=100)
     with pytest.raises(ValueError, match="one of prepare.unlabeled_samples"):
@@ -213,9 +309,13 @@ def test_prepare_config__unlabeled_samples_need_mnist1d_and_exclude_a_csv_pool()
 
 
 def test_run_prepare__mnist1d_unlabeled_samples_are_generated(project):
+    # given mnist1d with 200 unlabeled signals generated from a seed of their own
     params = load_params(project / "params.yaml", overrides=[
         *TINY, "prepare.source=mnist1d", "prepare.mnist1d_samples=500",
         "prepare.unlabeled_samples=200"])
-    run_prepare(params, project)
+    # when
+    summary = run_prepare(params, project)
+    # then they are stored, none of them a validation or test signal
     with np.load(Catalog.at(project).unlabeled_file(), allow_pickle=False) as arrays:
         assert arrays["x"].shape == (200, 1, 40)
+    assert summary["metrics"]["unlabeled_rows_dropped"] == 0

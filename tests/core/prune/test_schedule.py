@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,9 @@ def test_schedule_is_cubic_increasing_and_ends_at_the_target():
     ratios = schedule(0.8, 4)
     # then the ratio grows every step, by less each time, and ends exactly at the target
     assert ratios[-1] == 0.8, "the last step reaches the target exactly"
-    assert all(a < b for a, b in zip(ratios, ratios[1:])), "the ratio grows every step"
+    assert all(a < b for a, b in pairwise(ratios)), "the ratio grows every step"
     steps_taken = np.diff([0.0, *ratios])
-    assert all(a > b for a, b in zip(steps_taken, steps_taken[1:])), "cubic: big steps first, small last"
+    assert all(a > b for a, b in pairwise(steps_taken)), "cubic: big steps first, small last"
     assert ratios[0] == pytest.approx(0.8 * (1 - 0.75**3)), "r_1 = target * (1 - (1 - 1/n)^3)"
 
 

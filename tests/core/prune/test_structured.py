@@ -158,7 +158,7 @@ def test_structured_iterative_reaches_the_target_after_n_steps_with_finetuning_e
     assert [step for step, _ in seen] == [1, 2, 3], "fine-tuning should run once after every step"
     widths = [w for _, w in seen]
     assert widths[0][1] > widths[-1][1], "channels should be removed gradually"
-    assert all(a >= b for a, b in zip(widths[0], widths[-1])), "widths never grow back"
+    assert all(a >= b for a, b in zip(widths[0], widths[-1], strict=True)), "widths never grow back"
     assert architecture_of(pruned, CNN_ARCH).widths == (4, 8), "the last step reaches the target"
 
 

@@ -88,7 +88,8 @@ def test_unstructured_threshold_from_the_config_is_used_by_default():
     by_cfg, _ = prune_unstructured(model, UnstructuredPruneConfig(method="threshold", threshold=0.05))
     by_arg, _ = prune_unstructured(model, UnstructuredPruneConfig(method="threshold"), threshold=0.05)
     # then the results are the same
-    assert all(torch.equal(a, b) for a, b in zip(by_cfg.state_dict().values(), by_arg.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(by_cfg.state_dict().values(),
+                                                 by_arg.state_dict().values(), strict=True))
 
 
 def test_histogram_threshold_lies_in_the_valley_of_a_bimodal_log_magnitude_histogram():

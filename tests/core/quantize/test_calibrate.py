@@ -13,7 +13,10 @@ from shrinkflow import quantize as q
 from shrinkflow.measure import file_size
 from shrinkflow.quantize.calibrate import CALIBRATION_METHODS, Calibrated
 from tests.core.quantize.conftest import (
-    assert_runs_like_fp32, float_weighted_nodes, initializers, predictions,
+    assert_runs_like_fp32,
+    float_weighted_nodes,
+    initializers,
+    predictions,
 )
 
 

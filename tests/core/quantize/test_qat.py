@@ -18,7 +18,7 @@ from tests.core.quantize.conftest import ARCH, TRAIN, predictions
 def test_fake_quantize_weight_rounds_each_channel_to_255_levels_with_a_straight_through_gradient():
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
     quantized = fake_quantize_weight(weight)
-    for channel, values in zip(weight, quantized):
+    for channel, values in zip(weight, quantized, strict=True):
         scale = channel.detach().abs().max() / 127
         codes = values.detach() / scale
         assert torch.allclose(codes, codes.round(), atol=1e-4), "values should sit on the int8 grid"

@@ -1,0 +1,232 @@
+"""Great Expectations results in words: what failed, in which column, and what was observed.
+
+Nothing here imports GX: a result is read through the attributes every GX validation result has
+(`expectation_config.type`, `.kwargs`, `result`, `exception_info`), so the wording can be checked
+without running a suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shrinkflow.errors import UserError
+
+_EXAMPLES = 3  # offending values / rows quoted in a failure
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation, in words."""
+
+    expectation: str  # e.g. "expect_column_values_to_not_be_null"
+    column: str | None  # None for table-level expectations
+    observed: str  # what was observed, e.g. "3 of 1797 values are null (e.g. rows 3, 5, 7)"
+
+    def describe(self) -> str:
+        where = f"column '{self.column}'" if self.column is not None else "table"
+        return f"{where}: {self.expectation}: {self.observed}"
+
+    def to_dict(self) -> dict:
+        return {"expectation": self.expectation, "column": self.column, "observed": self.observed}
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of one validation run."""
+
+    name: str  # "<stage>:<dataset>", e.g. "raw:digits" or "processed:digits"
+    success: bool
+    evaluated: int  # number of expectations evaluated
+    failures: tuple[Failure, ...]
+    warnings: tuple[str, ...]  # e.g. class imbalance; never a reason to fail
+    docs_index: str | None  # the Data Docs index.html that was written, if any
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "success": self.success,
+            "evaluated": self.evaluated,
+            "failures": [failure.to_dict() for failure in self.failures],
+            "warnings": list(self.warnings),
+            "docs_index": self.docs_index,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ValidationReport:
+        return cls(
+            name=data["name"],
+            success=bool(data["success"]),
+            evaluated=int(data["evaluated"]),
+            failures=tuple(Failure(**item) for item in data["failures"]),
+            warnings=tuple(data["warnings"]),
+            docs_index=data.get("docs_index"),
+        )
+
+
+class DataValidationError(UserError, ValueError):
+    """The data failed at least one expectation; `report` holds the details and the Docs path."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        super().__init__(_error_message(report))
+
+    def __reduce__(self):  # keep the report when pickled (Prefect may serialize task exceptions)
+        return (type(self), (self.report,))
+
+
+def _error_message(report: ValidationReport) -> str:
+    stage, _, dataset = report.name.partition(":")
+    failed, evaluated = len(report.failures), report.evaluated
+    lines = [f"{stage} data '{dataset}' failed {failed} of {evaluated} expectations:"]
+    lines += [f"  - {failure.describe()}" for failure in report.failures]
+    if report.docs_index:
+        lines.append(f"Data Docs: {report.docs_index}")
+    return "\n".join(lines)
+
+
+def failure_of(result: Any, frame: pd.DataFrame) -> Failure:
+    """The failed GX expectation result `result`, on the validated `frame`, in words."""
+    config = result.expectation_config
+    kwargs = config.kwargs
+    column = kwargs.get("column")
+    error = _exception_message(result.exception_info)
+    if error is not None:
+        return Failure(config.type, column, f"could not be evaluated: {error}")
+    observed = _observed(config.type, kwargs, dict(result.result or {}), frame)
+    split = _split_of(kwargs.get("row_condition"))
+    if split is not None:
+        observed = f"split '{split}': {observed}"
+    return Failure(config.type, column, observed)
+
+
+def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str:
+    column = kwargs.get("column")
+    if kind == "expect_column_to_exist":
+        return "column missing"
+    if kind == "expect_table_row_count_to_be_between":
+        expected = kwargs.get("min_value")
+        return f"row count {result.get('observed_value')}, expected at least {expected}"
+    if kind == "expect_column_values_to_be_in_type_list":
+        dtype = frame[column].dtype if column in frame.columns else result.get("observed_value")
+        return f"dtype {dtype}, expected a number"
+    if kind == "expect_column_distinct_values_to_contain_set":
+        missing = result.get("partial_missing_list")  # GX 1.24 reports no observed_value here
+        if missing is None:
+            seen = {_plain(value) for value in result.get("observed_value") or []}
+            missing = [value for value in kwargs["value_set"] if _plain(value) not in seen]
+        if column == "split":
+            return f"no rows in split(s) {', '.join(map(str, missing))}"
+        return f"values {_values(missing)} never occur"
+
+    count, total = result.get("unexpected_count", 0), result.get("element_count", 0)
+    examples = _examples(result)
+    # the per-sample summary columns of validate_processed, in their own words
+    if column == "x_shape":
+        shapes = sorted({str(value) for value in result.get("partial_unexpected_list") or []})
+        return (
+            f"{count} of {total} samples have shape {' / '.join(shapes) or '?'}, "
+            f"expected {', '.join(map(str, kwargs['value_set']))}"
+        )
+    if column == "x_nonfinite":
+        return f"{count} of {total} samples contain NaN/inf{_examples(result, rows_only=True)}"
+    if column == "x_absmax":
+        return (
+            f"{count} of {total} samples have |x| > {_num(kwargs.get('max_value'))}{examples}"
+        )
+    if kind == "expect_column_values_to_not_be_null":
+        return f"{count} of {total} values are null{_examples(result, rows_only=True)}"
+    if kind == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        bounds = f"[{_num(low)}, {_num(high)}]" if low is not None else f"<= {_num(high)}"
+        return f"{count} of {total} values outside {bounds}{examples}"
+    if kind == "expect_column_values_to_be_in_set":
+        return f"{count} of {total} values not in {_values(kwargs['value_set'])}{examples}"
+    observed = result.get("observed_value")
+    if observed is not None:
+        return f"observed {observed}"
+    return f"{count} of {total} values unexpected{examples}" if total else "failed"
+
+
+def _examples(result: dict, rows_only: bool = False) -> str:
+    """' (e.g. inf at row 4, -inf at row 7)': the first offending values and where they are;
+    with `rows_only`, ' (e.g. rows 4, 7)' or ' (e.g. val[3], val[5])'."""
+    values = list(result.get("partial_unexpected_list") or [])[:_EXAMPLES]
+    rows = list(result.get("partial_unexpected_index_list") or [])[:_EXAMPLES]
+    if rows_only and rows:
+        if all(isinstance(r, (int, np.integer)) for r in rows):
+            return f" (e.g. rows {', '.join(str(r) for r in rows)})"
+        return f" (e.g. {', '.join(_row(r) for r in rows)})"
+    if not values:
+        return ""
+    if len(rows) == len(values):
+        listed = ", ".join(f"{_value(v)} at {_row(r)}" for v, r in zip(values, rows, strict=True))
+    else:
+        listed = ", ".join(_value(v) for v in values)
+    return f" (e.g. {listed})"
+
+
+def _row(index: Any) -> str:
+    if isinstance(index, str):  # processed summaries are indexed '<split>[<i>]'
+        return index
+    if isinstance(index, dict):
+        index = next(iter(index.values()), index)
+    return f"row {index}"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (float, np.floating)):
+        return _num(value)
+    return str(value)
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, (int, np.integer)) or value is None:
+        return str(value)
+    return f"{float(value):g}"
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _values(values: list) -> str:
+    """[0, 1, ..., 9] reads as '{0..9}'; anything else is listed."""
+    plain = [_plain(v) for v in values]
+    if len(plain) > 3 and all(isinstance(v, int) for v in plain) and plain == list(
+        range(plain[0], plain[0] + len(plain))
+    ):
+        return f"{{{plain[0]}..{plain[-1]}}}"
+    return "{" + ", ".join(_value(v) for v in plain) + "}"
+
+
+def _split_of(row_condition: Any) -> str | None:
+    """The split a per-split expectation is conditioned on (split == 'val' -> 'val')."""
+    if row_condition is None:
+        return None
+    if not isinstance(row_condition, dict):  # a Condition object rather than its serialized form
+        row_condition = row_condition.dict() if hasattr(row_condition, "dict") else {}
+    column = row_condition.get("column")
+    name = column.get("name") if isinstance(column, dict) else column
+    parameter = row_condition.get("parameter")
+    is_equal = row_condition.get("operator") in ("==", "=")
+    if name == "split" and is_equal and isinstance(parameter, str):
+        return parameter
+    return None
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX records errors per metric ({metric_id: {...}}) or flat; return the first message."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "error")
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message") or "error")
+    return None

@@ -1,0 +1,89 @@
+"""tasks.validation.gx: running a suite with Great Expectations and keeping its Data Docs.
+
+The Data Docs are written under docs_dir only, before a failure is raised, one page per stage and
+data set (a rerun replaces its page, other stages' pages stay), and their templates are compiled
+once per process.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.validation import validate_processed, validate_raw
+from tasks.validation.gx import STORE_DIR
+from tests.tasks.validation.conftest import RULES, split_table, tiny_table
+
+
+def _pages(docs: Path) -> list[Path]:
+    return sorted((docs / "validations").rglob("*.html"))
+
+
+def test_validate_raw__writes_data_docs_under_docs_dir_only(valid_digits):
+    # given the report of a passing validation into <parent>/docs
+    report, docs = valid_digits
+    # then the Data Docs site is written there, its index linking the report, and nowhere else
+    assert report.docs_index == str(docs / "index.html") and (docs / "index.html").is_file()
+    assert [p.name for p in docs.parent.iterdir()] == ["docs"], "nothing may be written outside"
+    assert "raw-digits" in (docs / "index.html").read_text(), "the index should link the report"
+    assert [page.name for page in _pages(docs)] == ["raw-digits-raw-digits.html"]
+
+
+def test_validate_raw__data_docs_are_kept_after_a_failure(broken_digits):
+    # given a rejected table
+    error, docs = broken_digits
+    # then the failing report was still written and is linked from the error
+    index = docs / "index.html"
+    assert index.is_file(), "Data Docs must be kept on failure"
+    assert error.report.docs_index == str(index) and not error.report.success
+    assert str(error).endswith(f"Data Docs: {index}")
+    (page,) = _pages(docs)
+    assert "px_0_3" in page.read_text(), "the failure should be rendered"
+
+
+def test_validate_raw_and_processed__share_docs_dir_keeping_both_reports(tmp_path):
+    # given one Data Docs folder for both stages, validated twice (a rerun)
+    frame, spec = tiny_table(["x", "y"] * 30)
+    splits = split_table(frame, spec)
+    for _ in range(2):
+        validate_raw(frame, spec, RULES, tmp_path)
+        validate_processed(splits, spec, RULES, tmp_path)
+    # then the index links the latest raw and processed reports, one page and one stored result
+    # each
+    assert [page.name for page in _pages(tmp_path)] == [
+        "processed-tiny-processed-tiny.html", "raw-tiny-raw-tiny.html"]
+    assert len(list((tmp_path / STORE_DIR / "validations").rglob("*.json"))) == 2
+    index = (tmp_path / "index.html").read_text()
+    assert "raw-tiny" in index and "processed-tiny" in index
+
+
+# what differs from run to run in a Data Docs page: run times (as text, timestamp and epoch
+# seconds) and random ids
+_RUN_SPECIFIC = re.compile("|".join([
+    r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d", r"\d{8}T\d{6}\.\d+Z", r"\d{10}\.\d+",
+    r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}",
+]))
+
+
+def _page(docs: Path, section: str) -> str:
+    """The one page of a Data Docs section ("index": index.html), without its run-specific parts."""
+    path = docs / "index.html" if section == "index" else next((docs / section).rglob("*.html"))
+    return _RUN_SPECIFIC.sub("*", path.read_text())
+
+
+def test_run_suite__compiles_the_data_docs_templates_once_per_process(tmp_path, monkeypatch):
+    # given a validation whose Data Docs compiled their templates from source
+    from tasks.validation import views
+
+    frame, spec = tiny_table(["x", "y"] * 30)
+    monkeypatch.setattr(views._COMPILED, "_compiled", {})
+    validate_raw(frame, spec, RULES, tmp_path / "compiled")
+    assert views._COMPILED._compiled, "the Data Docs views should keep what they compiled"
+    compiled = []
+    monkeypatch.setattr(views._COMPILED, "dump_bytecode", compiled.append)
+    # when another one renders its pages, into another folder
+    validate_raw(frame, spec, RULES, tmp_path / "cached")
+    # then no template was compiled again, and the pages are the same
+    assert compiled == [], f"templates compiled again: {[bucket.key for bucket in compiled]}"
+    for section in ("index", "validations", "expectations"):
+        assert _page(tmp_path / "compiled", section) == _page(tmp_path / "cached", section), section
