@@ -29,11 +29,15 @@ install: $(STAMP)  ## create .venv and install shrinkflow with pinned dependenci
 run: $(STAMP)  ## run the pipeline (prepare -> baseline) on params.yaml
 	$(BIN)/shrinkflow run
 
+# tests run in parallel workers, one CPU thread each; tests sharing a costly fixture stay together
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/pytest -n $(TEST_WORKERS)
+
 test: $(STAMP)  ## run the whole test suite
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## core and stage tests only: no whole pipelines, services or accuracy targets
-	$(BIN)/pytest -m "not slow and not integration"
+	$(PYTEST) -m "not slow and not integration"
 
 lint: $(STAMP)  ## ruff (style, imports, bugbear) and bandit (security) on the code
 	$(BIN)/ruff check .

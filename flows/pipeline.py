@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from shrinkflow.config import load_params
-from tasks import stages, tracking
+from tasks import stage_tasks, stages, summary, tracking, versions
 from tasks.dag import STAGES
 from tasks.lock import project_lock
 
@@ -33,11 +33,11 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
         summaries: dict[str, dict[str, Any]] = {}
         with tracking.pipeline_run(params, project, project / params_file) as parent:
             for stage in STAGES:
-                summaries[stage] = stages.stage_task(stage, params, project)(
+                summaries[stage] = stage_tasks.stage_task(stage, params, project)(
                     stage, params, project, parent.run_id)
                 parent.record(summaries[stage])
-            if stages.recordable(params_file, overlays, overrides):
-                stages.record_versions(project, list(STAGES))
+            if versions.recordable(params_file, overlays, overrides):
+                versions.record_versions(project, list(STAGES))
                 tracking.log_artifact_to(project, parent.run_id, project / "dvc.lock")
             else:
                 log.warning("run with overlays/overrides: outputs are not recorded in dvc.lock "
@@ -45,5 +45,5 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
             links = {stage: tracking.run_link(project, summary["run_id"])
                      for stage, summary in summaries.items()}
             links["pipeline"] = tracking.run_link(project, parent.run_id)
-            stages.publish_summary(project, summaries, links)
+            summary.publish_summary(project, summaries, links)
     return {"run_id": parent.run_id, "links": links, "stages": summaries}

@@ -29,6 +29,51 @@ TINY = [
 ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each of the workers gets one CPU thread (and so do the commands they
+    start): two torch processes with a thread per core each would slow each other about tenfold."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# Test files whose tests share a costly session fixture: under pytest-xdist each group runs in
+# one worker, so the fixture is built once; every other test goes to whichever worker is free.
+SHARED_FIXTURES = {"flows": ("prefect_api", "reference"), "trained": ("trained_tiny",)}
+SHARED_FIXTURE_FILES = {
+    "flows": ("tests/flows/test_cli.py", "tests/flows/test_interruptions.py",
+              "tests/flows/test_pipeline.py", "tests/flows/test_versions.py"),
+    "trained": ("tests/tasks/test_baseline.py", "tests/tasks/test_compare.py",
+                "tests/tasks/test_distill_stage.py", "tests/tasks/test_prune_stage.py",
+                "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py"),
+}
+_GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A test using a shared fixture must sit in a file of that fixture's group."""
+    path = item.nodeid.split("::")[0]
+    for group, fixtures in SHARED_FIXTURES.items():
+        if set(fixtures) & set(getattr(item, "fixturenames", ())) and \
+                _GROUP_OF_FILE.get(path) != group:
+            raise pytest.UsageError(f"{path} uses {fixtures}: list it in SHARED_FIXTURE_FILES"
+                                    f"[{group!r}] (tests/conftest.py)")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Spread the tests one by one, except the files of a group, which go together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _GROUP_OF_FILE.get(nodeid.split("::")[0], nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")

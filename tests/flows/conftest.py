@@ -26,6 +26,19 @@ def prefect_api():
         yield
 
 
+def pipeline(**arguments):
+    """The Prefect flow (imported on first use: collecting the fast tests need not load Prefect)."""
+    from flows.pipeline import pipeline as flow
+
+    return flow(**arguments)
+
+
+def mlflow_client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
 def tiny_params_file(project: Path) -> None:
     """Write the TINY overrides into the project's params.yaml (what DVC and dvc.lock see)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -80,8 +93,6 @@ def reference(prefect_api, tmp_path_factory) -> dict:
     """One uninterrupted pipeline run through Prefect on the tiny params.yaml of a git + DVC
     project (so it records dvc.lock): the project, the flow's result and compare.json as the run
     left it. Modules that change the project put it back as they found it."""
-    from flows.pipeline import pipeline
-
     project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
     result = pipeline(root=str(project))
     return {"project": project, "result": result,

@@ -10,20 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from flows.pipeline import pipeline
 from tasks.lock import project_lock
 from tasks.tracking import PROJECT_TAG
 from tests.conftest import copy_project
-from tests.flows.conftest import command_env, tiny_params_file
+from tests.flows.conftest import command_env, mlflow_client, pipeline, tiny_params_file
 
 pytestmark = pytest.mark.integration
 KILL_DEADLINE_S = 300
 
 
 def _runs(project: Path, name: str | None = None) -> list:
-    client = MlflowClient()
+    client = mlflow_client()
     experiment = client.get_experiment_by_name("shrinkflow")
     if experiment is None:
         return []
@@ -83,7 +81,7 @@ def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):
     # and: nothing half-written is left, and the killed runs are marked failed
     project = interrupted["project"]
     assert [path for folder in ("models", "data") for path in (project / folder).glob(".*")] == []
-    client = MlflowClient()
+    client = mlflow_client()
     assert {client.get_run(run_id).info.status for run_id in interrupted["killed"]} == {"FAILED"}
 
 

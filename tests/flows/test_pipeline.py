@@ -9,17 +9,16 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from mlflow import MlflowClient
 
-from flows.pipeline import pipeline
 from tasks.catalog import Catalog
 from tasks.dag import STAGES
+from tests.flows.conftest import mlflow_client, pipeline
 
 pytestmark = pytest.mark.integration
 
 
 def _children(parent_run_id: str) -> list:
-    client = MlflowClient()
+    client = mlflow_client()
     experiment = client.get_run(parent_run_id).info.experiment_id
     return client.search_runs([experiment],
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -35,7 +34,7 @@ def _ran(first: dict, second: dict) -> set[str]:
 def test_pipeline__stages_are_nested_under_one_parent_run(reference):
     result, project = reference["result"], reference["project"]
     # then: one parent with a nested run per stage, stage metrics copied onto the parent
-    parent = MlflowClient().get_run(result["run_id"])
+    parent = mlflow_client().get_run(result["run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["shrinkflow.kind"] == "pipeline"
     assert parent.data.params["baseline.train.epochs"] == "2", "params.yaml should be flattened"
@@ -120,15 +119,15 @@ def test_pipeline__a_missing_upstream_output_fails_at_once_without_retries(prefe
     from prefect.client.orchestration import get_client
 
     from shrinkflow.config import load_params
-    from tasks import stages
-    from tests.conftest import TINY
+    from tasks.stage_tasks import stage_task
+    from tests.conftest import REPO, TINY
 
-    params = load_params(stages.dag.ROOT / "params.yaml", overrides=TINY)
+    params = load_params(REPO / "params.yaml", overrides=TINY)
 
     @flow
     def baseline_alone() -> dict:
-        state = stages.stage_task("baseline", params, tmp_path)("baseline", params, tmp_path,
-                                                                 return_state=True)
+        state = stage_task("baseline", params, tmp_path)("baseline", params, tmp_path,
+                                                         return_state=True)
         return {"failed": state.is_failed(), "message": state.message,
                 "task_run_id": str(state.state_details.task_run_id)}
 
@@ -151,7 +150,7 @@ def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, t
         pipeline(root=str(project), overrides=[*TINY, "prepare.source=csv",
                                                "prepare.csv.path=data/external/bad.csv"])
     # then
-    client = MlflowClient()
+    client = mlflow_client()
     experiment = client.get_experiment_by_name("shrinkflow")
     latest = client.search_runs([experiment.experiment_id],
                                 filter_string="tags.`shrinkflow.kind` = 'pipeline'",

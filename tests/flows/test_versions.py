@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import pipeline
 from tasks import dag
 from tasks.catalog import Catalog, tree_digest
-from tests.flows.conftest import run
+from tests.flows.conftest import mlflow_client, pipeline, run
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +38,13 @@ def _changed_stages(project: Path) -> set[str]:
 
 
 def test_flow__records_outputs_in_dvc_lock_and_pushes(reference):
-    from mlflow import MlflowClient
 
     project = reference["project"]
     # then: DVC sees the flow's outputs as the pipeline's current state, and the remote has them
     assert _changed_stages(project) == set()
     cloud = run(["dvc", "status", "--cloud"], project)
     assert cloud.returncode == 0 and "in sync" in cloud.stdout, cloud.stdout
-    logged = {item.path for item in MlflowClient().list_artifacts(reference["result"]["run_id"])}
+    logged = {item.path for item in mlflow_client().list_artifacts(reference["result"]["run_id"])}
     assert "dvc.lock" in logged, "the parent run should keep the dvc.lock it produced"
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from shrinkflow.config import PrepareConfig, load_params
-from shrinkflow.data import builtin_table
+from shrinkflow.config import load_params
 from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.distill import run_distill
-from tasks.stages import run_stage
+from tasks.io import load_processed
 from tasks.tracking import run_that_made
-from tests.conftest import TINY, copy_trained, unlabeled_csv_params
+from tests.conftest import TINY, copy_trained
 
 
 def test_distill__trains_both_students_and_records_the_gain(trained_project, tiny_params):
@@ -47,25 +47,26 @@ def test_distill__trains_both_students_and_records_the_gain(trained_project, tin
         assert run.data.metrics["val_accuracy"] == metrics[f"{candidate.name}.val_accuracy"]
 
 
-def _digits_inputs(rows: int):
-    return builtin_table(PrepareConfig())[0].drop(columns="label").head(rows)
+UNLABELED_ROWS = 400
 
 
 @pytest.fixture(scope="module")
 def pooled(trained_tiny, tmp_path_factory):
-    """The trained tiny project, prepared again with 400 unlabeled digits (the same splits, so
-    the baseline stays valid)."""
+    """The trained tiny project with a pool of unlabeled inputs as `prepare` stores them (prepare's
+    own handling of the pool is tested with the prepare stage)."""
     project = copy_trained(trained_tiny, tmp_path_factory.mktemp("pooled") / "project")
-    params = unlabeled_csv_params(project, _digits_inputs(400))
-    run_stage("prepare", params, project)
+    catalog = Catalog.at(project)
+    train_x = load_processed(catalog)[0].train.x
+    rows = train_x[:UNLABELED_ROWS]
+    noisy = rows + np.random.default_rng(0).normal(0, 0.1, rows.shape)
+    np.savez(catalog.unlabeled_file(), x=noisy.astype(np.float32))
     return project
 
 
 def test_distill__extra_students_and_the_unlabeled_pool(pooled):
     # given a pool of unlabeled digits, and an MLP student beside the CNN one
     params = load_params(pooled / "params.yaml", overrides=[
-        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv",
-        "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}"])
+        *TINY, "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}"])
     # when
     run_distill(params, pooled)
     # then every student is trained with and without the teacher, each gain recorded
@@ -76,15 +77,13 @@ def test_distill__extra_students_and_the_unlabeled_pool(pooled):
     assert arch.family == "mlp" and arch.widths == (32,)
     metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())
     assert {"student.kd_gain_pp", "mlp.kd_gain_pp"} <= metrics.keys()
-    prepared = json.loads(Catalog.at(pooled).metrics_file("prepare").read_text())
-    assert metrics["unlabeled_rows"] == prepared["rows_unlabeled"] > 0, \
+    assert metrics["unlabeled_rows"] == UNLABELED_ROWS, \
         "the distilled students learn from every unlabeled row prepare kept"
 
 
 def test_distill__the_pool_can_be_left_out(pooled):
     params = load_params(pooled / "params.yaml", overrides=[
-        *TINY, "prepare.unlabeled_csv=data/external/unlabeled.csv", "distill.use_unlabeled=false",
-        "distill.train_without_teacher=false"])
+        *TINY, "distill.use_unlabeled=false", "distill.train_without_teacher=false"])
     run_distill(params, pooled)
     assert Catalog.at(pooled).unlabeled_file().is_file(), "prepare wrote the pool"
     metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())

@@ -1,0 +1,38 @@
+"""The run summary: a Prefect markdown artifact and reports/summary.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks import io
+from tasks.catalog import Catalog
+from tasks.stage_tasks import RETRIES
+
+
+def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]) -> str:
+    baseline = summaries["baseline"]["metrics"]
+    lines = [f"# shrinkflow run on `{summaries['prepare']['dataset']}`", "",
+             f"Teacher: validation accuracy {baseline['val_accuracy']:.4f}, test accuracy "
+             f"{baseline['accuracy']:.4f}, {int(baseline['params_count']):,} parameters.", "",
+             "| stage | MLflow run |", "|---|---|"]
+    lines += [f"| {stage} | [{summary['run_id']}]({links[stage]}) |"
+              for stage, summary in summaries.items()]
+    if "compare" in summaries:
+        lines += ["", "## Candidates", "", summaries["compare"]["table"]]
+    if "pipeline" in links:
+        lines += ["", f"Pipeline run: {links['pipeline']} (open the UI with `make ui`)."]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-summary", **RETRIES)
+def publish_summary(root: Path, summaries: dict[str, dict[str, Any]],
+                    links: dict[str, str]) -> str:
+    from prefect.artifacts import create_markdown_artifact
+
+    markdown = summary_markdown(summaries, links)
+    io.write_text(Catalog.at(root).summary_file, markdown)
+    create_markdown_artifact(markdown, key="pipeline-summary", description="shrinkflow run")
+    return markdown
