@@ -84,11 +84,10 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 
     root = Path.cwd().resolve()
     with _user_errors(debug), project_lock(root), prefect_api() as server:
-        # while a temporary Prefect server starts: imports, and the MLflow store opened by
-        # failing the runs a killed run left open
+        # while a temporary Prefect server starts: imports, and the MLflow store opened
         from tasks import tracking
 
-        tracking.fail_orphaned_runs(root, loaded.project.experiment)
+        tracking.experiment_id(root, loaded.project.experiment)
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         from flows.pipeline import pipeline
@@ -103,10 +102,8 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 
 
 def _print_result(result: dict) -> None:
-    compare = result["stages"]["compare"]
-    deployed = compare["deployed"]
-    typer.echo(f"\ndeployable:  {deployed or 'none within compare.max_accuracy_drop_pp'} "
-               "(reports/compare/candidates.md, reports/compare/pareto.png)")
+    typer.echo(f"\ndeployable:  {result['stages']['compare']['headline']}")
+    typer.echo("compared:    reports/compare/candidates.md, reports/compare/pareto.png")
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
     typer.echo("reports:     reports/summary.md, reports/baseline/, reports/data_docs/index.html")
     typer.echo("metrics:     metrics/*.json  (`dvc metrics show`)")

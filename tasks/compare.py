@@ -131,7 +131,8 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
                       for c in candidates},
                    CONTROL: _onnx_loader(catalog.path(candidates[0].onnx), params.measure.threads)}
         with measure.torch_threads(params.measure.threads):
-            timings = measure.time_side_by_side(loaders, splits.test.x, params.measure)
+            # inputs of the validation split: every choice, the latency tie included, reads it
+            timings = measure.time_side_by_side(loaders, splits.val.x, params.measure)
         noise = measure.Noise(timings)
         for row in rows:
             row |= _speed(row["candidate"], timings, noise, reference_onnx)
@@ -168,7 +169,18 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
             "val_accuracy", "accuracy", "size_ratio", "speedup_b1_vs_torch",
             "speedup_b1_vs_ort_fp32")} if chosen else {}
         return {"stage": "compare", "run_id": run.info.run_id, "dataset": spec.name,
-                "deployed": chosen_name, "metrics": summary_metrics, "table": table}
+                "deployed": chosen_name, "metrics": summary_metrics, "table": table,
+                "headline": _headline(chosen, cfg.max_accuracy_drop_pp)}
+
+
+def _headline(chosen: dict[str, Any] | None, max_drop_pp: float) -> str:
+    """The deployable candidate in one line, as the command line prints it."""
+    if chosen is None:
+        return f"none: no candidate within {max_drop_pp} pp of the teacher on validation"
+    return (f"{chosen['candidate']}: validation accuracy {chosen['val_accuracy']:.4f} (test "
+            f"{chosen['accuracy']:.4f}), {chosen['size_ratio']:.1f}x smaller, "
+            f"{_ratio_cell(chosen, 'speedup_b1_vs_ort_fp32')} as fast as ONNX Runtime fp32 and "
+            f"{_ratio_cell(chosen, 'speedup_b1_vs_torch')} as fast as eager torch at batch 1")
 
 
 def _onnx_loader(path: Path, threads: int):

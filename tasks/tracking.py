@@ -39,7 +39,7 @@ def _client(root: Path):
     return MlflowClient(tracking_uri(root))
 
 
-def _experiment_id(root: Path, name: str) -> str:
+def experiment_id(root: Path, name: str) -> str:
     """The experiment's id, created on first use; a local store keeps artifacts in mlartifacts/."""
     import mlflow
 
@@ -86,9 +86,8 @@ def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None) -> str:
     """Open the parent run, log all of params.yaml (flattened) and return its id."""
-    experiment_id = _experiment_id(root, params.project.experiment)
-    run = _client(root).create_run(experiment_id, run_name="pipeline",
-                                   tags=_base_tags(root, "pipeline"))
+    run = _client(root).create_run(experiment_id(root, params.project.experiment),
+                                   run_name="pipeline", tags=_base_tags(root, "pipeline"))
     _log_params(run.info.run_id, root, flatten(params))
     if params_file is not None and params_file.is_file():
         _client(root).log_artifact(run.info.run_id, str(params_file))
@@ -178,10 +177,10 @@ def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None 
     """A run for one stage, nested under `parent_run_id` when given; logs the stage's section."""
     import mlflow
 
-    experiment_id = _experiment_id(root, params.project.experiment)
     mlflow.set_tracking_uri(tracking_uri(root))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
-                          parent_run_id=parent_run_id, tags=_base_tags(root, "stage")) as run:
+    with mlflow.start_run(experiment_id=experiment_id(root, params.project.experiment),
+                          run_name=stage, nested=True, parent_run_id=parent_run_id,
+                          tags=_base_tags(root, "stage")) as run:
         if section is not None:
             mlflow.log_params({key: str(v) for key, v in flatten(section, f"{stage}.").items()})
         yield run
