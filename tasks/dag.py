@@ -108,10 +108,16 @@ def module_file(module: str, root: Path = ROOT) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, module: str) -> set[str]:
+def _imported_modules(path: Path, module: str) -> frozenset[str]:
     """Every module an `import` anywhere in the file names (inside functions too: lazy imports
     are still code the stage runs). `from package import name` counts `package.name` when that
     is a module, and `package` itself either way."""
+    stat = path.stat()
+    return _parsed_imports(path, module, stat.st_mtime_ns, stat.st_size)
+
+
+@cache  # keyed on the file's mtime and size too: an edited file is parsed again
+def _parsed_imports(path: Path, module: str, mtime_ns: int, size: int) -> frozenset[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -124,7 +130,7 @@ def _imported_modules(path: Path, module: str) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def _with_parents(module: str) -> list[str]:
@@ -133,7 +139,6 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-@cache
 def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
     """Project files that `module` imports, directly or through other project modules, itself
     included; relative to `root`, sorted."""

@@ -17,13 +17,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shrinkflow import data
 from shrinkflow.errors import UserError
 from tasks.catalog import Catalog
+
+if TYPE_CHECKING:
+    from shrinkflow import data
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
 
@@ -147,6 +149,8 @@ def _arrays(path: Path, produced_by: str) -> dict[str, np.ndarray]:
 
 def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dict[str, Any]]:
     """The splits written by `prepare`, with the data set's spec and metadata."""
+    from shrinkflow import data  # imports torch: only stages that run need it, not the cache checks
+
     meta = read_json(catalog.dataset_file(), produced_by="prepare")
     splits = []
     for name in ("train", "val", "test"):

@@ -1,9 +1,9 @@
 """Versioning with DVC: a finished pipeline run is recorded in dvc.lock and pushed to the remote.
 
-The recording is a Prefect task cached on what it records: the outputs, dvc.lock as it is, and
-whether the (local) remote still holds every object dvc.lock lists. An unchanged re-run skips it;
-a lost dvc.lock or an emptied remote records again. A remote that cannot be checked cheaply (S3)
-is recorded on every run.
+A recording leaves a receipt: a fingerprint of the outputs, of dvc.lock and of which objects
+dvc.lock lists the (local) remote holds, taken once the push is done. An unchanged re-run finds the
+same fingerprint and records nothing; a lost dvc.lock or an emptied remote changes it, and the
+recording runs again. A remote that cannot be checked cheaply (S3) is recorded on every run.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 from prefect import task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 
-from tasks import dag
+from tasks import dag, io
 from tasks.catalog import Catalog, file_md5, tree_digest
 from tasks.stage_tasks import RETRIES
 
@@ -61,11 +61,9 @@ def _remote_has(remote: Path, md5: str) -> bool:
     return True
 
 
-def versions_key(task_ctx: TaskRunContext | None, inputs: dict[str, Any]) -> str | None:
-    """What a recording depends on: the outputs, dvc.lock as it is, and whether the remote still
-    holds what dvc.lock lists. Anything lost re-runs the recording; a remote that cannot be checked
-    cheaply (S3) is recorded every time (None: no caching)."""
-    root, stages = Path(inputs["root"]), inputs["stages"]
+def fingerprint(root: Path, stages: list[str]) -> str | None:
+    """The outputs, dvc.lock as it is, and whether the remote holds what dvc.lock lists; None when
+    there is no dvc.lock or the remote cannot be checked cheaply (S3)."""
     remote = _local_remote(root)
     if remote is None:
         return None
@@ -79,7 +77,7 @@ def versions_key(task_ctx: TaskRunContext | None, inputs: dict[str, Any]) -> str
     digest.update(file_md5(lock).encode())
     for md5 in _recorded_objects(lock):
         digest.update(f"{md5}:{_remote_has(remote, md5)}".encode())
-    return f"dvc-record-{digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def recordable(params_file: str, overlays: list[str] | None, overrides: list[str] | None) -> bool:
@@ -96,12 +94,21 @@ def _dvc(root: Path, *args: str) -> str:
     return result.stdout
 
 
-@task(name="record-versions", cache_key_fn=versions_key, persist_result=True,
-      result_serializer="json", **RETRIES)
+@task(name="record-versions", cache_policy=NO_CACHE, **RETRIES)
 def record_versions(root: Path, stages: list[str]) -> dict[str, Any]:
-    """`dvc commit` the stages' outputs into dvc.lock and the DVC cache, then `dvc push`."""
-    if not (Path(root) / ".dvc").is_dir():
+    """`dvc commit` the stages' outputs into dvc.lock and the DVC cache, then `dvc push`, unless
+    the receipt of the last recording shows dvc.lock and the remote already hold them."""
+    root = Path(root)
+    if not (root / ".dvc").is_dir():
         return {"recorded": False, "reason": "not a DVC repository"}
+    receipt = Catalog.at(root).stamp_file("record-versions")
+    current = fingerprint(root, stages)
+    if current is not None and receipt.is_file() and receipt.read_text().strip() == current:
+        return {"recorded": False, "reason": "dvc.lock and the remote already hold these outputs"}
+    receipt.unlink(missing_ok=True)
     _dvc(root, "commit", "--force", *stages)
     pushed = _dvc(root, "push", *stages)
+    done = fingerprint(root, stages)
+    if done is not None:
+        io.write_text(receipt, done + "\n")
     return {"recorded": True, "pushed": pushed.strip().splitlines()[-1:] or []}
