@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow import gate, measure, plots
-from shrinkflow.config import Params
+from shrinkflow.config import MeasureConfig, Params
 from shrinkflow.data import Splits
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
@@ -112,6 +112,24 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
     return row, model
 
 
+def _time(catalog: Catalog, candidates: list[Candidate], teacher: Any, splits: Splits,
+          cfg: MeasureConfig) -> tuple[dict[str, measure.Timing], measure.Noise]:
+    """Every candidate, the eager-torch teacher and the control, timed side by side."""
+    log.info("timing %d models side by side (%d rounds, threads=%d)", len(candidates) + 2,
+             cfg.rounds, cfg.threads)
+
+    def onnx_loader(path: Path):
+        return lambda: onnx_predictor(path, cfg.threads)
+
+    loaders = {TORCH_BASELINE: lambda: measure.torch_predictor(teacher),
+               **{c.name: onnx_loader(catalog.path(c.onnx)) for c in candidates},
+               CONTROL: onnx_loader(catalog.path(candidates[0].onnx))}
+    with measure.torch_threads(cfg.threads):
+        # inputs of the validation split: every choice, the latency tie included, reads it
+        timings = measure.time_side_by_side(loaders, splits.val.x, cfg)
+    return timings, measure.Noise(timings)
+
+
 def run_compare(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Evaluate and time every candidate, pick the deployable one; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.compare
@@ -123,17 +141,7 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         rows = [torch_row] + [{"candidate": c.name, "file": c.onnx, "parent": c.parent,
                                "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)}
                               for c in candidates]
-
-        log.info("timing %d models side by side (%d rounds, threads=%d)", len(rows) + 1,
-                 params.measure.rounds, params.measure.threads)
-        loaders = {TORCH_BASELINE: lambda: measure.torch_predictor(teacher),
-                   **{c.name: _onnx_loader(catalog.path(c.onnx), params.measure.threads)
-                      for c in candidates},
-                   CONTROL: _onnx_loader(catalog.path(candidates[0].onnx), params.measure.threads)}
-        with measure.torch_threads(params.measure.threads):
-            # inputs of the validation split: every choice, the latency tie included, reads it
-            timings = measure.time_side_by_side(loaders, splits.val.x, params.measure)
-        noise = measure.Noise(timings)
+        timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         for row in rows:
             row |= _speed(row["candidate"], timings, noise, reference_onnx)
             row |= _accuracy_drops(row, torch_row)
@@ -181,10 +189,6 @@ def _headline(chosen: dict[str, Any] | None, max_drop_pp: float) -> str:
             f"{chosen['accuracy']:.4f}), {chosen['size_ratio']:.1f}x smaller, "
             f"{_ratio_cell(chosen, 'speedup_b1_vs_ort_fp32')} as fast as ONNX Runtime fp32 and "
             f"{_ratio_cell(chosen, 'speedup_b1_vs_torch')} as fast as eager torch at batch 1")
-
-
-def _onnx_loader(path: Path, threads: int):
-    return lambda: onnx_predictor(path, threads)
 
 
 def _log(catalog: Catalog, candidates: list[Candidate], rows: list[dict[str, Any]],

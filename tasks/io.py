@@ -80,9 +80,9 @@ def _retired(target: Path) -> Path:
 
 
 def recover(target: Path) -> None:
-    """Undo what a killed swap of `target` left: the old folder set aside with nothing in its
-    place is put back, and staging folders of dead runs are removed. Call it only while holding
-    the project lock (another run's staging folder is not dead)."""
+    """Undo what a killed write of `target` left: the old folder set aside with nothing in its
+    place is put back, and the temporary files and folders of dead runs are removed. Call it only
+    while holding the project lock (another run's temporary files are not dead)."""
     retired = _retired(target)
     if retired.exists() and not target.exists():
         os.replace(retired, target)
@@ -90,6 +90,8 @@ def recover(target: Path) -> None:
     for stale in target.parent.glob(f".{target.name}.*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @contextmanager

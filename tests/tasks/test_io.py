@@ -21,13 +21,20 @@ def test_atomic_file__failure_keeps_old_content(tmp_path):
     assert list(tmp_path.iterdir()) == [target], "no temporary file should be left behind"
 
 
-def test_atomic_dir__replaces_whole_folder_on_success(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_atomic_dir__replaces_whole_folder_on_success(tmp_path, monkeypatch, exchange):
+    # given: a folder, on a file system that can (or cannot) exchange two names in one step
+    if not exchange:
+        monkeypatch.setattr(io_module, "_exchange", lambda first, second: False)
     target = tmp_path / "folder"
     target.mkdir()
     (target / "stale.txt").write_text("stale")
+    # when
     with atomic_dir(target) as staging:
         (staging / "fresh.txt").write_text("fresh")
+    # then
     assert sorted(p.name for p in target.iterdir()) == ["fresh.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "no leftovers"
     assert oct(target.stat().st_mode & 0o777) != oct(0o700), "the folder should not stay private"
 
 
@@ -72,24 +79,13 @@ def test_recover__puts_back_a_folder_a_killed_two_step_swap_left_aside(tmp_path)
     (tmp_path / ".folder.old").mkdir()
     (tmp_path / ".folder.old" / "keep.txt").write_text("keep")
     (tmp_path / ".folder.abc123.tmp").mkdir()
+    # and: a file a killed atomic write left half-written
+    (tmp_path / ".summary.md.xyz.tmp").write_text("half")
     # when
     recover(target)
+    recover(tmp_path / "summary.md")
     # then
     assert (target / "keep.txt").read_text() == "keep"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
-
-
-def test_atomic_dir__without_an_exchange_still_replaces_the_folder(tmp_path, monkeypatch):
-    # given: a file system that cannot exchange two names
-    monkeypatch.setattr(io_module, "_exchange", lambda first, second: False)
-    target = tmp_path / "folder"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    # when
-    with atomic_dir(target) as staging:
-        (staging / "new.txt").write_text("new")
-    # then
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
