@@ -20,7 +20,7 @@ Layout: `suites` says which expectations guard which data, `gx` runs them with G
 Data Docs, `messages` turns the results into words. The core package `shrinkflow/` knows nothing of
 GX; this package is the only place that imports it, lazily, because the import takes seconds. Both
 functions write only under `docs_dir`: the Data Docs HTML plus the suites and results it renders
-(`docs_dir/_gx_store`, the latest one per stage and data set); the GX context itself is ephemeral
+(`docs_dir/_gx_store`, the latest one per stage, data set and view); the GX context itself is ephemeral
 and built per call.
 """
 

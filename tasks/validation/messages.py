@@ -41,7 +41,8 @@ class ValidationReport:
     name: str  # "<stage>:<dataset>", e.g. "raw:digits" or "processed:digits"
     success: bool
     evaluated: int  # number of expectations evaluated
-    failures: tuple[Failure, ...]
+    failed: int  # number of expectations failed
+    failures: tuple[Failure, ...]  # one per failed expectation and offending column
     warnings: tuple[str, ...]  # e.g. class imbalance; never a reason to fail
     docs_index: str | None  # the Data Docs index.html that was written, if any
 
@@ -50,6 +51,7 @@ class ValidationReport:
             "name": self.name,
             "success": self.success,
             "evaluated": self.evaluated,
+            "failed": self.failed,
             "failures": [failure.to_dict() for failure in self.failures],
             "warnings": list(self.warnings),
             "docs_index": self.docs_index,
@@ -61,6 +63,7 @@ class ValidationReport:
             name=data["name"],
             success=bool(data["success"]),
             evaluated=int(data["evaluated"]),
+            failed=int(data["failed"]),
             failures=tuple(Failure(**item) for item in data["failures"]),
             warnings=tuple(data["warnings"]),
             docs_index=data.get("docs_index"),
@@ -80,7 +83,7 @@ class DataValidationError(UserError, ValueError):
 
 def _error_message(report: ValidationReport) -> str:
     stage, _, dataset = report.name.partition(":")
-    failed, evaluated = len(report.failures), report.evaluated
+    failed, evaluated = report.failed, report.evaluated
     lines = [f"{stage} data '{dataset}' failed {failed} of {evaluated} expectations:"]
     lines += [f"  - {failure.describe()}" for failure in report.failures]
     if report.docs_index:
@@ -88,31 +91,65 @@ def _error_message(report: ValidationReport) -> str:
     return "\n".join(lines)
 
 
-def failure_of(result: Any, frame: pd.DataFrame) -> Failure:
-    """The failed GX expectation result `result`, on the validated `frame`, in words."""
+def failures_of(result: Any, frame: pd.DataFrame) -> tuple[Failure, ...]:
+    """The failed GX expectation result `result`, on the validated `frame`, in words: one Failure
+    per offending column.
+
+    A missing-columns result names each missing column. A result on a reshaped frame, whose
+    unexpected values GX located by the original table's column (and row) they come from
+    (`gx.View.located_by`, e.g. "feature" and "row"), is told per column of the original table, in
+    the frame's order, with that column's count of rows in the frame: GX lists every unexpected
+    value then (result format COMPLETE), not only the first 20.
+    """
     config = result.expectation_config
     kwargs = config.kwargs
-    column = kwargs.get("column")
     error = _exception_message(result.exception_info)
     if error is not None:
-        return Failure(config.type, column, f"could not be evaluated: {error}")
-    observed = _observed(config.type, kwargs, dict(result.result or {}), frame)
+        return (Failure(config.type, kwargs.get("column"), f"could not be evaluated: {error}"),)
+    found = dict(result.result or {})
+    if config.type == "expect_table_columns_to_match_set":
+        missing = found.get("details", {}).get("mismatched", {}).get("missing") or []
+        return tuple(Failure(config.type, column, "column missing") for column in missing)
+    located = found.get("unexpected_index_column_names")
+    if located and "unexpected_index_list" in found:
+        parts = _per_column(found, kwargs["column"], located, frame)
+    else:
+        parts = {kwargs.get("column"): found}
     split = _split_of(kwargs.get("row_condition"))
-    if split is not None:
-        observed = f"split '{split}': {observed}"
-    return Failure(config.type, column, observed)
+    in_split = f"split '{split}': " if split is not None else ""
+    return tuple(
+        Failure(config.type, column, in_split + _observed(config.type, kwargs, part))
+        for column, part in parts.items()
+    )
 
 
-def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str:
+def _per_column(
+    result: dict, value_key: str, located: list[str], frame: pd.DataFrame
+) -> dict[Any, dict]:
+    """A result on a reshaped frame as results per column of the original table, {column: result},
+    in the order GX lists the unexpected values: each with the column's unexpected values, the rows
+    they are in (if `located` names a row too) and the column's count of rows in the frame."""
+    column_key, *row_key = located
+    totals = frame[column_key].value_counts()
+    found: dict[Any, list[dict]] = {}
+    for where in result["unexpected_index_list"]:
+        found.setdefault(where[column_key], []).append(where)
+    return {
+        column: {
+            "unexpected_count": len(entries),
+            "element_count": int(totals[column]),
+            "partial_unexpected_list": [where[value_key] for where in entries],
+            "partial_unexpected_index_list": [where[key] for where in entries for key in row_key],
+        }
+        for column, entries in found.items()
+    }
+
+
+def _observed(kind: str, kwargs: dict, result: dict) -> str:
     column = kwargs.get("column")
-    if kind == "expect_column_to_exist":
-        return "column missing"
     if kind == "expect_table_row_count_to_be_between":
         expected = kwargs.get("min_value")
         return f"row count {result.get('observed_value')}, expected at least {expected}"
-    if kind == "expect_column_values_to_be_in_type_list":
-        dtype = frame[column].dtype if column in frame.columns else result.get("observed_value")
-        return f"dtype {dtype}, expected a number"
     if kind == "expect_column_distinct_values_to_contain_set":
         missing = result.get("partial_missing_list")  # GX 1.24 reports no observed_value here
         if missing is None:
@@ -124,11 +161,13 @@ def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str
 
     count, total = result.get("unexpected_count", 0), result.get("element_count", 0)
     examples = _examples(result)
+    # the per-column view of validate_raw
+    if column == "dtype":
+        return f"dtype {_distinct(result)}, expected a number"
     # the per-sample summary columns of validate_processed, in their own words
     if column == "x_shape":
-        shapes = sorted({str(value) for value in result.get("partial_unexpected_list") or []})
         return (
-            f"{count} of {total} samples have shape {' / '.join(shapes) or '?'}, "
+            f"{count} of {total} samples have shape {_distinct(result)}, "
             f"expected {', '.join(map(str, kwargs['value_set']))}"
         )
     if column == "x_nonfinite":
@@ -149,6 +188,11 @@ def _observed(kind: str, kwargs: dict, result: dict, frame: pd.DataFrame) -> str
     if observed is not None:
         return f"observed {observed}"
     return f"{count} of {total} values unexpected{examples}" if total else "failed"
+
+
+def _distinct(result: dict) -> str:
+    """The distinct unexpected values, e.g. '(64,) / (8, 8)'."""
+    return " / ".join(sorted({str(value) for value in result.get("partial_unexpected_list") or []})) or "?"
 
 
 def _examples(result: dict, rows_only: bool = False) -> str:

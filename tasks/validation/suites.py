@@ -1,13 +1,17 @@
 """Which expectations guard raw tables, unlabeled pools and processed splits.
 
 The suites are lists of GX expectations built from the data set's spec and the rules of
-params.yaml `prepare.validation`; `gx.run_suite` evaluates them. Class imbalance is computed
-here too: it is a warning, never an expectation that fails.
+params.yaml `prepare.validation`; `gx.run_suite` evaluates them. No suite grows with the number
+of features, as GX spends its time per expectation rather than per value: the raw table's columns
+and values are checked on reshaped views of it (one row per column, one row per value), the splits
+on a per-sample summary. Class imbalance is computed here too: it is a warning, never an
+expectation that fails.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +19,16 @@ import pandas as pd
 
 from shrinkflow.config import ValidationRules
 from shrinkflow.data import DatasetSpec, Splits
-from tasks.validation.gx import import_gx, run_suite
+from tasks.validation.gx import View, import_gx, run_suite
 from tasks.validation.messages import ValidationReport
 
 BUILTIN_SOURCES = frozenset({"digits", "mnist1d", "breast_cancer"})
 SPLIT_NAMES = ("train", "val", "test")
 
-# dtype names accepted for feature columns (numpy names and pandas nullable extension dtypes)
-_NUMERIC_DTYPES = [
-    *(f"{kind}{bits}" for kind in ("int", "uint") for bits in (8, 16, 32, 64)),
-    "float16", "float32", "float64",
-    *(f"{kind}{bits}Dtype" for kind in ("Int", "UInt") for bits in (8, 16, 32, 64)),
-    "Float32Dtype", "Float64Dtype",
+# dtype names (str(dtype)) accepted for feature columns: numpy's and pandas' nullable ones
+NUMERIC_DTYPES = [
+    *(f"{kind}{bits}" for kind in ("int", "uint", "Int", "UInt") for bits in (8, 16, 32, 64)),
+    "float16", "float32", "float64", "Float32", "Float64",
 ]
 
 
@@ -40,53 +42,102 @@ def validate_raw(
     """Validate the raw table of `spec` and write Data Docs under `docs_dir`.
 
     `labeled=False` validates an unlabeled pool: the same feature checks, no target column.
+    Failures are listed table-level first, then column by column in the order of the spec.
 
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
     """
-    suite = raw_expectations(frame, spec, rules, labeled)
+    expected = _expected_columns(spec, labeled)
+    views = raw_views(frame, spec, rules, labeled)
     if not labeled:
-        return run_suite(f"unlabeled:{spec.name}", frame, suite, (), docs_dir)
+        return run_suite(f"unlabeled:{spec.name}", views, (), docs_dir, expected)
     warnings = imbalance_warnings(frame, spec, rules)
-    return run_suite(f"raw:{spec.name}", frame, suite, warnings, docs_dir)
+    return run_suite(f"raw:{spec.name}", views, warnings, docs_dir, expected)
 
 
-def raw_expectations(
+def raw_views(
     frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, labeled: bool = True
-) -> list:
-    """The suite of a raw table (or, `labeled=False`, of an unlabeled pool) of `spec`."""
-    gxe = import_gx().expectations
-    lo, hi = spec.value_range or (-rules.max_abs_value, rules.max_abs_value)
-    expected = [*spec.feature_columns, *([spec.target] if labeled else [])]
-    present = set(frame.columns)
+) -> list[View]:
+    """The views of a raw table (or, `labeled=False`, of an unlabeled pool) of `spec` and their
+    suites: 7 expectations (6 for a csv source, 5 unlabeled) whatever the number of features.
 
-    suite: list = [gxe.ExpectTableRowCountToBeBetween(min_value=rules.min_rows)]
-    # one expectation per expected column, so each missing column is its own, named failure;
-    # per-column value checks are only added for columns that exist (GX would error on the others)
-    suite += [gxe.ExpectColumnToExist(column=column) for column in expected]
-    for column in spec.feature_columns:
-        if column not in present:
-            continue
-        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-        suite.append(
-            gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=_NUMERIC_DTYPES)
-        )
-        if _is_numeric(frame[column]):  # a non-numeric column is already reported by its dtype
-            suite.append(
-                gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
-            )
-    if labeled and spec.target in present:
-        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.target))
+      table    the table itself: enough rows, every expected column present (one expectation
+               naming each missing column), the target not null and, for built-in sources, in
+               the label set
+      columns  one row per feature column (`column_view`): of a numeric dtype
+      cells    one row per feature value (`cell_view`): not null and, in numeric columns, within
+               the known value range (else +/- `max_abs_value`, so inf fails)
+    """
+    gx = import_gx()
+    gxe, Column = gx.expectations, gx.expectations.row_conditions.Column
+    lo, hi = spec.value_range or (-rules.max_abs_value, rules.max_abs_value)
+
+    table: list = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=rules.min_rows),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=_expected_columns(spec, labeled), exact_match=False
+        ),
+    ]
+    # the target's checks only if it is there (GX would error); its absence is reported above
+    if labeled and spec.target in frame.columns:
+        table.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.target))
         if spec.name in BUILTIN_SOURCES:  # built-in tables store labels as 0..len(classes)-1
             labels = list(range(len(spec.classes)))
-            suite.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
-    return suite
+            table.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
+    cells = [
+        gxe.ExpectColumnValuesToNotBeNull(column="value"),
+        # the values of a non-numeric column are reported by its dtype, and GX could not compare
+        # them to the range
+        gxe.ExpectColumnValuesToBeBetween(
+            column="value", min_value=lo, max_value=hi,
+            row_condition=Column("dtype").is_in(NUMERIC_DTYPES),
+        ),
+    ]
+
+    # the views hold the feature columns that are there, in the spec's order
+    features = [column for column in spec.feature_columns if column in frame.columns]
+    return [
+        View("table", frame, table),
+        View("columns", column_view(frame, features),
+             [gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=NUMERIC_DTYPES)],
+             located_by=("feature",)),
+        View("cells", cell_view(frame, features), cells, located_by=("feature", "row")),
+    ]
 
 
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
-        series.dtype
+def _expected_columns(spec: DatasetSpec, labeled: bool) -> list[str]:
+    return [*spec.feature_columns, *([spec.target] if labeled else [])]
+
+
+def column_view(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per column of `columns` of `frame`, in that order: the `feature` (column) and its
+    `dtype` (as str(dtype) names it: 'float64', 'Int64', 'object', 'str')."""
+    return pd.DataFrame(
+        {"feature": list(columns), "dtype": [str(frame[column].dtype) for column in columns]},
+        dtype=object,
     )
+
+
+def cell_view(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per value of `columns` of `frame`, column by column in that order: the `feature`
+    (column) it is in, its `row` (index label in `frame`), the column's `dtype` (as in
+    `column_view`) and the `value`.
+
+    The values keep their type: those of numeric columns together stay numbers, a text or mixed
+    column makes the whole `value` column one of objects.
+    """
+    # the columns are numbered for the reshape, so that no feature name can clash with the view's
+    numbered = frame[list(columns)].set_axis(range(len(columns)), axis=1).rename_axis("row")
+    cells = numbered.melt(var_name="column", value_name="value", ignore_index=False).reset_index()
+    position = cells["column"].to_numpy(dtype=np.int64)
+    # categoricals: a byte per value rather than a string, as there is a row per value
+    dtypes = pd.Categorical(column_view(frame, columns)["dtype"])
+    return pd.DataFrame({
+        "feature": pd.Categorical.from_codes(position, categories=list(columns)),
+        "row": cells["row"],
+        "dtype": pd.Categorical.from_codes(dtypes.codes[position], dtype=dtypes.dtype),
+        "value": cells["value"],
+    })
 
 
 def imbalance_warnings(
@@ -133,9 +184,8 @@ def validate_processed(
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
     """
-    frame = sample_summary(splits)
-    return run_suite(f"processed:{spec.name}", frame, processed_expectations(spec, rules), (),
-                     docs_dir)
+    view = View("samples", sample_summary(splits), processed_expectations(spec, rules))
+    return run_suite(f"processed:{spec.name}", [view], (), docs_dir)
 
 
 def processed_expectations(spec: DatasetSpec, rules: ValidationRules) -> list:

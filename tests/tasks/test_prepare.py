@@ -1,6 +1,6 @@
 """Stage `prepare`: real files, a real SQLite MLflow store, Great Expectations on broken data.
 
-Validating the 260-expectation digits table takes seconds, so digits is prepared once per module;
+A prepare run (validation, splits, MLflow) takes seconds, so digits is prepared once per module;
 the inputs that must be refused go to one project prepared once from a small user table (three
 features), whose outputs each refused run must leave as they were.
 """

@@ -1,8 +1,8 @@
 """Shared inputs of the tasks.validation tests.
 
-Running a suite through Great Expectations is what costs time (seconds for the 260-expectation
-digits table), so each digits run is made once per session and read by every test it informs;
-the other inputs are small tables whose suites take a fraction of a second.
+Running suites through Great Expectations is what costs time (a fraction of a second per call,
+whatever the table, as the suites do not grow with its columns), so each digits run is made once
+per session and read by every test it informs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ once per process.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from tasks.validation import validate_processed, validate_raw
@@ -15,8 +16,9 @@ from tasks.validation.gx import STORE_DIR
 from tests.tasks.validation.conftest import RULES, split_table, tiny_table
 
 
-def _pages(docs: Path) -> list[Path]:
-    return sorted((docs / "validations").rglob("*.html"))
+def _pages(docs: Path, section: str = "validations") -> list[Path]:
+    """The pages of a Data Docs section, by name."""
+    return sorted((docs / section).rglob("*.html"), key=lambda page: page.name)
 
 
 def test_validate_raw__writes_data_docs_under_docs_dir_only(valid_digits):
@@ -26,7 +28,9 @@ def test_validate_raw__writes_data_docs_under_docs_dir_only(valid_digits):
     assert report.docs_index == str(docs / "index.html") and (docs / "index.html").is_file()
     assert [p.name for p in docs.parent.iterdir()] == ["docs"], "nothing may be written outside"
     assert "raw-digits" in (docs / "index.html").read_text(), "the index should link the report"
-    assert [page.name for page in _pages(docs)] == ["raw-digits-raw-digits.html"]
+    # one page per view of the table: the table, one row per column, one row per value
+    assert [page.name for page in _pages(docs)] == [
+        "raw-digits-cells.html", "raw-digits-columns.html", "raw-digits-table.html"]
 
 
 def test_validate_raw__data_docs_are_kept_after_a_failure(broken_digits):
@@ -37,8 +41,9 @@ def test_validate_raw__data_docs_are_kept_after_a_failure(broken_digits):
     assert index.is_file(), "Data Docs must be kept on failure"
     assert error.report.docs_index == str(index) and not error.report.success
     assert str(error).endswith(f"Data Docs: {index}")
-    (page,) = _pages(docs)
-    assert "px_0_3" in page.read_text(), "the failure should be rendered"
+    cells, columns, table = (page.read_text() for page in _pages(docs))
+    assert "px_0_3" in cells and "px_2_2" in columns and "px_7_7" in table, (
+        "the failures should be rendered, each on its view's page")
 
 
 def test_validate_raw_and_processed__share_docs_dir_keeping_both_reports(tmp_path):
@@ -49,12 +54,33 @@ def test_validate_raw_and_processed__share_docs_dir_keeping_both_reports(tmp_pat
         validate_raw(frame, spec, RULES, tmp_path)
         validate_processed(splits, spec, RULES, tmp_path)
     # then the index links the latest raw and processed reports, one page and one stored result
-    # each
+    # per view
     assert [page.name for page in _pages(tmp_path)] == [
-        "processed-tiny-processed-tiny.html", "raw-tiny-raw-tiny.html"]
-    assert len(list((tmp_path / STORE_DIR / "validations").rglob("*.json"))) == 2
+        "processed-tiny-samples.html",
+        "raw-tiny-cells.html", "raw-tiny-columns.html", "raw-tiny-table.html"]
+    assert len(list((tmp_path / STORE_DIR / "validations").rglob("*.json"))) == 4
     index = (tmp_path / "index.html").read_text()
     assert "raw-tiny" in index and "processed-tiny" in index
+
+
+def test_validate_raw__drops_the_report_of_a_docs_folder_written_before_views(tmp_path):
+    # given a Data Docs folder also holding a raw report as earlier versions stored it: one suite
+    # and one result named after the stage and data set, not after a view
+    frame, spec = tiny_table(["x", "y"] * 30)
+    validate_raw(frame, spec, RULES, tmp_path)
+    store = tmp_path / STORE_DIR
+    shutil.copy(store / "expectations" / "raw-tiny" / "table.json",
+                store / "expectations" / "raw-tiny.json")
+    shutil.copytree(store / "validations" / "raw-tiny" / "table",
+                    store / "validations" / "raw-tiny", dirs_exist_ok=True)
+    # when the table is validated again
+    validate_raw(frame, spec, RULES, tmp_path)
+    # then the old suite and result are gone, and only the views' pages are left
+    assert not (store / "expectations" / "raw-tiny.json").exists()
+    assert sorted(path.name for path in (store / "validations" / "raw-tiny").iterdir()) == [
+        "cells", "columns", "table"]
+    assert [page.name for page in _pages(tmp_path)] == [
+        "raw-tiny-cells.html", "raw-tiny-columns.html", "raw-tiny-table.html"]
 
 
 # what differs from run to run in a Data Docs page: run times (as text, timestamp and epoch
@@ -66,9 +92,9 @@ _RUN_SPECIFIC = re.compile("|".join([
 
 
 def _page(docs: Path, section: str) -> str:
-    """The one page of a Data Docs section ("index": index.html), without its run-specific parts."""
-    path = docs / "index.html" if section == "index" else next((docs / section).rglob("*.html"))
-    return _RUN_SPECIFIC.sub("*", path.read_text())
+    """The pages of a Data Docs section ("index": index.html), without their run-specific parts."""
+    paths = [docs / "index.html"] if section == "index" else _pages(docs, section)
+    return "".join(_RUN_SPECIFIC.sub("*", path.read_text()) for path in paths)
 
 
 def test_run_suite__compiles_the_data_docs_templates_once_per_process(tmp_path, monkeypatch):

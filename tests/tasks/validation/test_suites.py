@@ -10,6 +10,7 @@ import re
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shrinkflow.data import Split, Splits
@@ -32,10 +33,23 @@ def test_validate_raw__valid_digits_table_passes_every_expectation(valid_digits)
     report, _ = valid_digits
     # then it passes every expectation of the suite
     assert report.success and report.failures == (), f"digits should pass: {report.failures}"
-    assert report.name == "raw:digits"
-    # row count + 65 columns exist + 64 x (not null, numeric, in range) + label (not null, in set)
-    assert report.evaluated == 1 + 65 + 64 * 3 + 2, f"unexpected suite size {report.evaluated}"
+    assert report.name == "raw:digits" and report.failed == 0
+    # table: row count, columns, label (not null, in set); columns: dtype; values: not null, range
+    assert report.evaluated == 4 + 1 + 2, f"unexpected suite size {report.evaluated}"
     assert report.warnings == (), "digits is balanced: no warning expected"
+
+
+def test_validate_raw__suite_size_does_not_grow_with_the_number_of_features(tmp_path):
+    # given a csv-like table of 2 features and one of 300
+    frame, spec = tiny_table(["x", "y"] * 30)
+    wide = pd.DataFrame(np.ones((60, 300)), columns=[f"f{i}" for i in range(300)])
+    wide["label"] = frame["label"]
+    wide_spec = replace(spec, input_shape=(300,), feature_columns=tuple(wide.columns[:-1]))
+    # when both are validated
+    reports = [validate_raw(frame, spec, RULES, tmp_path / "narrow"),
+               validate_raw(wide, wide_spec, RULES, tmp_path / "wide")]
+    # then both evaluate the same 6 expectations (a csv label has no label set)
+    assert [report.evaluated for report in reports] == [6, 6]
 
 
 def test_validate_raw__csv_labels_only_need_to_be_present(tmp_path):
@@ -119,10 +133,10 @@ def test_validate_raw__missing_feature_columns_are_reported_by_name(broken_digit
     # then each missing column is its own failure, and GX did not choke on them
     for column in ("px_0_0", "px_7_7"):
         assert failures_in(error, column) == (
-            Failure("expect_column_to_exist", column, "column missing"),)
-    assert "column 'px_7_7': expect_column_to_exist: column missing" in str(error)
-    # and: a missing column gets no value checks (3 each), a text column no range check (1)
-    assert error.report.evaluated == 260 - 2 * 3 - 1
+            Failure("expect_table_columns_to_match_set", column, "column missing"),)
+    assert "column 'px_7_7': expect_table_columns_to_match_set: column missing" in str(error)
+    # and: missing or text columns change no suite: the same 7 expectations are evaluated
+    assert error.report.evaluated == 7
 
 
 def test_validate_raw__string_in_feature_column_is_rejected_naming_dtype(broken_digits):
@@ -130,10 +144,9 @@ def test_validate_raw__string_in_feature_column_is_rejected_naming_dtype(broken_
     error, _ = broken_digits
     # then the dtype expectation fails naming the dtype (the range check is skipped, not crashed)
     assert failures_in(error, "px_2_2") == (
-        Failure("expect_column_values_to_be_in_type_list", "px_2_2",
-                "dtype object, expected a number"),
+        Failure("expect_column_values_to_be_in_set", "px_2_2", "dtype object, expected a number"),
     )
-    assert "column 'px_2_2': expect_column_values_to_be_in_type_list: dtype object" in str(error)
+    assert "column 'px_2_2': expect_column_values_to_be_in_set: dtype object" in str(error)
 
 
 def test_validate_raw__label_out_of_range_is_rejected(broken_digits):
@@ -150,12 +163,12 @@ def test_validate_raw__label_out_of_range_is_rejected(broken_digits):
 def test_validate_raw__several_failures_are_all_listed_in_order(broken_digits):
     # given digits broken in seven ways at once
     error, _ = broken_digits
-    # then every failure is listed, in the order of the suite: the columns that exist, then the
-    # value checks in table order, the label last
+    # then the failed expectations are counted (columns, dtype, nulls, range, label set) and every
+    # offending column is listed, in table order (a missing column in its place), the label last
     lines = str(error).splitlines()
-    assert lines[0] == "raw data 'digits' failed 7 of 253 expectations:"
+    assert lines[0] == "raw data 'digits' failed 5 of 7 expectations:"
     assert [re.match(r"  - column '([^']+)'", line)[1] for line in lines[1:8]] == [
-        "px_0_0", "px_7_7", "px_0_3", "px_1_1", "px_2_2", "px_5_5", "label"]
+        "px_0_0", "px_0_3", "px_1_1", "px_2_2", "px_5_5", "px_7_7", "label"]
     assert lines[8].startswith("Data Docs: ") and len(lines) == 9
 
 
@@ -184,6 +197,40 @@ def test_validate_raw__out_of_range_uses_max_abs_value_without_a_known_range(tmp
         "b", "1 of 60 values outside [-1e+06, 1e+06] (e.g. 5e+06 at row 2)")
 
 
+def test_validate_raw__counts_every_offending_value_of_a_column(tmp_path):
+    # given a csv table with 25 NaN in column a and 22 values beyond max_abs_value in column b,
+    # more than the 20 values GX quotes
+    frame, spec = tiny_table(["x", "y"] * 30)
+    frame.loc[5:29, "a"] = np.nan
+    frame.loc[30:51, "b"] = 2e6
+    # when it is validated
+    error = rejected(validate_raw, frame, spec, RULES, tmp_path)
+    # then each column's failure counts all of its values
+    assert error.report.failures == (
+        Failure("expect_column_values_to_not_be_null", "a",
+                "25 of 60 values are null (e.g. rows 5, 6, 7)"),
+        Failure("expect_column_values_to_be_between", "b",
+                "22 of 60 values outside [-1e+06, 1e+06] (e.g. 2e+06 at row 30, 2e+06 at row 31, "
+                "2e+06 at row 32)"),
+    )
+
+
+def test_validate_raw__text_column_with_nulls_fails_both_checks(tmp_path):
+    # given a csv table whose column b holds text and two empty cells
+    frame, spec = tiny_table(["x", "y"] * 30)
+    frame["b"] = frame["b"].astype(object)
+    frame.loc[3, "b"] = "abc"
+    frame.loc[[7, 8], "b"] = None
+    # when it is validated
+    error = rejected(validate_raw, frame, spec, RULES, tmp_path)
+    # then its dtype and its nulls are reported, the range is not checked on text
+    assert failures_in(error, "b") == (
+        Failure("expect_column_values_to_be_in_set", "b", "dtype object, expected a number"),
+        Failure("expect_column_values_to_not_be_null", "b",
+                "2 of 60 values are null (e.g. rows 7, 8)"),
+    )
+
+
 def test_validate_raw__unlabeled_pool_gets_the_feature_checks_only(tmp_path):
     # given an unlabeled pool (no target column) with a NaN feature
     frame, spec = tiny_table(["x", "y"] * 30)
@@ -196,7 +243,7 @@ def test_validate_raw__unlabeled_pool_gets_the_feature_checks_only(tmp_path):
     assert error.report.failures == (
         Failure("expect_column_values_to_not_be_null", "a", "1 of 60 values are null (e.g. rows 1)"),
     )
-    assert error.report.evaluated == 1 + 2 + 2 * 3, "row count, 2 columns exist, 2 x 3 checks"
+    assert error.report.evaluated == 2 + 1 + 2, "row count, columns; dtype; not null, range"
 
 
 # ---------------------------------------------------------------------------------------------
