@@ -1,4 +1,5 @@
-"""`shrinkflow`: run the pipeline, run one stage (what dvc.yaml calls), open the MLflow UI.
+"""`shrinkflow`: run the pipeline, run one stage (what dvc.yaml calls), manage the registered
+models, serve one, open the MLflow UI.
 
 A mistake of the user's (a bad config key, bad data, a stage run before the one it needs) prints
 its message and exits with status 1 (2 for a bad configuration), without a Python traceback;
@@ -103,6 +104,7 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 
 def _print_result(result: dict) -> None:
     typer.echo(f"\ndeployable:  {result['stages']['compare']['headline']}")
+    typer.echo(f"registry:    {result['stages']['deploy']['headline']}")
     typer.echo("compared:    reports/compare/candidates.md, reports/compare/pareto.png")
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
     typer.echo("reports:     reports/summary.md, reports/baseline/, reports/data_docs/index.html")
@@ -169,3 +171,109 @@ def ui(port: Annotated[int, typer.Option(help="port of the UI")] = 5000,
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui",  # nosec B606
                                "--backend-store-uri", store, "--host", host, "--port", str(port),
                                "--workers", "1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model registry and the server
+# ---------------------------------------------------------------------------------------------
+models_app = typer.Typer(help="Registered models: list versions, promote one, roll back.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+NameOption = Annotated[str | None, typer.Option(
+    "--name", "-n", help="registered model (default: deploy.registered_model, else shrinkflow-<data set>)")]
+
+
+def _registry(params: Path, name: str | None, debug: bool) -> tuple[Params, Path, str]:
+    loaded = _setup(params, None, None, debug)
+    from tasks import registry
+
+    root = Path.cwd().resolve()
+    with _user_errors(debug):
+        return loaded, root, name or registry.default_name(loaded, root)
+
+
+@models_app.command("list")
+def models_list(name: NameOption = None, params: ParamsOption = Path("params.yaml"),
+                debug: DebugOption = False) -> None:
+    """Every version, newest first: aliases, candidate, accuracy, size, latency, last move."""
+    _, root, name = _registry(params, name, debug)
+    from tasks import registry
+
+    with _user_errors(debug):
+        versions = registry.list_versions(root, name)
+    typer.echo(f"{name} ({len(versions)} versions)")
+    typer.echo(f"{'version':>7}  {'aliases':<22} {'candidate':<30} {'val acc':>7} {'test acc':>8} "
+               f"{'bytes':>9} {'p50 ms':>7}  last move")
+    for item in versions:
+        move = (f"{item['shrinkflow.moved_how']} {item['shrinkflow.moved_at']}"
+                if "shrinkflow.moved_how" in item else "")
+        typer.echo(f"{item['version']:>7}  {','.join(item['aliases']) or '-':<22} "
+                   f"{item.get('candidate', '?'):<30} {float(item.get('val_accuracy', 'nan')):>7.4f} "
+                   f"{float(item.get('test_accuracy', 'nan')):>8.4f} "
+                   f"{float(item.get('size_bytes', 'nan')):>9,.0f} "
+                   f"{float(item.get('latency_ms_p50_b1', 'nan')):>7.4f}  {move}")
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="the version to make champion")],
+                   name: NameOption = None, params: ParamsOption = Path("params.yaml"),
+                   force: Annotated[bool, typer.Option(
+                       "--force", help="promote even when a check of the gate fails")] = False,
+                   debug: DebugOption = False) -> None:
+    """Make VERSION the champion if it passes the gate (accuracy vs the champion on validation,
+    size and latency budgets, integration check)."""
+    loaded, root, name = _registry(params, name, debug)
+    from shrinkflow import gate
+    from tasks import registry
+
+    with _user_errors(debug):
+        found = registry.checks(root, name, version, loaded.deploy)
+        for check in found:
+            typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+        if gate.failed(found) and not force:
+            typer.secho(f"version {version} not promoted; the champion is unchanged "
+                        "(--force to promote anyway)", fg="red", err=True)
+            raise typer.Exit(1)
+        previous = registry.promote(root, loaded.project.experiment, name, version,
+                                    "manual-forced" if gate.failed(found) else "manual", found)
+    typer.echo(f"{name}: champion is version {version} (was {previous or 'none'})")
+
+
+@models_app.command("rollback")
+def models_rollback(name: NameOption = None, params: ParamsOption = Path("params.yaml"),
+                    debug: DebugOption = False) -> None:
+    """Give the champion alias back to the previous champion."""
+    loaded, root, name = _registry(params, name, debug)
+    from tasks import registry
+
+    with _user_errors(debug):
+        demoted, restored = registry.rollback(root, loaded.project.experiment, name)
+    typer.echo(f"{name}: champion is version {restored} again (was {demoted})")
+
+
+@app.command()
+def serve(name: NameOption = None,
+          alias: Annotated[str | None, typer.Option(help="registry alias to serve and follow")] = None,
+          host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+          port: Annotated[int | None, typer.Option(help="TCP port (default 8000)")] = None,
+          params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+          debug: DebugOption = False) -> None:
+    """Serve a registered model over HTTP: POST /predict, /invocations; GET /health, /model."""
+    loaded = _setup(params, None, set_, debug)
+    import uvicorn
+
+    from shrinkflow.serving import create_app
+    from tasks import registry
+
+    cfg, root = loaded.serve, Path.cwd().resolve()
+    with _user_errors(debug):
+        name = name or registry.default_name(loaded, root)
+        source = registry.RegistrySource(root, name, alias or cfg.alias, cfg.threads)
+        if source.current_version() is None:
+            raise registry.RegistryError(f"alias {source.alias!r} of {name!r} points to no version "
+                                         "(`shrinkflow models list`)")
+    application = create_app(source, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                             max_request_rows=cfg.max_request_rows,
+                             max_body_bytes=cfg.max_body_bytes, poll_seconds=cfg.poll_seconds)
+    typer.echo(f"serving {name}@{source.alias} on http://{host or cfg.host}:{port or cfg.port}")
+    uvicorn.run(application, host=host or cfg.host, port=port or cfg.port, log_level="warning")

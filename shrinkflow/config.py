@@ -267,6 +267,25 @@ class DistillConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------------
+# ensemble
+# ---------------------------------------------------------------------------------------------
+class EnsembleConfig(_Section):
+    """Stage `ensemble`: several candidates composed into one ONNX graph with a combining head."""
+
+    enabled: bool = Field(True, description="build ensemble candidates")
+    methods: tuple[Literal["average", "weighted", "vote"], ...] = Field(
+        ("average", "weighted", "vote"), description="average: mean of the members' probabilities; "
+        "weighted: weights fitted on validation (log-loss); vote: majority of the members' labels",
+    )
+    members: tuple[str, ...] = Field(
+        (), description="candidate names to combine; empty: the top_k by validation accuracy")
+    top_k: int = Field(3, ge=2, le=16, description="members picked when `members` is empty")
+    max_size_fraction: float = Field(
+        0.5, gt=0, description="the members' files together at most this share of the baseline's "
+        "ONNX file (the size budget of the automatic pick)")
+
+
+# ---------------------------------------------------------------------------------------------
 # compare
 # ---------------------------------------------------------------------------------------------
 class CompareConfig(_Section):
@@ -276,6 +295,40 @@ class CompareConfig(_Section):
         0.5, ge=0, description="largest validation accuracy drop vs the teacher a deployable "
         "model may have"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy and serve
+# ---------------------------------------------------------------------------------------------
+class DeployConfig(_Section):
+    """Stage `deploy`: register compare's choice in the MLflow Model Registry, gate its promotion."""
+
+    registered_model: str | None = Field(
+        None, description="registered model name (default: shrinkflow-<data set name>)")
+    auto_promote: bool = Field(
+        True, description="promote the new version to `champion` when it passes the gate")
+    max_accuracy_drop_pp: float = Field(
+        0.0, ge=0, description="the challenger may trail the champion by at most this on "
+        "validation (both re-evaluated now)")
+    max_size_bytes: int | None = Field(None, ge=1, description="largest deployable file (null: no budget)")
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="largest batch-1 p50 latency measured by compare (null: no budget)")
+
+
+class ServeConfig(_Section):
+    """`shrinkflow serve`: the HTTP model server."""
+
+    host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 exposes it to the network)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    alias: str = Field("champion", min_length=1, description="registry alias served")
+    max_batch: int = Field(64, ge=1, description="rows run together in one ONNX Runtime call")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="longest a request waits for others to share its call")
+    max_request_rows: int = Field(1024, ge=1, description="rows one request may send")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body")
+    poll_seconds: float = Field(
+        5.0, gt=0, description="how often the alias is checked (the server follows it)")
+    threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +365,10 @@ class Params(_Section):
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     distill: DistillConfig = DistillConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     compare: CompareConfig = CompareConfig()
+    deploy: DeployConfig = DeployConfig()
+    serve: ServeConfig = ServeConfig()
     measure: MeasureConfig = MeasureConfig()
 
 

@@ -45,12 +45,13 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
 
 def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop what only debugging needs: per-node provenance (exporter stack traces with local paths,
-    which also cost more bytes than a small model's weights), doc strings and intermediate
-    value_info. Inputs, outputs, initializers and node names stay."""
+    which also cost more bytes than a small model's weights), doc strings, metadata and
+    intermediate value_info. Inputs, outputs, initializers and node names stay."""
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
     del model.graph.value_info[:]
+    del model.graph.metadata_props[:]  # the exporter's program signature (~1 kB per graph)
     del model.metadata_props[:]
     model.graph.doc_string = ""
     model.doc_string = ""

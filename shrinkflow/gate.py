@@ -11,11 +11,16 @@ compression is for, and the tolerance has already bounded the accuracy. Latencie
 less than the timing noise tie (`faster` tells; see `shrinkflow.measure.Noise`); among the tied,
 the smaller file wins, then the higher validation accuracy, then the name (so the choice is
 reproducible).
+
+Promotion of a registered version (`Check`s) reads validation too: the challenger must be at least
+as accurate as the champion, both re-evaluated now, within a tolerance, and meet the size and
+latency budgets; the integration check (the registered model served back) is made by the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Row = Mapping[str, Any]  # one candidate: candidate, val_accuracy, size_bytes, latency_ms_p50_b1, ...
@@ -55,3 +60,37 @@ def choose(rows: Sequence[Row], max_drop_pp: float,
     quickest = min(front, key=lambda row: row["latency_ms_p50_b1"])
     tied = [row for row in front if not faster(quickest, row)]
     return min(tied, key=lambda row: (row["size_bytes"], -row["val_accuracy"], row["candidate"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Promotion: may a registered challenger replace the champion?
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    name: str  # accuracy | size | latency | integration
+    passed: bool
+    detail: str  # what was compared, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+def accuracy_check(challenger: float, champion: float | None, max_drop_pp: float) -> Check:
+    """The challenger's validation accuracy against the champion's, both measured now."""
+    if champion is None:
+        return Check("accuracy", True, f"no champion yet; challenger {challenger:.4f} on validation")
+    drop_pp = 100.0 * (champion - challenger)
+    return Check("accuracy", drop_pp <= max_drop_pp + 1e-9,
+                 f"challenger {challenger:.4f} vs champion {champion:.4f} on validation "
+                 f"({drop_pp:+.2f} pp behind, at most {max_drop_pp} pp allowed)")
+
+
+def budget_check(name: str, value: float, limit: float | None, unit: str) -> Check:
+    """A size or latency budget; no limit passes."""
+    if limit is None:
+        return Check(name, True, f"{value:,.4g} {unit}, no budget set")
+    return Check(name, value <= limit, f"{value:,.4g} {unit}, budget {limit:,.4g} {unit}")
+
+
+def failed(checks: Sequence[Check]) -> list[Check]:
+    return [check for check in checks if not check.passed]

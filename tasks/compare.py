@@ -1,7 +1,7 @@
 """Stage `compare`: every candidate timed side by side, the Pareto front, the deployable pick.
 
-Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized}/ (those that
-exist), data/processed/ and params.yaml `compare` and `measure`.
+Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized,ensemble}/
+(those that exist), data/processed/ and params.yaml `compare` and `measure`.
 
 - Accuracy: every candidate on the validation split (what the choice reads) and on the test split
   (reported only), with the drop against the teacher on each.
@@ -33,7 +33,7 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
-CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized")
+CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized", "ensemble")
 TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
 CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
 # (column, header, format) of candidates.md

@@ -74,10 +74,23 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           outs=(Output("models/quantized", "<candidate>-<method>.onnx for every candidate "
                                            "and method"),),
           metrics=("metrics/quantize.json",)),
-    Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
+    Stage("ensemble", "tasks.ensemble:run_ensemble", ("ensemble",),
           (*_CANDIDATES, "models/quantized", "data/processed"),
+          outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
+                                          "combining head in one file"),),
+          metrics=("metrics/ensemble.json",)),
+    Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
+          (*_CANDIDATES, "models/quantized", "models/ensemble", "data/processed"),
           outs=(Output("reports/compare", "candidates.md and pareto.png", cache=False),),
           metrics=("metrics/compare.json",)),
+    # registers in the MLflow Model Registry; the gate reads the registry's current champion
+    Stage("deploy", "tasks.deploy:run_deploy",
+          ("deploy", "project.experiment", "compare.max_accuracy_drop_pp"),
+          ("metrics/compare.json", *_CANDIDATES, "models/quantized", "models/ensemble",
+           "data/processed"),
+          outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
+                                        "probabilities out, as registered"),),
+          metrics=("metrics/deploy.json",)),
 )}
 # what `dvc plots show` draws besides each stage's own plots files
 PLOTS = (

@@ -161,6 +161,15 @@ def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dic
     return data.Splits(*splits), data.DatasetSpec.from_dict(meta["spec"]), meta
 
 
+def load_raw_rows(catalog: Catalog, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's feature rows as the raw table has them (N, features) and its class indices."""
+    arrays = _arrays(catalog.split_file(split), produced_by="prepare")
+    if "raw" not in arrays:
+        raise MissingInputError(f"{catalog.split_file(split)} has no raw rows: run the 'prepare' "
+                                "stage again")
+    return arrays["raw"], arrays["y"]
+
+
 def load_unlabeled(catalog: Catalog) -> np.ndarray | None:
     """The normalized unlabeled inputs written by `prepare`; None when it wrote none."""
     path = catalog.unlabeled_file()

@@ -114,6 +114,7 @@ class _Prepared:
     """The normalized splits, their normalizer and the unlabeled inputs, normalized alike."""
 
     splits: data.Splits
+    raw: data.Splits  # the same rows before normalization: what a user sends the served model
     normalizer: data.Normalizer
     unlabeled_x: np.ndarray | None  # None without a pool; never a validation or test row
     unlabeled_dropped: int  # pool rows left out for being identical to a validation or test row
@@ -132,7 +133,7 @@ def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
         raise data.DataError(f"cannot split {spec.name!r} by class: {exc}") from None
     splits, normalizer = data.normalize_splits(raw, spec.kind)
     if unlabeled is None:
-        return _Prepared(splits, normalizer, None, 0)
+        return _Prepared(splits, raw, normalizer, None, 0)
     # the pool is compared as the model reads it, raw float32 features: distilling on a row the
     # students are later scored on would inflate their validation and test accuracy
     pool = data.table_to_features(unlabeled, spec)
@@ -141,7 +142,7 @@ def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
     if dropped:
         log.warning("%s: dropped %d rows identical to validation or test rows",
                     _unlabeled_key(cfg), dropped)
-    return _Prepared(splits, normalizer, normalizer(pool[~held_out]), dropped)
+    return _Prepared(splits, raw, normalizer, normalizer(pool[~held_out]), dropped)
 
 
 def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
@@ -184,7 +185,10 @@ def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, prepared: _Prepa
     with io.atomic_dir(catalog.processed_dir) as staging:
         for name in ("train", "val", "test"):
             split: data.Split = getattr(splits, name)
-            np.savez(catalog.split_file(name, staging), x=split.x, y=split.y)
+            # raw: the feature rows as the table has them, one per sample (what the deployed
+            # model is checked on: it normalizes its input itself)
+            raw_rows = getattr(prepared.raw, name).x.reshape(len(split), -1)
+            np.savez(catalog.split_file(name, staging), x=split.x, y=split.y, raw=raw_rows)
         if prepared.unlabeled_x is not None:
             np.savez(catalog.unlabeled_file(staging), x=prepared.unlabeled_x)
         io.write_json(catalog.dataset_file(staging), {

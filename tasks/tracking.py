@@ -33,7 +33,7 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _client(root: Path):
+def client(root: Path):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri(root))
@@ -45,14 +45,14 @@ def experiment_id(root: Path, name: str) -> str:
 
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    client = _client(root)
-    experiment = client.get_experiment_by_name(name)
+    store = client(root)
+    experiment = store.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     # without an explicit location a SQLite store writes artifacts to ./mlruns of whatever
     # folder the process runs in; a server decides for itself
     location = None if uri.startswith("http") else (root / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return store.create_experiment(name, artifact_location=location)
 
 
 def git_commit(root: Path) -> str | None:
@@ -78,7 +78,7 @@ def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
 
     params = [Param(key, str(value)) for key, value in flat.items()]
     for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
-        _client(root).log_batch(run_id, params=params[start : start + 100])
+        client(root).log_batch(run_id, params=params[start : start + 100])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,11 +86,11 @@ def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None) -> str:
     """Open the parent run, log all of params.yaml (flattened) and return its id."""
-    run = _client(root).create_run(experiment_id(root, params.project.experiment),
+    run = client(root).create_run(experiment_id(root, params.project.experiment),
                                    run_name="pipeline", tags=_base_tags(root, "pipeline"))
     _log_params(run.info.run_id, root, flatten(params))
     if params_file is not None and params_file.is_file():
-        _client(root).log_artifact(run.info.run_id, str(params_file))
+        client(root).log_artifact(run.info.run_id, str(params_file))
     return run.info.run_id
 
 
@@ -98,14 +98,14 @@ def finish_pipeline_run(root: Path, run_id: str, metrics: dict[str, float], tags
                         failed: bool = False) -> None:
     from mlflow.entities import Metric, RunTag
 
-    client = _client(root)
+    store = client(root)
     now = int(1000 * time.time())
-    client.log_batch(
+    store.log_batch(
         run_id,
         metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
         tags=[RunTag(key, str(value)) for key, value in tags.items()],
     )
-    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+    store.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
 def log_metrics_to(root: Path, run_id: str, metrics: dict[str, float]) -> None:
@@ -116,7 +116,7 @@ def log_metrics_to(root: Path, run_id: str, metrics: dict[str, float]) -> None:
 
     now = int(1000 * time.time())
     try:
-        _client(root).log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
+        client(root).log_batch(run_id, metrics=[Metric(key, float(value), now, 0)
                                                  for key, value in metrics.items()])
     except MlflowException as error:
         logging.getLogger("shrinkflow.tracking").warning("run %s not updated: %s", run_id,
@@ -124,16 +124,16 @@ def log_metrics_to(root: Path, run_id: str, metrics: dict[str, float]) -> None:
 
 
 def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    client = _client(root)
+    store = client(root)
     if path.is_dir():
-        client.log_artifacts(run_id, str(path), artifact_path)
+        store.log_artifacts(run_id, str(path), artifact_path)
     elif path.is_file():
-        client.log_artifact(run_id, str(path), artifact_path)
+        store.log_artifact(run_id, str(path), artifact_path)
 
 
 def run_link(root: Path, run_id: str) -> str:
     """Where a person opens the run: the server's page, or the local UI started by `make ui`."""
-    run = _client(root).get_run(run_id)
+    run = client(root).get_run(run_id)
     uri = tracking_uri(root)
     base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
@@ -222,7 +222,7 @@ def run_that_made(root: Path, experiment_id: str, path: Path) -> str | None:
     """The latest run of this checkout that made a file with `path`'s bytes (None if none did)."""
     from tasks.catalog import file_md5
 
-    found = _client(root).search_runs(
+    found = client(root).search_runs(
         [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
         filter_string=f"tags.`{MODEL_FILE_TAG}` = '{file_md5(path)}' "
                       f"and tags.`{PROJECT_TAG}` = '{root}'")
@@ -232,17 +232,17 @@ def run_that_made(root: Path, experiment_id: str, path: Path) -> str | None:
 def fail_orphaned_runs(root: Path, experiment: str) -> list[str]:
     """Mark FAILED the runs of this checkout still RUNNING: their process was killed (call it
     holding the project lock, so no live run of this checkout exists). Returns their ids."""
-    client = _client(root)
-    found = client.get_experiment_by_name(experiment)
+    store = client(root)
+    found = store.get_experiment_by_name(experiment)
     if found is None:
         return []
-    orphans = client.search_runs(
+    orphans = store.search_runs(
         [found.experiment_id],
         filter_string=f"attributes.status = 'RUNNING' and tags.`{PROJECT_TAG}` = '{root}'")
     for run in orphans:
-        client.set_tag(run.info.run_id, "shrinkflow.ended", "its process died before the run "
+        store.set_tag(run.info.run_id, "shrinkflow.ended", "its process died before the run "
                        "ended; marked failed by the next run of this checkout")
-        client.set_terminated(run.info.run_id, status="FAILED")
+        store.set_terminated(run.info.run_id, status="FAILED")
     return [run.info.run_id for run in orphans]
 
 
@@ -279,18 +279,22 @@ def log_dataset(x: np.ndarray, y: np.ndarray, name: str, source: Path, digest: s
     mlflow.log_input(dataset, context=context)
 
 
-def log_onnx_model(path: Path, input_example: np.ndarray, output_example: np.ndarray) -> None:
-    """Log the ONNX file as an MLflow model with signature and input example (no pickle)."""
+def log_onnx_model(model: Path | Any, input_example: Any, output_example: Any,
+                   registered_model_name: str | None = None) -> Any:
+    """Log an ONNX model (a file or a ModelProto) as an MLflow model with signature and input
+    example (no pickle), registering it under `registered_model_name` when given; returns
+    MLflow's ModelInfo."""
     import mlflow
     import onnx
     import onnxruntime
     from mlflow.models import infer_signature
 
-    mlflow.onnx.log_model(
-        onnx.load(str(path)),
+    return mlflow.onnx.log_model(
+        onnx.load(str(model)) if isinstance(model, Path) else model,
         name="model",
         signature=infer_signature(input_example, output_example),
         input_example=input_example,
+        registered_model_name=registered_model_name,
         # explicit requirements: skips MLflow's slow environment inference
         pip_requirements=[f"onnxruntime=={onnxruntime.__version__}",
                           f"onnx=={onnx.__version__}", f"mlflow=={mlflow.__version__}"],

@@ -47,7 +47,8 @@ SHARED_FIXTURE_FILES = {
     "flows": ("tests/flows/test_cli.py", "tests/flows/test_interruptions.py",
               "tests/flows/test_pipeline.py", "tests/flows/test_dvc.py"),
     "trained": ("tests/tasks/test_baseline.py", "tests/tasks/test_compare.py",
-                "tests/tasks/test_distill_stage.py", "tests/tasks/test_prune_stage.py",
+                "tests/tasks/test_deploy.py", "tests/tasks/test_distill_stage.py",
+                "tests/tasks/test_prune_stage.py", "tests/tasks/test_ensemble_stage.py",
                 "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py"),
 }
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}

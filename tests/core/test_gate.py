@@ -69,3 +69,25 @@ def test_the_choice_is_unchanged_when_the_test_labels_are_shuffled():
                     for r in rows]
         # then: the same candidate is chosen
         assert gate.choose(shuffled, max_drop_pp=0.5)["candidate"] == chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Promotion checks
+# ---------------------------------------------------------------------------------------------
+def test_a_challenger_behind_the_champion_beyond_the_tolerance_fails():
+    assert not gate.accuracy_check(0.95, 0.96, max_drop_pp=0.5).passed
+    assert gate.accuracy_check(0.958, 0.96, max_drop_pp=0.5).passed
+    assert gate.accuracy_check(0.97, 0.96, max_drop_pp=0.0).passed
+
+
+def test_without_a_champion_the_accuracy_check_passes():
+    check = gate.accuracy_check(0.5, None, max_drop_pp=0.0)
+    assert check.passed and "no champion" in check.detail
+
+
+def test_budgets_pass_without_a_limit_and_fail_above_it():
+    assert gate.budget_check("size", 10_000, None, "bytes").passed
+    assert gate.budget_check("size", 10_000, 10_000, "bytes").passed
+    over = gate.budget_check("latency", 0.2, 0.1, "ms")
+    assert not over.passed and "budget 0.1 ms" in over.detail
+    assert gate.failed([over, gate.budget_check("size", 1, None, "bytes")]) == [over]

@@ -73,19 +73,19 @@ def test_record_versions__runs_again_when_dvc_lock_or_the_remote_lost_its_record
 
 def test_dvc_repro__runs_what_changed_then_has_nothing_to_do(reference):
     project = reference["project"]
-    # when: a module only compare imports changes
+    # when: a module only compare and deploy import changes
     with _commented(project / "shrinkflow" / "gate.py"):
         repro = run(["dvc", "repro"], project)
-        # then: DVC runs compare alone, through the same stage function the flow runs
+        # then: DVC runs those two alone, through the same stage functions the flow runs
         assert repro.returncode == 0, repro.stderr + repro.stdout
         ran = {name for name in dag.STAGES if f"Running stage '{name}'" in repro.stdout}
-        assert ran == {"compare"}, repro.stdout
+        assert ran == {"compare", "deploy"}, repro.stdout
         again = run(["dvc", "repro"], project)
         assert "Data and pipelines are up to date" in again.stdout, again.stdout
-    # and: with the module as it was, DVC would check compare's earlier outputs out of its run
-    # cache; running compare again stamps them with the key of the code as it is, for the tests
-    # that come after
-    restored = run(["dvc", "repro", "--force", "--single-item", "compare"], project)
+    # and: with the module as it was, DVC would check the earlier outputs out of its run cache;
+    # running the two again stamps them with the key of the code as it is, for the tests that
+    # come after
+    restored = run(["dvc", "repro", "--force", "--single-item", "compare", "deploy"], project)
     assert restored.returncode == 0, restored.stderr + restored.stdout
     # and: metrics and plots are readable by DVC
     metrics = run(["dvc", "metrics", "show", "--json"], project)

@@ -37,11 +37,11 @@ def test_code_deps_see_a_new_module_imported_deep_down(project):
                     "    return RULE\n")
     # then: exactly the stages that import gate.py depend on it
     users = {name for name in dag.STAGES if "shrinkflow/tiebreak.py" in dag.code_deps(name, project)}
-    assert users == {"compare"}
+    assert users == {"compare", "deploy"}
 
 
 @pytest.mark.parametrize(("edited", "expected"), [
-    ("shrinkflow/gate.py", {"compare"}),
+    ("shrinkflow/gate.py", {"compare", "deploy"}),
     ("shrinkflow/distill.py", {"prune", "distill"}),
     ("shrinkflow/data.py", set(dag.STAGES)),
 ])

@@ -1,0 +1,32 @@
+"""Model serving: an HTTP server of one registered ONNX model, following its alias without restarts.
+
+Modules, each importing only modules listed before it:
+  model     `ServedModel` (one version and its ONNX Runtime session) and the `ModelSource` protocol
+  payload   request bodies (the `mlflow models serve` formats) to float32 rows, or a `BadRequest`
+  batching  `MicroBatcher`: concurrent requests share one ONNX Runtime call
+  reload    `LiveModel`: the served version, swapped when the source's alias moves
+  app       `create_app`: the FastAPI routes over all of the above
+
+Nothing here imports mlflow, prefect or torch: a registry is plugged in as a `ModelSource`.
+"""
+
+from shrinkflow.serving.app import create_app
+from shrinkflow.serving.batching import BatcherStopped, MicroBatcher, ModelChanged
+from shrinkflow.serving.model import ModelFileError, ModelSource, ServedModel
+from shrinkflow.serving.payload import ACCEPTED_KEYS, BadRequest, parse_body
+from shrinkflow.serving.reload import LiveModel, NoModel
+
+__all__ = [
+    "ACCEPTED_KEYS",
+    "BadRequest",
+    "BatcherStopped",
+    "LiveModel",
+    "MicroBatcher",
+    "ModelChanged",
+    "ModelFileError",
+    "ModelSource",
+    "NoModel",
+    "ServedModel",
+    "create_app",
+    "parse_body",
+]

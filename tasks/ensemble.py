@@ -1,0 +1,117 @@
+"""Stage `ensemble`: candidates combined into one ONNX graph each, measured like any other.
+
+Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized}/,
+data/processed/ and params.yaml `ensemble`.
+
+Members: the names in `ensemble.members`, or the `top_k` candidates by validation accuracy, at
+most one per lineage (a model and its quantized variants make the same mistakes) and all together
+within `max_size_fraction` of the baseline's ONNX file (`shrinkflow.ensemble.pick_members`).
+Each method in `ensemble.methods` gives one candidate, `ensemble-<method>`: the members' graphs
+and the combining head in one ONNX file (`shrinkflow.ensemble.compose`). The weights of `weighted`
+are fitted on the validation split (log-loss; as many free numbers as members less one), which
+also judges the ensembles: the test split is only reported.
+
+Writes models/ensemble/ensemble-<method>.onnx with candidates.json (empty when no ensemble can be
+made: metrics/ensemble.json says why) and metrics/ensemble.json (members, weights, accuracies).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from shrinkflow import ensemble, measure
+from shrinkflow.config import Params
+from shrinkflow.export import onnx_predictor
+from tasks import io, tracking
+from tasks.candidates import Candidate, read_manifest, report_candidate, write_manifest
+from tasks.catalog import Catalog
+from tasks.io import load_processed
+
+log = logging.getLogger("shrinkflow.ensemble")
+STAGE_DIR = "ensemble"
+SOURCE_STAGES = ("baseline", "pruned", "distilled", "quantized")
+VARIANT_STAGES = ("quantized",)  # their candidates are variants of their parent: same lineage
+
+
+def _member_rows(catalog: Catalog, val_x: np.ndarray, val_y: np.ndarray
+                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, Candidate]]:
+    """Every candidate's validation accuracy, size and lineage, and its validation
+    probabilities (what the weights are fitted on)."""
+    rows, probabilities, by_name = [], {}, {}
+    for stage in SOURCE_STAGES:
+        folder = catalog.stage_models(stage)
+        if not (folder / "candidates.json").is_file():
+            continue
+        for candidate in read_manifest(folder, produced_by=stage):
+            path = catalog.path(candidate.onnx)
+            logits = measure.predict_batched(onnx_predictor(path), val_x)
+            probabilities[candidate.name] = ensemble.softmax(logits)
+            by_name[candidate.name] = candidate
+            rows.append({"candidate": candidate.name,
+                         "lineage": candidate.parent if stage in VARIANT_STAGES else candidate.name,
+                         "val_accuracy": float(np.mean(logits.argmax(1) == val_y)),
+                         "size_bytes": measure.file_size(path)})
+    return rows, probabilities, by_name
+
+
+def _budget(catalog: Catalog, rows: list[dict[str, Any]], fraction: float) -> int:
+    baseline = read_manifest(catalog.baseline_dir, produced_by="baseline")[0]
+    return int(fraction * next(row["size_bytes"] for row in rows if row["candidate"] == baseline.name))
+
+
+def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Build one ensemble candidate per configured method; returns a JSON summary."""
+    catalog, cfg = Catalog.at(root), params.ensemble
+    with tracking.stage_run("ensemble", params, catalog.root, parent_run_id, cfg) as run:
+        splits, spec, _ = load_processed(catalog)
+        report: dict[str, Any] = {"members": [], "weights": {}, "ensembles": {}}
+        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+            candidates: list[Candidate] = []
+            if not cfg.enabled:
+                report["reason"] = "ensemble.enabled is false"
+            else:
+                rows, probabilities, by_name = _member_rows(catalog, splits.val.x, splits.val.y)
+                pick = ensemble.pick_members(rows, cfg.top_k,
+                                             _budget(catalog, rows, cfg.max_size_fraction),
+                                             cfg.members)
+                report |= {"members": pick.names, "reason": pick.reason}
+                log.info("ensemble members: %s (%s)", ", ".join(pick.names) or "none", pick.reason)
+                if pick.names:
+                    members = [onnx.load(str(catalog.path(by_name[name].onnx))) for name in pick.names]
+                    weights = ensemble.fit_weights([probabilities[n] for n in pick.names],
+                                                   splits.val.y)
+                    report["weights"] = dict(zip(pick.names, weights.tolist(), strict=True))
+                    for method in cfg.methods:
+                        candidates.append(_build(method, members, weights, pick.names, staging,
+                                                 splits, report))
+            write_manifest(staging, candidates)
+        io.write_json(catalog.metrics_file("ensemble"), report)
+        flat = {f"{name}.{key}": value for name, row in report["ensembles"].items()
+                for key, value in row.items()}
+        tracking.log_metrics(flat)
+        tracking.set_tags({"members": ", ".join(report["members"]) or "none",
+                           "reason": report["reason"]})
+        return {"stage": "ensemble", "run_id": run.info.run_id, "dataset": spec.name,
+                "metrics": flat, "members": report["members"],
+                "weights": report["weights"]}
+
+
+def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, names: list[str],
+           staging: Path, splits: Any, report: dict[str, Any]) -> Candidate:
+    """Compose, save and report one ensemble candidate."""
+    name = f"{STAGE_DIR}-{method}"
+    path = staging / f"{name}.onnx"
+    log.info("composing %s of %s", name, ", ".join(names))
+    onnx.save(ensemble.compose(members, method, weights if method == "weighted" else None), str(path))
+    with tracking.candidate_run(name, {"method": method, "parent": "+".join(names)}):
+        tracking.set_tags({f"weight.{n}": f"{w:.4f}" for n, w in zip(names, weights, strict=True)}
+                          if method == "weighted" else {})
+        measured = report_candidate(path, splits)
+    report["ensembles"][name] = {key: measured[key] for key in
+                                 ("val_accuracy", "accuracy", "size_bytes")}
+    return Candidate(name, f"models/{STAGE_DIR}/{name}.onnx", "+".join(names), method)

@@ -1,0 +1,215 @@
+"""Stage `deploy` and the registry: registration with lineage, the promotion gate, rollback, the
+`models` commands and both servers of the registered model, on a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from shrinkflow.config import load_params
+from shrinkflow.export import export_onnx
+from shrinkflow.models import build_model
+from tasks import io, registry
+from tasks.candidates import Candidate, evaluate_onnx, load_torch, write_manifest
+from tasks.catalog import Catalog
+from tasks.compare import run_compare
+from tasks.deploy import run_deploy
+from tests.conftest import TINY, copy_trained
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _params(project: Path, name: str, *overrides: str):
+    return load_params(project / "params.yaml",
+                       overrides=[*TINY, f"deploy.registered_model={name}", *overrides])
+
+
+def _champion(project: Path, name: str) -> str | None:
+    return registry.version_of(project, name, registry.CHAMPION)
+
+
+@pytest.fixture(scope="module")
+def compared(trained_tiny, tmp_path_factory) -> Path:
+    """The tiny trained project after `compare` (the baseline is the one candidate)."""
+    project = copy_trained(trained_tiny, tmp_path_factory.mktemp("deploy") / "project")
+    run_compare(_params(project, "unused"), project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def deployed(compared) -> dict:
+    """`deploy` run once on a registry of its own: version 1, promoted."""
+    summary = run_deploy(_params(compared, "digits-deployed"), compared)
+    return {"project": compared, "name": "digits-deployed", "summary": summary}
+
+
+def _inject_untrained(project: Path) -> None:
+    """compare.json names an untrained model as its choice: a regression to be refused."""
+    catalog = Catalog.at(project)
+    arch, _ = load_torch(catalog.baseline_dir, "baseline")
+    folder = catalog.stage_models("distilled")
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(build_model(arch).eval(), arch.input_shape, folder / "untrained.onnx")
+    write_manifest(folder, [Candidate("untrained", "models/distilled/untrained.onnx", "baseline",
+                                      "none")])
+    compared = io.read_json(catalog.metrics_file("compare"), "compare")
+    splits, _, _ = io.load_processed(catalog)
+    row = {**compared["candidates"][compared["deployed"]], "candidate": "untrained",
+           "file": "models/distilled/untrained.onnx",
+           **evaluate_onnx(folder / "untrained.onnx", splits)}
+    compared["candidates"]["untrained"], compared["deployed"] = row, "untrained"
+    io.write_json(catalog.metrics_file("compare"), compared)
+
+
+def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed):
+    project, name, summary = deployed["project"], deployed["name"], deployed["summary"]
+    assert summary["registered"] and summary["promoted"] and summary["version"] == "1"
+    assert all(check["passed"] for check in summary["checks"])
+    assert {check["name"] for check in summary["checks"]} == {"accuracy", "size", "latency",
+                                                              "integration"}
+    info = registry.version_info(project, name, "1")
+    assert set(info["aliases"]) == {registry.CHALLENGER, registry.CHAMPION}
+    compared = json.loads((project / "metrics" / "compare.json").read_text())
+    chosen = compared["candidates"][compared["deployed"]]
+    dataset = json.loads((project / "data" / "processed" / "dataset.json").read_text())
+    assert info["candidate"] == compared["deployed"]
+    assert float(info["test_accuracy"]) == pytest.approx(chosen["accuracy"])
+    assert float(info["latency_ms_p50_b1"]) == pytest.approx(chosen["latency_ms_p50_b1"])
+    assert info["data_md5"] == dataset["raw_md5"]
+    assert len(info["params_hash"]) == 16 and info["shrinkflow.moved_how"] == "auto"
+    assert json.loads((project / "metrics" / "deploy.json").read_text())["champion"] == "1"
+
+
+def test_the_deployed_file_answers_raw_rows_in_label_names(deployed):
+    project = deployed["project"]
+    rows = registry.Rows.of_split(project, "test")
+    session = ort.InferenceSession(str(project / "models" / "deploy" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    labels, probabilities = session.run(None, {"features": rows.x})
+    compared = json.loads((project / "metrics" / "compare.json").read_text())
+    assert np.mean(labels == rows.labels) == pytest.approx(
+        compared["candidates"][compared["deployed"]]["accuracy"])
+    assert probabilities.shape == (len(rows.x), 10)
+
+
+def test_a_worse_model_is_refused_and_the_champion_kept_then_rollback_restores(compared, tmp_path):
+    project = copy_trained(compared, tmp_path / "project")
+    name = "digits-gated"
+    first = run_deploy(_params(project, name), project)
+    _inject_untrained(project)
+    # when the untrained model comes through deploy
+    second = run_deploy(_params(project, name), project)
+    # then it is registered as challenger but refused on accuracy; the champion is untouched
+    assert second["registered"] and not second["promoted"]
+    failed = {check["name"] for check in second["checks"] if not check["passed"]}
+    assert failed == {"accuracy"}
+    assert _champion(project, name) == first["version"]
+    assert registry.version_of(project, name, registry.CHALLENGER) == second["version"]
+    # when it is forced in by hand, then rolled back
+    registry.promote(project, "shrinkflow", name, second["version"], "manual-forced")
+    assert _champion(project, name) == second["version"]
+    assert registry.rollback(project, "shrinkflow", name) == (second["version"], first["version"])
+    assert _champion(project, name) == first["version"]
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
+        registry.rollback(project, "shrinkflow", name)
+
+
+def test_budgets_and_auto_promote_off_leave_the_champion_alone(deployed, tmp_path):
+    project = copy_trained(deployed["project"], tmp_path / "project")
+    name = "digits-budgets"
+    over = run_deploy(_params(project, name, "deploy.max_size_bytes=1000"), project)
+    assert not over["promoted"] and _champion(project, name) is None
+    assert [c["name"] for c in over["checks"] if not c["passed"]] == ["size"]
+    manual = run_deploy(_params(project, name, "deploy.auto_promote=false"), project)
+    assert not manual["promoted"] and "auto_promote" in manual["reason"]
+    assert _champion(project, name) is None
+
+
+def test_models_commands(deployed, monkeypatch):
+    from flows.cli import app
+
+    monkeypatch.chdir(deployed["project"])
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--name", deployed["name"]])
+    assert listed.exit_code == 0, listed.output
+    assert "champion" in listed.output and "auto" in listed.output
+    missing = runner.invoke(app, ["models", "promote", "7", "--name", deployed["name"]])
+    assert missing.exit_code == 1 and "has no version '7'" in missing.output
+    unknown = runner.invoke(app, ["models", "rollback", "--name", "no-such-model"])
+    assert unknown.exit_code == 1 and "no registered model 'no-such-model'" in unknown.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Both servers of the registered model
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _server(command: list[str], cwd: Path, port: int, ready_path: str) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{command[0]} exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError(f"{command} did not answer within 120 s")
+
+
+@pytest.fixture
+def test_rows(deployed):
+    rows = registry.Rows.of_split(deployed["project"], "test")
+    session = ort.InferenceSession(str(deployed["project"] / "models" / "deploy" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    return rows, list(session.run(None, {"features": rows.x})[0])
+
+
+def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
+    rows, offline = test_rows
+    port = _free_port()
+    server = _server([str(VENV_BIN / "shrinkflow"), "serve", "--name", deployed["name"],
+                      "--port", str(port)], deployed["project"], port, "/health")
+    try:
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict",
+                            json={"inputs": rows.x.tolist()}, timeout=30).json()
+        model = httpx.get(f"http://127.0.0.1:{port}/model", timeout=5).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer["labels"] == offline
+    assert model["version"] == "1" and model["candidate"] and model["alias"] == "champion"
+
+
+def test_mlflow_models_serve_answers_like_offline_evaluation(deployed, test_rows):
+    rows, offline = test_rows
+    port = _free_port()
+    server = _server([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                      f"models:/{deployed['name']}@champion", "--env-manager", "local",
+                      "-h", "127.0.0.1", "-p", str(port)], deployed["project"], port, "/ping")
+    try:
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations",
+                            json={"inputs": rows.x.tolist()}, timeout=30).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert answer["predictions"]["label"] == offline

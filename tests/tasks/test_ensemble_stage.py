@@ -1,0 +1,87 @@
+"""Stage `ensemble`: members picked on validation (one per lineage, within the size budget),
+one ONNX candidate per method, measured by compare like any other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shrinkflow import quantize
+from shrinkflow.config import load_params
+from shrinkflow.ensemble import EnsembleError
+from shrinkflow.export import export_onnx
+from shrinkflow.models import build_model
+from tasks.candidates import Candidate, load_torch, read_manifest, write_manifest
+from tasks.catalog import Catalog
+from tasks.compare import run_compare
+from tasks.ensemble import run_ensemble
+from tests.conftest import TINY, copy_trained
+
+
+def _params(project, *overrides: str):
+    return load_params(project / "params.yaml", overrides=[*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def with_students(trained_tiny, tmp_path_factory):
+    """The trained project plus two small students (different seeds: different mistakes) and an
+    int8 variant of the first, as the distill and quantize stages would list them."""
+    project = copy_trained(trained_tiny, tmp_path_factory.mktemp("ensemble") / "project")
+    catalog = Catalog.at(project)
+    arch, _ = load_torch(catalog.baseline_dir, "baseline")
+    small = arch.__class__(arch.family, arch.input_shape, arch.n_classes, (4, 8))
+    distilled, quantized = catalog.stage_models("distilled"), catalog.stage_models("quantized")
+    distilled.mkdir(parents=True)
+    quantized.mkdir(parents=True)
+    listed = []
+    for seed, name in ((1, "small-a"), (2, "small-b")):
+        torch.manual_seed(seed)
+        export_onnx(build_model(small).eval(), arch.input_shape, distilled / f"{name}.onnx")
+        listed.append(Candidate(name, f"models/distilled/{name}.onnx", "baseline", "kd"))
+    write_manifest(distilled, listed)
+    quantize.to_int8_dynamic(distilled / "small-a.onnx", quantized / "small-a-int8_dynamic.onnx")
+    write_manifest(quantized, [Candidate("small-a-int8_dynamic",
+                                         "models/quantized/small-a-int8_dynamic.onnx", "small-a",
+                                         "int8_dynamic")])
+    return project
+
+
+def test_one_candidate_per_method_from_members_of_different_lineages(with_students):
+    project = with_students
+    summary = run_ensemble(_params(project), project)
+    report = json.loads((project / "metrics" / "ensemble.json").read_text())
+    # the baseline is over the size budget; small-a and its int8 variant count as one lineage
+    assert len(report["members"]) == 2 and "small-b" in report["members"]
+    assert len({name.removesuffix("-int8_dynamic") for name in report["members"]}) == 2
+    assert sum(report["weights"].values()) == pytest.approx(1.0)
+    made = read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble")
+    assert [c.name for c in made] == ["ensemble-average", "ensemble-weighted", "ensemble-vote"]
+    assert all(c.parent == "+".join(report["members"]) for c in made)
+    assert summary["members"] == report["members"]
+    sizes = {c.name: (project / c.onnx).stat().st_size for c in made}
+    members = sum((project / f"models/{'quantized' if 'int8' in m else 'distilled'}/{m}.onnx")
+                  .stat().st_size for m in report["members"])
+    # one file holding every member's weights, and little else
+    assert all(0.9 * members < size < members + 4096 for size in sizes.values())
+    # compare measures them like any other candidate
+    run_compare(_params(project), project)
+    rows = json.loads((project / "metrics" / "compare.json").read_text())["candidates"]
+    assert {"ensemble-average", "ensemble-weighted", "ensemble-vote"} <= set(rows)
+    assert all(np.isfinite(rows[name]["latency_ms_p50_b1"]) for name in sizes)
+
+
+def test_named_members_must_be_candidates(with_students):
+    with pytest.raises(EnsembleError, match=r"\['nope'\] are not candidates; available"):
+        run_ensemble(_params(with_students, "ensemble.members=[small-a, nope]"), with_students)
+
+
+def test_disabled_or_impossible_ensembles_list_no_candidates(with_students, tmp_path):
+    project = copy_trained(with_students, tmp_path / "project")
+    run_ensemble(_params(project, "ensemble.enabled=false"), project)
+    assert read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble") == []
+    run_ensemble(_params(project, "ensemble.max_size_fraction=0.001"), project)
+    report = json.loads((project / "metrics" / "ensemble.json").read_text())
+    assert report["members"] == [] and "max_total_bytes" in report["reason"]
