@@ -17,6 +17,9 @@ user's own stores and outputs are untouched):
   distillation each student's test accuracy with the teacher minus without it
                (metrics/distill.json), and how many unlabeled inputs the distilled students also
                learned from.
+  serving      `shrinkflow serve` against `mlflow models serve` on the digits champion the
+               pipeline run registered (bench/serving.py): requests per second and p50/p99
+               latency at concurrency 1 and 8.
   targets      the acceptance targets of the compression work, each checked on these numbers:
                candidates are picked on validation, targets read on test; a speed target counts
                as met when its whole interval clears it.
@@ -246,6 +249,41 @@ def compression(workdir: Path, tasks: list[str],
     return rows, controls, kd_gain, unlabeled
 
 
+def serving_section(project: Path) -> dict:
+    """Both servers on the champion the pipeline run in `project` registered."""
+    import numpy as np
+
+    from bench.serving import serving
+
+    print("serving: shrinkflow serve vs mlflow models serve ...", flush=True)
+    deployed = json.loads((project / "metrics" / "deploy.json").read_text())
+    rows = np.load(project / "data" / "processed" / "test.npz")["raw"]
+    env = {**project_env(project), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    return {**serving(project, deployed["registered_model"], rows, env),
+            "candidate": deployed["candidate"]}
+
+
+def _serving_lines(report: dict) -> list[str]:
+    lines = ["## Serving", "",
+             f"`{report['model']}` ({report['candidate']}), one raw row per request to "
+             "`/invocations`, from an async httpx client on the same machine; the servers take "
+             f"turns over {report['rounds']} rounds of {report['round_seconds']:.0f} s. "
+             "Medians over the rounds; the ratio's range is over the rounds.", "",
+             "| concurrency | server | requests/s | p50 ms | p99 ms | errors |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for measured in (report["c1"], report):
+        for server in ("shrinkflow", "mlflow"):
+            lines.append(f"| {measured['concurrency']} | {server} | {measured[f'{server}_rps']:.0f} "
+                         f"| {measured[f'{server}_p50_ms']:.2f} | {measured[f'{server}_p99_ms']:.2f} "
+                         f"| {measured[f'{server}_errors']} |")
+    for measured in (report["c1"], report):
+        low, high = measured["rps_ratio_range"]
+        lines.append(f"\nAt concurrency {measured['concurrency']}, `shrinkflow serve` answers "
+                     f"{measured['rps_ratio']:.2f}x [{low:.2f}, {high:.2f}] the requests per "
+                     "second of `mlflow models serve`.")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     machine = report["machine"]
     lines = ["# shrinkflow benchmark", "",
@@ -301,6 +339,8 @@ def markdown(report: dict) -> str:
             alone = next(row for row in rows if row["candidate"] == f"{student}-scratch")
             lines.append(f"- {student} ({int(alone['params_count']):,} params): {gain:+.2f} pp "
                          f"(alone it is {alone['accuracy_drop_pp']:.2f} pp below the teacher)")
+    if report.get("serving"):
+        lines += ["", *_serving_lines(report["serving"])]
     lines += ["", "## Targets", "",
               "Candidates are picked on validation; targets are read on test. A speed target "
               "is met when its whole interval clears it.", "",
@@ -326,6 +366,7 @@ def main() -> None:
         pipeline, flow_project = pipeline_timings(workdir)
         rows, controls, kd_gain, unlabeled = compression(workdir, args.tasks, flow_project)
         pruning = structured_torch_speedup(flow_project, threads) if "digits" in args.tasks else {}
+        served = serving_section(flow_project)
         control = controls.get("digits") or next(iter(controls.values()))
         machine = {**machine_info(threads),
                    "control_speedup_b1": control["speedup_b1_vs_ort_fp32"],
@@ -333,7 +374,7 @@ def main() -> None:
         report = {"machine": machine, "pipeline": pipeline, "compression": rows,
                   "controls": controls, "distillation_gain_pp": kd_gain,
                   "distillation_unlabeled_rows": unlabeled,
-                  "structured_pruning_torch_b1": pruning,
+                  "structured_pruning_torch_b1": pruning, "serving": served,
                   "targets": targets(rows, kd_gain, pruning, pipeline)}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

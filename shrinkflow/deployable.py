@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from shrinkflow.sparse import check_onnx
+
 FEATURES = "features"  # the raw rows, float32 (N, number of feature columns)
 LABEL = "label"  # string (N,): the predicted class, in the data set's own label names
 PROBABILITIES = "probabilities"  # float32 (N, classes), columns in the order of `classes`
@@ -75,7 +77,7 @@ def deployable(candidate: onnx.ModelProto, input_shape: Sequence[int], mean: np.
         model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     helper.set_model_props(model, {FEATURE_NAMES_KEY: json.dumps(list(feature_names)),
                                    CLASSES_KEY: json.dumps(list(labels))})
-    onnx.checker.check_model(model)
+    check_onnx(model)
     return model
 
 

@@ -7,6 +7,7 @@ these functions store such tensors as their non-zero values plus positions, then
                                          torch.load(weights_only=True)): values + a packed bitmask
   sparsify_onnx / densify_onnx           an ONNX file: `graph.sparse_initializer` (COO), which
                                          ONNX Runtime densifies when the session loads
+  check_onnx                             onnx.checker on a model that may hold sparse weights
 
 Only the files shrink: inference runs on dense tensors, at the same speed.
 """
@@ -16,9 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the ONNX half needs no torch (the server and the ensemble stage use it)
+    import onnx
+    import torch
 
 # suffixes of the three tensors a sparse weight is stored as in `sparse_state_dict`
 VALUES, MASK, SHAPE = "@values", "@mask", "@shape"
@@ -40,6 +45,8 @@ def sparse_state_dict(state: Mapping[str, torch.Tensor],
     is saved with torch.save and read back with torch.load(weights_only=True); restore it with
     `dense_state_dict`.
     """
+    import torch
+
     sparse: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if any(key.endswith(suffix) for suffix in (VALUES, MASK, SHAPE)):
@@ -62,6 +69,8 @@ def sparse_state_dict(state: Mapping[str, torch.Tensor],
 
 def dense_state_dict(sparse: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Undo `sparse_state_dict`: every `key@values/@mask/@shape` triple back to a dense tensor."""
+    import torch
+
     dense: dict[str, torch.Tensor] = {}
     for key, tensor in sparse.items():
         if key.endswith(MASK) or key.endswith(SHAPE):
@@ -129,20 +138,38 @@ def sparsify_onnx(src_path: str | Path, dst_path: str | Path, min_sparsity: floa
     return Path(dst_path)
 
 
-def densify_onnx(src_path: str | Path, dst_path: str | Path) -> Path:
-    """Copy an ONNX model with every sparse initializer written back as a dense one: what tools
-    that only read `graph.initializer` (shape inference, the quantizer) need. Returns `dst_path`."""
+def densify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with every sparse initializer written back as a dense one: what tools
+    that only read `graph.initializer` (shape inference, the quantizer, the checker) need."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(src_path))
-    graph = model.graph
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    graph = dense.graph
     for sparse in graph.sparse_initializer:
         values = numpy_helper.to_array(sparse.values)
-        dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
-        dense[numpy_helper.to_array(sparse.indices).astype(np.int64).reshape(-1)] = values
+        array = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+        array[numpy_helper.to_array(sparse.indices).astype(np.int64).reshape(-1)] = values
         graph.initializer.append(
-            numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+            numpy_helper.from_array(array.reshape(tuple(sparse.dims)), sparse.values.name))
     del graph.sparse_initializer[:]
-    onnx.save(model, str(dst_path))
+    return dense
+
+
+def densify_onnx(src_path: str | Path, dst_path: str | Path) -> Path:
+    """`densify` from file to file. Returns `dst_path`."""
+    import onnx
+
+    onnx.save(densify(onnx.load(str(src_path))), str(dst_path))
     return Path(dst_path)
+
+
+def check_onnx(model: onnx.ModelProto) -> None:
+    """onnx.checker with shape inference. Sparse initializers are checked densified, on a copy:
+    shape inference types them sparse_tensor, which Conv and Gemm reject, and the checker wants
+    int64 indices where `sparsify_onnx` writes int16/int32 (ONNX Runtime reads both)."""
+    import onnx
+
+    onnx.checker.check_model(densify(model) if model.graph.sparse_initializer else model,
+                             full_check=True)

@@ -22,6 +22,12 @@ def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]
               for stage, summary in summaries.items()]
     if "compare" in summaries:
         lines += ["", "## Candidates", "", summaries["compare"]["table"]]
+    if summaries.get("ensemble", {}).get("members"):
+        weights = summaries["ensemble"]["weights"]
+        lines += ["", "Ensemble members (weights of `ensemble-weighted`, fitted on validation): "
+                  + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items()) + "."]
+    if "deploy" in summaries:
+        lines += ["", "## Registry", "", summaries["deploy"]["headline"] + "."]
     if "pipeline" in links:
         lines += ["", f"Pipeline run: {links['pipeline']} (open the UI with `make ui`)."]
     return "\n".join(lines) + "\n"

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from shrinkflow.ensemble.members import MIN_MEMBERS, EnsembleError
+from shrinkflow.sparse import check_onnx
 
 # the names shrinkflow.export.export_onnx writes (INPUT_NAME, OUTPUT_NAME), repeated rather than
 # imported: that module imports torch, which composing ONNX graphs does not need
@@ -236,27 +237,6 @@ def _checked_weights(method: str, weights: Sequence[float] | None, members: int)
     return w / w.sum()
 
 
-# ---------------------------------------------------------------------------------------------
-# Checking
-# ---------------------------------------------------------------------------------------------
-def _check(model: onnx.ModelProto) -> None:
-    """onnx.checker with shape inference. Sparse initializers are checked densified, on a copy:
-    shape inference types them sparse_tensor, which Conv and Gemm reject, and the checker wants
-    int64 indices where shrinkflow.sparse writes int16/int32 (ONNX Runtime reads both)."""
-    if model.graph.sparse_initializer:
-        dense = onnx.ModelProto()
-        dense.CopyFrom(model)
-        for sparse in dense.graph.sparse_initializer:
-            values = numpy_helper.to_array(sparse.values)
-            array = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
-            array[numpy_helper.to_array(sparse.indices).astype(np.int64).reshape(-1)] = values
-            dense.graph.initializer.append(
-                numpy_helper.from_array(array.reshape(tuple(sparse.dims)), sparse.values.name))
-        del dense.graph.sparse_initializer[:]
-        model = dense
-    onnx.checker.check_model(model, full_check=True)
-
-
 def _input(members: list[onnx.ModelProto]) -> onnx.ValueInfoProto:
     """The shared `input`, declared as the first member declares it."""
     value = onnx.ValueInfoProto()
@@ -333,5 +313,5 @@ def compose(members: Sequence[onnx.ModelProto], method: Method = "average",
     helper.set_model_props(model, {
         "ensemble.method": method, "ensemble.members": str(len(members)),
         "ensemble.weights": json.dumps(None if normalised is None else normalised.tolist())})
-    _check(model)
+    check_onnx(model)
     return model

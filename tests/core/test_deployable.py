@@ -66,3 +66,25 @@ def test_feature_count_must_fill_the_input(candidate):
     with pytest.raises(ValueError, match="cannot fill an input of shape"):
         deployable(onnx.load(str(path)), arch.input_shape, np.zeros(1, np.float32),
                    np.ones(1, np.float32), ["only", "two"], LABELS)
+
+
+def test_a_sparse_stored_candidate_is_wrapped_too(tmp_path):
+    # given: a candidate whose weights are mostly zero and stored sparse (int32 indices)
+    from shrinkflow.sparse import sparsify_onnx
+
+    arch = ARCHITECTURES["table"]
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter[torch.rand_like(parameter) < 0.8] = 0.0
+    path = export_onnx(model, arch.input_shape, tmp_path / "dense.onnx")
+    sparse = sparsify_onnx(path, tmp_path / "sparse.onnx")
+    assert onnx.load(str(sparse)).graph.sparse_initializer
+    # when it is made deployable (the checker runs on it), then it answers like the dense file
+    features = [f"c{i}" for i in range(6)]
+    stats = np.zeros(6, np.float32), np.ones(6, np.float32)
+    rows = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    answers = [_session(deployable(onnx.load(str(file)), arch.input_shape, *stats, features,
+                                   LABELS)).run(None, {FEATURES: rows})[1] for file in (path, sparse)]
+    np.testing.assert_allclose(answers[0], answers[1], atol=1e-6)

@@ -4,11 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
+from bench.serving import free_port, running
 from shrinkflow.config import load_params
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
@@ -119,8 +116,13 @@ def test_a_worse_model_is_refused_and_the_champion_kept_then_rollback_restores(c
     # when it is forced in by hand, then rolled back
     registry.promote(project, "shrinkflow", name, second["version"], "manual-forced")
     assert _champion(project, name) == second["version"]
+    served = registry.RegistrySource(project, name, registry.CHAMPION)
+    assert served.current_version() == second["version"]
     assert registry.rollback(project, "shrinkflow", name) == (second["version"], first["version"])
     assert _champion(project, name) == first["version"]
+    # and: a server following the alias sees the rollback, and loads that version
+    assert served.current_version() == first["version"]
+    assert served.load(first["version"]).info["candidate"] == first["candidate"]
     with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
         registry.rollback(project, "shrinkflow", name)
 
@@ -153,29 +155,6 @@ def test_models_commands(deployed, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Both servers of the registered model
 # ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _server(command: list[str], cwd: Path, port: int, ready_path: str) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{command[0]} exited: {process.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"{command} did not answer within 120 s")
-
-
 @pytest.fixture
 def test_rows(deployed):
     rows = registry.Rows.of_split(deployed["project"], "test")
@@ -186,30 +165,33 @@ def test_rows(deployed):
 
 def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
-    port = _free_port()
-    server = _server([str(VENV_BIN / "shrinkflow"), "serve", "--name", deployed["name"],
-                      "--port", str(port)], deployed["project"], port, "/health")
-    try:
-        answer = httpx.post(f"http://127.0.0.1:{port}/predict",
-                            json={"inputs": rows.x.tolist()}, timeout=30).json()
-        model = httpx.get(f"http://127.0.0.1:{port}/model", timeout=5).json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    port = free_port()
+    command = [str(VENV_BIN / "shrinkflow"), "serve", "--name", deployed["name"], "--port", str(port)]
+    with running(command, deployed["project"], port, "/health") as url:
+        answer = httpx.post(f"{url}/predict", json={"inputs": rows.x.tolist()}, timeout=30).json()
+        model = httpx.get(f"{url}/model", timeout=5).json()
     assert answer["labels"] == offline
     assert model["version"] == "1" and model["candidate"] and model["alias"] == "champion"
 
 
 def test_mlflow_models_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
-    port = _free_port()
-    server = _server([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
-                      f"models:/{deployed['name']}@champion", "--env-manager", "local",
-                      "-h", "127.0.0.1", "-p", str(port)], deployed["project"], port, "/ping")
-    try:
-        answer = httpx.post(f"http://127.0.0.1:{port}/invocations",
-                            json={"inputs": rows.x.tolist()}, timeout=30).json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    port = free_port()
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+               f"models:/{deployed['name']}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+               "-p", str(port)]
+    with running(command, deployed["project"], port, "/ping") as url:
+        answer = httpx.post(f"{url}/invocations", json={"inputs": rows.x.tolist()}, timeout=30).json()
     assert answer["predictions"]["label"] == offline
+
+
+def test_nothing_deployable_registers_nothing_and_says_why(compared, tmp_path):
+    project = copy_trained(compared, tmp_path / "project")
+    catalog = Catalog.at(project)
+    report = io.read_json(catalog.metrics_file("compare"), "compare")
+    io.write_json(catalog.metrics_file("compare"), {**report, "deployed": None})
+    summary = run_deploy(_params(project, "digits-none"), project)
+    assert not summary["registered"] and "no candidate within" in summary["reason"]
+    assert "nothing registered" in summary["headline"]
+    with pytest.raises(registry.RegistryError, match="no registered model 'digits-none'"):
+        registry.list_versions(project, "digits-none")
