@@ -81,10 +81,13 @@ async def _load(url: str, rows: np.ndarray, concurrency: int, seconds: float) ->
         index = offset
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            response = await session.post(url + "/invocations",
-                                          json=payloads[index % len(payloads)])
+            try:
+                response = await session.post(url + "/invocations",
+                                              json=payloads[index % len(payloads)])
+                errors += response.status_code != 200
+            except httpx.HTTPError:  # a refused or dropped connection counts, and goes on
+                errors += 1
             latencies.append(time.perf_counter() - started)
-            errors += response.status_code != 200
             index += concurrency
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

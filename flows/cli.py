@@ -189,7 +189,7 @@ def _registry(params: Path, name: str | None, debug: bool) -> tuple[Params, Path
 
     root = Path.cwd().resolve()
     with _user_errors(debug):
-        return loaded, root, name or registry.default_name(loaded, root)
+        return loaded, root, registry.model_name(loaded, root, name)
 
 
 @models_app.command("list")
@@ -223,20 +223,19 @@ def models_promote(version: Annotated[str, typer.Argument(help="the version to m
     """Make VERSION the champion if it passes the gate (accuracy vs the champion on validation,
     size and latency budgets, integration check)."""
     loaded, root, name = _registry(params, name, debug)
-    from shrinkflow import gate
     from tasks import registry
+    from tasks.lock import project_lock
 
-    with _user_errors(debug):
-        found = registry.checks(root, name, version, loaded.deploy)
-        for check in found:
-            typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
-        if gate.failed(found) and not force:
-            typer.secho(f"version {version} not promoted; the champion is unchanged "
-                        "(--force to promote anyway)", fg="red", err=True)
-            raise typer.Exit(1)
-        previous = registry.promote(root, loaded.project.experiment, name, version,
-                                    "manual-forced" if gate.failed(found) else "manual", found)
-    typer.echo(f"{name}: champion is version {version} (was {previous or 'none'})")
+    with _user_errors(debug), project_lock(root):
+        done = registry.gated_promote(root, loaded.project.experiment, name, version,
+                                      loaded.deploy, how="manual", force=force)
+    for check in done.checks:
+        typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    if not done.promoted:
+        typer.secho(f"version {version} not promoted; the champion is unchanged "
+                    "(--force to promote anyway)", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{name}: champion is version {version}")
 
 
 @models_app.command("rollback")
@@ -245,8 +244,9 @@ def models_rollback(name: NameOption = None, params: ParamsOption = Path("params
     """Give the champion alias back to the previous champion."""
     loaded, root, name = _registry(params, name, debug)
     from tasks import registry
+    from tasks.lock import project_lock
 
-    with _user_errors(debug):
+    with _user_errors(debug), project_lock(root):
         demoted, restored = registry.rollback(root, loaded.project.experiment, name)
     typer.echo(f"{name}: champion is version {restored} again (was {demoted})")
 
@@ -262,12 +262,12 @@ def serve(name: NameOption = None,
     loaded = _setup(params, None, set_, debug)
     import uvicorn
 
-    from shrinkflow.serving import create_app
+    from shrinkflow.serving.app import create_app
     from tasks import registry
 
     cfg, root = loaded.serve, Path.cwd().resolve()
     with _user_errors(debug):
-        name = name or registry.default_name(loaded, root)
+        name = registry.model_name(loaded, root, name)
         source = registry.RegistrySource(root, name, alias or cfg.alias, cfg.threads)
         if source.current_version() is None:
             raise registry.RegistryError(f"alias {source.alias!r} of {name!r} points to no version "

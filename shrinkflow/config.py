@@ -300,11 +300,14 @@ class CompareConfig(_Section):
 # ---------------------------------------------------------------------------------------------
 # deploy and serve
 # ---------------------------------------------------------------------------------------------
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a registered model name: letters, digits, _ . -
+
+
 class DeployConfig(_Section):
     """Stage `deploy`: register compare's choice in the MLflow Model Registry, gate its promotion."""
 
     registered_model: str | None = Field(
-        None, description="registered model name (default: shrinkflow-<data set name>)")
+        None, pattern=MODEL_NAME, description="registered model name (default: shrinkflow-<data set>)")
     auto_promote: bool = Field(
         True, description="promote the new version to `champion` when it passes the gate")
     max_accuracy_drop_pp: float = Field(

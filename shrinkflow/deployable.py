@@ -75,7 +75,8 @@ def deployable(candidate: onnx.ModelProto, input_shape: Sequence[int], mean: np.
     ])
     if not any(opset.domain == ML_DOMAIN for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
-    helper.set_model_props(model, {FEATURE_NAMES_KEY: json.dumps(list(feature_names)),
+    kept = {prop.key: prop.value for prop in model.metadata_props}  # e.g. an ensemble's members
+    helper.set_model_props(model, {**kept, FEATURE_NAMES_KEY: json.dumps(list(feature_names)),
                                    CLASSES_KEY: json.dumps(list(labels))})
     check_onnx(model)
     return model

@@ -34,6 +34,8 @@ class Stage:
     outs: tuple[Output, ...] = ()  # what it writes (dvc.yaml `outs`)
     metrics: tuple[str, ...] = ()  # JSON metrics (dvc.yaml `metrics`, not cached)
     plots: tuple[str, ...] = ()  # CSV/PNG plots (dvc.yaml `plots`, not cached)
+    subprocesses: tuple[str, ...] = ()  # project modules it runs as `python -m` (code it runs too)
+    services: tuple[str, ...] = ()  # environment variables naming services its outputs live in
 
     @property
     def module(self) -> str:
@@ -83,14 +85,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           (*_CANDIDATES, "models/quantized", "models/ensemble", "data/processed"),
           outs=(Output("reports/compare", "candidates.md and pareto.png", cache=False),),
           metrics=("metrics/compare.json",)),
-    # registers in the MLflow Model Registry; the gate reads the registry's current champion
+    # registers in the MLflow Model Registry (another store: run again); the gate reads the
+    # registry's current champion
     Stage("deploy", "tasks.deploy:run_deploy",
           ("deploy", "project.experiment", "compare.max_accuracy_drop_pp"),
           ("metrics/compare.json", *_CANDIDATES, "models/quantized", "models/ensemble",
            "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
                                         "probabilities out, as registered"),),
-          metrics=("metrics/deploy.json",)),
+          metrics=("metrics/deploy.json",), subprocesses=("tasks.registry_check",),
+          services=("MLFLOW_TRACKING_URI",)),
 )}
 # what `dvc plots show` draws besides each stage's own plots files
 PLOTS = (
@@ -171,8 +175,10 @@ def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
 
 
 def code_deps(name: str, root: Path = ROOT) -> tuple[str, ...]:
-    """The project source files stage `name` runs."""
-    return import_closure(stage(name).module, root)
+    """The project source files stage `name` runs, in its process and in the ones it starts."""
+    item = stage(name)
+    return tuple(sorted({path for module in (item.module, *item.subprocesses)
+                         for path in import_closure(module, root)}))
 
 
 def deps(name: str, root: Path = ROOT) -> tuple[str, ...]:

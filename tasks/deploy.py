@@ -61,7 +61,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
     catalog, cfg = Catalog.at(root), params.deploy
     with tracking.stage_run("deploy", params, catalog.root, parent_run_id, cfg) as run:
         compared = io.read_json(catalog.metrics_file("compare"), produced_by="compare")
-        chosen, name = compared["deployed"], registry.default_name(params, catalog.root)
+        chosen, name = compared["deployed"], registry.model_name(params, catalog.root)
         report: dict[str, Any] = {"registered_model": name, "candidate": chosen}
         with io.atomic_dir(catalog.stage_models("deploy")) as staging:
             if chosen is None:
@@ -79,6 +79,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                                  file_md5(model_file)))
                 else:  # the same bytes as a registered version: no duplicate
                     log.info("%s is already registered as %s version %s", chosen, name, version)
+                    registry.mark_challenger(catalog.root, name, version)
                 report |= {"registered": True, "version": version,
                            **_gate(params, catalog.root, name, version)}
             io.write_json(staging / "deploy.json", report)
@@ -100,16 +101,13 @@ def _gate(params: Params, root: Path, name: str, version: str) -> dict[str, Any]
     if not params.deploy.auto_promote:
         return {"promoted": False, "reason": "deploy.auto_promote is false: promote by hand with "
                 f"`shrinkflow models promote {version}`", "champion": champion}
-    found = registry.checks(root, name, version, params.deploy)
-    refused = gate.failed(found)
-    if refused:
-        for check in refused:
-            log.warning("version %s not promoted: %s check failed: %s", version, check.name,
-                        check.detail)
-    else:
-        registry.promote(root, params.project.experiment, name, version, "auto", found)
-    return {"promoted": not refused, "checks": [check.to_dict() for check in found],
-            "champion": registry.version_of(root, name, registry.CHAMPION)}
+    done = registry.gated_promote(root, params.project.experiment, name, version, params.deploy,
+                                  how="auto")
+    for check in gate.failed(done.checks):
+        log.warning("version %s not promoted: %s check failed: %s", version, check.name,
+                    check.detail)
+    return {"promoted": done.promoted, "checks": [check.to_dict() for check in done.checks],
+            "champion": done.champion}
 
 
 def _headline(report: dict[str, Any]) -> str:
@@ -122,5 +120,5 @@ def _headline(report: dict[str, Any]) -> str:
         why = report.get("reason") or "failed: " + ", ".join(
             check["name"] for check in report["checks"] if not check["passed"])
         moved = f"left as challenger ({why}); champion: version {report['champion'] or 'none'}"
-    return (f"{name} version {version} ({report['candidate']}) {moved}; serve it with "
-            f"`shrinkflow serve --name {name}`")
+    serve = f"; serve the champion with `shrinkflow serve --name {name}`" if report["champion"] else ""
+    return f"{name} version {version} ({report['candidate']}) {moved}{serve}"

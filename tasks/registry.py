@@ -16,6 +16,7 @@ back to the one before the current champion, and again to the one before that.
 from __future__ import annotations
 
 import json
+import re
 import subprocess  # nosec B404: runs this project's own check module with this interpreter
 import sys
 import tempfile
@@ -28,13 +29,14 @@ from typing import Any
 import numpy as np
 
 from shrinkflow import gate
-from shrinkflow.config import DeployConfig, Params
+from shrinkflow.config import MODEL_NAME, DeployConfig, Params
 from shrinkflow.errors import UserError
 from tasks import io, tracking
 from tasks.catalog import Catalog
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "shrinkflow.champion_history"  # on the registered model: JSON list of versions
+ROLLED_BACK_TAG = "shrinkflow.rolled_back_at"  # on a version rolled back: the gate refuses it
 PROMOTION_KIND = "promotion"  # tracking.PIPELINE_TAG of the runs recording a move
 # version tags written at registration, read back by the gate, `models list` and the server
 LINEAGE = ("candidate", "val_accuracy", "test_accuracy", "size_bytes", "latency_ms_p50_b1",
@@ -46,12 +48,16 @@ class RegistryError(UserError):
     """A registered model, version or alias the command needs does not exist."""
 
 
-def default_name(params: Params, root: Path) -> str:
-    """params.yaml `deploy.registered_model`, else shrinkflow-<data set> (from prepare's output)."""
-    if params.deploy.registered_model:
-        return params.deploy.registered_model
-    spec = io.read_json(Catalog.at(root).dataset_file(), produced_by="prepare")["spec"]
-    return f"shrinkflow-{spec['name']}"
+def model_name(params: Params, root: Path, given: str | None = None) -> str:
+    """`given`, else params.yaml `deploy.registered_model`, else shrinkflow-<data set> (from
+    prepare's output); checked to be a usable registered model name."""
+    if not (name := given or params.deploy.registered_model):
+        spec = io.read_json(Catalog.at(root).dataset_file(), produced_by="prepare")["spec"]
+        name = f"shrinkflow-{re.sub(r'[^A-Za-z0-9_.-]', '_', spec['name'])}"
+    if not re.fullmatch(MODEL_NAME, name):
+        raise RegistryError(f"{name!r} is not a usable registered model name (letters, digits, "
+                            "'_', '.', '-')")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +139,7 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
              lineage: dict[str, Any]) -> str:
     """Log the deployable ONNX file on the active run, register it as a new version of `name`
     with its lineage as tags, and point `challenger` at it; returns the version."""
-    from shrinkflow.serving import ServedModel
+    from shrinkflow.serving.model import ServedModel
 
     model = ServedModel.from_onnx(model_file.read_bytes(), version="new", info={})
     labels, probabilities = model.predict(example)
@@ -144,7 +150,7 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
     store = tracking.client(root)
     for key, value in lineage.items():
         store.set_model_version_tag(name, version, key, str(value))
-    store.set_registered_model_alias(name, CHALLENGER, version)
+    mark_challenger(root, name, version)
     return version
 
 
@@ -165,14 +171,34 @@ class Rows:
         names = io.read_json(catalog.dataset_file(), produced_by="prepare")["spec"]["labels"]
         return cls(x, np.asarray(names)[y])
 
+    def accuracy(self, predicted: Sequence[str] | np.ndarray) -> float:
+        return float(np.mean(np.asarray(predicted) == self.labels))
 
-def accuracy_now(root: Path, name: str, version: str, rows: Rows) -> float:
-    """A registered version's accuracy on `rows`, measured now with ONNX Runtime."""
-    from shrinkflow.serving import ServedModel
 
-    model = ServedModel.from_onnx(model_bytes(root, name, version), version=version, info={})
-    labels, _ = model.predict(rows.x)
-    return float(np.mean(np.asarray(labels) == rows.labels))
+def _tag(tags: dict[str, str], key: str, name: str, version: str) -> str:
+    if key not in tags:
+        raise RegistryError(f"version {version} of {name!r} has no tag {key!r}: it was not "
+                            "registered by the deploy stage")
+    return tags[key]
+
+
+def _accuracy_check(root: Path, name: str, version: str, champion: str | None,
+                    cfg: DeployConfig) -> gate.Check:
+    """Both versions re-evaluated now on the current validation rows."""
+    from shrinkflow.serving.model import ServedModel
+
+    if champion == version:
+        return gate.Check("accuracy", True, f"version {version} is the champion")
+    validation = Rows.of_split(root, "val")
+    measured = {}
+    for which in filter(None, (version, champion)):
+        try:
+            model = ServedModel.from_onnx(model_bytes(root, name, which), version=which, info={})
+            measured[which] = validation.accuracy(model.predict(validation.x)[0])
+        except Exception as error:  # a missing artifact, or rows the model no longer fits
+            return gate.Check("accuracy", False, f"version {which} could not be evaluated on the "
+                              f"current validation rows: {str(error).splitlines()[0]}")
+    return gate.accuracy_check(measured[version], measured.get(champion), cfg.max_accuracy_drop_pp)
 
 
 def integration_check(root: Path, name: str, version: str) -> gate.Check:
@@ -188,18 +214,46 @@ def integration_check(root: Path, name: str, version: str) -> gate.Check:
     return gate.Check("integration", done.returncode == 0, lines[-1])
 
 
-def checks(root: Path, name: str, version: str, cfg: DeployConfig) -> list[gate.Check]:
-    """The gate's checks of `version` against the current champion (see the module docstring)."""
+def checks(root: Path, name: str, version: str, champion: str | None,
+           cfg: DeployConfig) -> list[gate.Check]:
+    """The gate's checks of `version` against `champion` (see the module docstring)."""
     tags = _version(root, name, version).tags
-    validation = Rows.of_split(root, "val")
-    champion = version_of(root, name, CHAMPION)
-    champion_accuracy = (None if champion in (None, version)
-                         else accuracy_now(root, name, champion, validation))
-    return [gate.accuracy_check(accuracy_now(root, name, version, validation), champion_accuracy,
-                                cfg.max_accuracy_drop_pp),
-            gate.budget_check("size", float(tags["size_bytes"]), cfg.max_size_bytes, "bytes"),
-            gate.budget_check("latency", float(tags["latency_ms_p50_b1"]), cfg.max_latency_ms, "ms"),
+    rolled_back = tags.get(ROLLED_BACK_TAG)
+    return [_accuracy_check(root, name, version, champion, cfg),
+            gate.budget_check("size", float(_tag(tags, "size_bytes", name, version)),
+                              cfg.max_size_bytes, "bytes"),
+            gate.budget_check("latency", float(_tag(tags, "latency_ms_p50_b1", name, version)),
+                              cfg.max_latency_ms, "ms"),
+            gate.Check("rollback", rolled_back is None,
+                       f"rolled back at {rolled_back}" if rolled_back else "never rolled back"),
             integration_check(root, name, version)]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What the gate found and whether the champion moved."""
+
+    checks: list[gate.Check]
+    promoted: bool
+    champion: str | None  # the champion afterwards
+
+
+def gated_promote(root: Path, experiment: str, name: str, version: str, cfg: DeployConfig,
+                  how: str, force: bool = False) -> Promotion:
+    """Run the gate on `version` against the current champion; promote it when every check
+    passes (or `force`). The champion must not move while the checks run (hold the project
+    lock): if it did, nothing is promoted."""
+    champion = version_of(root, name, CHAMPION)
+    found = checks(root, name, version, champion, cfg)
+    if gate.failed(found) and not force:
+        return Promotion(found, False, champion)
+    now = version_of(root, name, CHAMPION)
+    if now != champion:
+        raise RegistryError(f"the champion of {name!r} moved to version {now} while version "
+                            f"{version} was checked against version {champion}: nothing "
+                            "promoted; run the promotion again")
+    promote(root, experiment, name, version, f"{how}-forced" if gate.failed(found) else how, found)
+    return Promotion(found, True, version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,21 +286,32 @@ def _record_move(root: Path, experiment: str, name: str, version: str, how: str,
     return run.info.run_id
 
 
+def _move_champion(root: Path, experiment: str, name: str, version: str, how: str,
+                   history: list[str], previous: str | None,
+                   found: Sequence[gate.Check] = ()) -> None:
+    """Record the move (version tags, history, an MLflow run), then move the alias: a step that
+    fails before the last leaves the champion where it was."""
+    _record_move(root, experiment, name, version, how, previous, found)
+    store = tracking.client(root)
+    store.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    store.set_registered_model_alias(name, CHAMPION, version)
+
+
 def promote(root: Path, experiment: str, name: str, version: str, how: str,
             found: Sequence[gate.Check] = ()) -> str | None:
-    """Point `champion` at `version` (the checks, if any, have passed); returns the previous one."""
-    _version(root, name, version)
+    """Point `champion` at `version` (clearing a rollback mark); returns the previous champion."""
+    tags = _version(root, name, version).tags
     previous = version_of(root, name, CHAMPION)
     history = [v for v in _history(root, name) if v != version] + [version]
-    store = tracking.client(root)
-    store.set_registered_model_alias(name, CHAMPION, version)
-    store.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    _record_move(root, experiment, name, version, how, previous, found)
+    _move_champion(root, experiment, name, version, how, history, previous, found)
+    if ROLLED_BACK_TAG in tags:
+        tracking.client(root).delete_model_version_tag(name, version, ROLLED_BACK_TAG)
     return previous
 
 
 def rollback(root: Path, experiment: str, name: str) -> tuple[str, str]:
-    """Give `champion` back to the previous champion; returns (demoted, restored) versions."""
+    """Give `champion` back to the previous champion; returns (demoted, restored) versions. The
+    demoted version is tagged rolled back: the gate refuses it until promoted by hand."""
     _require_model(root, name)
     current = version_of(root, name, CHAMPION)
     if current is None:
@@ -258,11 +323,14 @@ def rollback(root: Path, experiment: str, name: str) -> tuple[str, str]:
         raise RegistryError(f"{name!r} has had no champion before version {current}: nothing to "
                             "roll back to")
     restored = history[-1]
-    store = tracking.client(root)
-    store.set_registered_model_alias(name, CHAMPION, restored)
-    store.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    _record_move(root, experiment, name, restored, "rollback", current)
+    tracking.client(root).set_model_version_tag(name, current, ROLLED_BACK_TAG,
+                                                time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _move_champion(root, experiment, name, restored, "rollback", history, current)
     return current, restored
+
+
+def mark_challenger(root: Path, name: str, version: str) -> None:
+    tracking.client(root).set_registered_model_alias(name, CHALLENGER, version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +349,7 @@ class RegistrySource:
         return version_of(self.root, self.name, self.alias)
 
     def load(self, version: str) -> Any:
-        from shrinkflow.serving import ServedModel
+        from shrinkflow.serving.model import ServedModel
 
         info = {**version_info(self.root, self.name, version), "alias": self.alias}
         return ServedModel.from_onnx(model_bytes(self.root, self.name, version), version=version,

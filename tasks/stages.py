@@ -1,7 +1,8 @@
 """Running one stage, and knowing whether its outputs are current: cache keys and stamps.
 
 A stage's cache key is the hash of its params sections, the content of its data inputs and of
-every project module it imports (`tasks.dag.deps`), and the checkout's folder. Outputs are stamped
+every project module it imports (`tasks.dag.deps`), the checkout's folder and the services its
+outputs live in (the MLflow store deploy registers in). Outputs are stamped
 with the key they were made from, and the stamp is removed before a stage starts writing: outputs
 that are missing, made from other params, or left by a run killed half-way are never taken for
 current. The same `run_stage` runs inside the Prefect flow (`tasks.stage_tasks`), behind
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ def stage_key(stage: str, params: Params, root: Path) -> str:
     sections = {name: _param(params, name) for name in dag.stage(stage).params}
     digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
     digest.update(str(catalog.root).encode())
+    for variable in dag.stage(stage).services:
+        digest.update(f"{variable}={os.environ.get(variable, '')}".encode())
     for relative in dag.deps(stage, catalog.root):
         digest.update(relative.encode())
         digest.update(tree_digest(catalog.path(relative)).encode())

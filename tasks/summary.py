@@ -24,7 +24,8 @@ def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]
         lines += ["", "## Candidates", "", summaries["compare"]["table"]]
     if summaries.get("ensemble", {}).get("members"):
         weights = summaries["ensemble"]["weights"]
-        lines += ["", "Ensemble members (weights of `ensemble-weighted`, fitted on validation): "
+        lines += ["", "Ensemble members, with the weights fitted on validation (what "
+                  "`ensemble-weighted` uses): "
                   + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items()) + "."]
     if "deploy" in summaries:
         lines += ["", "## Registry", "", summaries["deploy"]["headline"] + "."]

@@ -7,26 +7,6 @@ Modules, each importing only modules listed before it:
   reload    `LiveModel`: the served version, swapped when the source's alias moves
   app       `create_app`: the FastAPI routes over all of the above
 
-Nothing here imports mlflow, prefect or torch: a registry is plugged in as a `ModelSource`.
+Nothing here imports mlflow, prefect or torch: a registry is plugged in as a `ModelSource`. This
+__init__ imports nothing, so reading a model file (`model`) does not load the web stack.
 """
-
-from shrinkflow.serving.app import create_app
-from shrinkflow.serving.batching import BatcherStopped, MicroBatcher, ModelChanged
-from shrinkflow.serving.model import ModelFileError, ModelSource, ServedModel
-from shrinkflow.serving.payload import ACCEPTED_KEYS, BadRequest, parse_body
-from shrinkflow.serving.reload import LiveModel, NoModel
-
-__all__ = [
-    "ACCEPTED_KEYS",
-    "BadRequest",
-    "BatcherStopped",
-    "LiveModel",
-    "MicroBatcher",
-    "ModelChanged",
-    "ModelFileError",
-    "ModelSource",
-    "NoModel",
-    "ServedModel",
-    "create_app",
-    "parse_body",
-]

@@ -79,7 +79,7 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
         _check_content_type(request)
         body = await _read_body(request, max_body_bytes)
         rows = parse_body(body, model.feature_names, max_rows=max_request_rows, max_bytes=max_body_bytes)
-        served, labels, probabilities = await batcher.submit(rows)
+        served, labels, probabilities = await batcher.submit(rows, model.feature_names)
         _check_finite(probabilities)
         return served, labels, probabilities
 

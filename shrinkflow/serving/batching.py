@@ -46,6 +46,7 @@ class BatcherStopped(RuntimeError):
 @dataclass
 class _Pending:
     rows: np.ndarray
+    columns: tuple[str, ...] | None  # the feature names the rows were ordered by (None: any)
     future: asyncio.Future[Result]
     arrived: float  # event-loop time, the start of the wait when this request opens a batch
 
@@ -91,19 +92,26 @@ class MicroBatcher:
         self._fail_waiting(BatcherStopped("the server is shutting down; send the request again"))
         await asyncio.to_thread(executor.shutdown)  # lets a call in progress finish off the loop
 
-    async def submit(self, rows: np.ndarray) -> Result:
+    async def submit(self, rows: np.ndarray, columns: tuple[str, ...] | None = None) -> Result:
         """(model used, labels, probabilities) for `rows` (float32 [n, F]), run with whatever
-        other requests arrive meanwhile."""
-        if self._task is None:
-            raise RuntimeError("MicroBatcher.submit: call start() first")
+        other requests arrive meanwhile. `columns`: the feature names the rows were ordered by;
+        a model with other columns (swapped in meanwhile) refuses them rather than misread them."""
+        if self._task is None or self._task.done():
+            raise BatcherStopped("the server is not running its model loop; send the request again")
         loop = asyncio.get_running_loop()
-        pending = _Pending(rows, loop.create_future(), loop.time())
+        pending = _Pending(rows, columns, loop.create_future(), loop.time())
         self._queue.put_nowait(pending)
         return await pending.future
 
     async def _loop(self) -> None:
         while True:
-            await self._run(await self._collect())
+            try:
+                await self._run(await self._collect())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a bug here must not leave later requests waiting forever
+                log.exception("micro-batcher: a batch failed unexpectedly")
+                _fail(self._batch, error)
             self._batch = []
 
     async def _collect(self) -> list[_Pending]:
@@ -140,12 +148,12 @@ class MicroBatcher:
         except Exception as error:  # e.g. no model loaded: every request of the batch hears it
             _fail(live, error)
             return
-        width = len(model.feature_names)
-        if any(item.rows.shape[1] != width for item in live):
-            _fail([item for item in live if item.rows.shape[1] != width], ModelChanged(
-                f"the model changed to version {model.version} ({width} features) while the request "
-                f"waited; send it again"))
-            live = [item for item in live if item.rows.shape[1] == width]
+        fits = [_fits(item, model) for item in live]
+        if not all(fits):
+            _fail([item for item, ok in zip(live, fits, strict=True) if not ok], ModelChanged(
+                f"the model changed to version {model.version} (features {len(model.feature_names)}) "
+                "while the request waited; send it again"))
+            live = [item for item, ok in zip(live, fits, strict=True) if ok]
             if not live:
                 return
         self.batches_run += 1
@@ -171,6 +179,13 @@ class MicroBatcher:
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         _fail(waiting, error)
+
+
+def _fits(item: _Pending, model: ServedModel) -> bool:
+    """Were the rows ordered for this model's columns (or, without names, of its width)?"""
+    if item.columns is not None:
+        return item.columns == model.feature_names
+    return item.rows.shape[1] == len(model.feature_names)
 
 
 def _predict(model: ServedModel, parts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -8,7 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from shrinkflow.serving import BatcherStopped, MicroBatcher, ModelChanged, ServedModel
+from shrinkflow.serving.batching import BatcherStopped, MicroBatcher, ModelChanged
+from shrinkflow.serving.model import ServedModel
 from tests.serving.conftest import ROWS, ort_outputs
 
 
@@ -129,5 +130,25 @@ def test_stop_fails_waiting_requests_and_leaves_no_task(counting: CountingModel)
 
 
 def test_submit_before_start_is_an_error(counting: CountingModel):
-    with pytest.raises(RuntimeError, match="start"):
+    with pytest.raises(BatcherStopped, match="not running"):
         asyncio.run(MicroBatcher(lambda: counting).submit(ROWS))
+
+
+def test_rows_ordered_for_other_columns_of_the_same_width_fail_with_model_changed(
+        counting: CountingModel):
+    # given a request whose rows were ordered for a model with the same width but other columns
+    batcher = MicroBatcher(lambda: counting, max_wait_ms=50)
+
+    async def scenario():
+        await batcher.start()
+        renamed = tuple(reversed(counting.feature_names))
+        results = await asyncio.gather(batcher.submit(ROWS, counting.feature_names),
+                                       batcher.submit(ROWS, renamed), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    fitting, other = asyncio.run(scenario())
+    # then only the request ordered for this model's columns is answered
+    assert not isinstance(fitting, Exception)
+    assert isinstance(other, ModelChanged)
+    assert counting.batch_sizes == [len(ROWS)]

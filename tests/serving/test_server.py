@@ -9,7 +9,7 @@ import time
 import httpx
 import numpy as np
 
-from shrinkflow.serving import create_app
+from shrinkflow.serving.app import create_app
 from tests.serving.conftest import ROWS, DictSource, ort_outputs, serve
 
 CLIENTS = 8

@@ -74,7 +74,7 @@ def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed)
     assert summary["registered"] and summary["promoted"] and summary["version"] == "1"
     assert all(check["passed"] for check in summary["checks"])
     assert {check["name"] for check in summary["checks"]} == {"accuracy", "size", "latency",
-                                                              "integration"}
+                                                              "rollback", "integration"}
     info = registry.version_info(project, name, "1")
     assert set(info["aliases"]) == {registry.CHALLENGER, registry.CHAMPION}
     compared = json.loads((project / "metrics" / "compare.json").read_text())
@@ -125,6 +125,32 @@ def test_a_worse_model_is_refused_and_the_champion_kept_then_rollback_restores(c
     assert served.load(first["version"]).info["candidate"] == first["candidate"]
     with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
         registry.rollback(project, "shrinkflow", name)
+    # and: the next deploy of the rolled-back bytes does not undo the rollback
+    third = run_deploy(_params(project, name), project)
+    assert third["version"] == second["version"] and not third["promoted"]
+    assert {c["name"] for c in third["checks"] if not c["passed"]} == {"accuracy", "rollback"}
+    assert _champion(project, name) == first["version"]
+    assert registry.version_of(project, name, registry.CHALLENGER) == second["version"]
+
+
+def test_a_champion_moved_during_the_gate_is_not_overwritten(deployed, tmp_path, monkeypatch):
+    project = copy_trained(deployed["project"], tmp_path / "project")
+    name = "digits-race"
+    first = run_deploy(_params(project, name, "deploy.auto_promote=false"), project)["version"]
+    _inject_untrained(project)
+    second = run_deploy(_params(project, name, "deploy.auto_promote=false"), project)["version"]
+    checks = registry.checks
+
+    def meanwhile(root, name_, version, champion, cfg):
+        # another promotion lands while this version is being checked
+        registry.promote(root, "shrinkflow", name_, first, "manual")
+        return [check for check in checks(root, name_, version, champion, cfg) if check.passed]
+
+    monkeypatch.setattr(registry, "checks", meanwhile)
+    with pytest.raises(registry.RegistryError, match="moved to version 1 while version 2"):
+        registry.gated_promote(project, "shrinkflow", name, second,
+                               _params(project, name).deploy, how="manual")
+    assert _champion(project, name) == first
 
 
 def test_budgets_and_auto_promote_off_leave_the_champion_alone(deployed, tmp_path):
