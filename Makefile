@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)  ## create .venv and install shrinkflow with pinned dependencies
 
-run: $(STAMP)  ## run the pipeline (prepare -> baseline) on params.yaml
+run: $(STAMP)  ## run the pipeline (prepare -> ... -> deploy) on params.yaml
 	$(BIN)/shrinkflow run
 
 # tests run in parallel workers, one CPU thread each; tests sharing a costly fixture stay together

@@ -275,5 +275,9 @@ def serve(name: NameOption = None,
     application = create_app(source, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                              max_request_rows=cfg.max_request_rows,
                              max_body_bytes=cfg.max_body_bytes, poll_seconds=cfg.poll_seconds)
-    typer.echo(f"serving {name}@{source.alias} on http://{host or cfg.host}:{port or cfg.port}")
-    uvicorn.run(application, host=host or cfg.host, port=port or cfg.port, log_level="warning")
+    bind = host or cfg.host
+    if bind not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: binding {bind} makes the server reachable from the network; it has "
+                    "no authentication", fg="yellow", err=True)
+    typer.echo(f"serving {name}@{source.alias} on http://{bind}:{port or cfg.port}")
+    uvicorn.run(application, host=bind, port=port or cfg.port, log_level="warning")

@@ -203,8 +203,10 @@ def _accuracy_check(root: Path, name: str, version: str, champion: str | None,
 
 def integration_check(root: Path, name: str, version: str) -> gate.Check:
     """A fresh process loads the version through mlflow.pyfunc and predicts the raw test rows."""
+    # as a user's client names it: by alias when the version is the challenger
+    alias = CHALLENGER if version_of(root, name, CHALLENGER) == version else None
     command = [sys.executable, "-m", "tasks.registry_check", "--root", str(root), "--name", name,
-               "--version", version]
+               "--version", version, *(["--alias", alias] if alias else [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True,  # nosec B603
                               timeout=INTEGRATION_TIMEOUT_S, check=False)

@@ -1,10 +1,11 @@
 """The promotion gate's integration check, run in a fresh process as a user's client would.
 
-`python -m tasks.registry_check --root R --name N --version V` loads `models:/N/V` through
-`mlflow.pyfunc` (nothing of the pipeline's own loading code), predicts the raw test rows of the
-project at R, and compares the accuracy with the test accuracy registered with the version (a
-check that the registered artifact is the measured model and runs as registered; no choice reads
-it). Exit status 0 when they match; the last line of output says what was found.
+`python -m tasks.registry_check --root R --name N --version V [--alias A]` loads `models:/N/V`
+(or `models:/N@A`, which must point at V) through `mlflow.pyfunc` (nothing of the pipeline's own
+loading code), predicts the raw test rows of the project at R, and compares the accuracy with the
+test accuracy registered with the version (a check that the registered artifact is the measured
+model and runs as registered; no choice reads it). Exit status 0 when they match; the last line
+of output says what was found.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
+    parser.add_argument("--alias", help="load models:/NAME@ALIAS (which must point at VERSION)")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -31,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tracking_uri(tracking.tracking_uri(args.root.resolve()))
     logged = float(tracking.client(args.root).get_model_version(args.name, args.version)
                    .tags["test_accuracy"])
-    model = mlflow.pyfunc.load_model(f"models:/{args.name}/{args.version}")
+    if args.alias:
+        pointed = tracking.client(args.root).get_model_version_by_alias(args.name, args.alias)
+        if str(pointed.version) != args.version:
+            print(f"alias {args.alias!r} points at version {pointed.version}, not {args.version}")
+            return 1
+    uri = f"models:/{args.name}@{args.alias}" if args.alias else f"models:/{args.name}/{args.version}"
+    model = mlflow.pyfunc.load_model(uri)
     rows = Rows.of_split(args.root, "test")
     served = rows.accuracy(model.predict(rows.x.astype(np.float32))["label"])
     # exactly equal (within half a row): the same file on the same rows gives the same labels

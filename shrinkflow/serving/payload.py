@@ -3,7 +3,9 @@
 Accepted bodies are the JSON objects `mlflow models serve` takes, so clients written for MLflow work
 unchanged:
   {"inputs": [[1.0, 2.0, ...], ...]}                  rows in the model's feature order; one flat
-                                                      row [1.0, 2.0, ...] counts as a batch of one
+                                                      row [1.0, 2.0, ...] counts as a batch of one;
+                                                      also as the model's one named input:
+                                                      {"inputs": {"features": [[...], ...]}}
   {"dataframe_split": {"columns": [...], "data": [[...], ...]}}
                                                       columns optional; when given, exactly the
                                                       model's feature names, in any order
@@ -101,8 +103,11 @@ def _rows(payload: dict[str, Any], feature_names: tuple[str, ...]
     key = keys[0]
     value = payload[key]
     if key == "inputs":
+        if isinstance(value, dict) and len(value) == 1:  # a named tensor: {"features": [[...]]}
+            value = next(iter(value.values()))
         if not isinstance(value, list):
-            raise BadRequest(400, f"'inputs' must be a list of rows (lists of numbers); got {_kind(value)}")
+            raise BadRequest(400, f"'inputs' must be a list of rows (lists of numbers), or one named "
+                                  f"tensor of them; got {_kind(value)}")
         flat = bool(value) and not isinstance(value[0], list | dict)  # one row, sent without its batch
         return ([value] if flat else value), feature_names, "inputs"
     if key == "dataframe_split":

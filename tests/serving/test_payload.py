@@ -35,6 +35,9 @@ class TestAccepted:
     def test_inputs__one_flat_row(self):
         np.testing.assert_array_equal(parse({"inputs": ROW}), [ROW])
 
+    def test_inputs__as_the_models_named_tensor(self):
+        np.testing.assert_array_equal(parse({"inputs": {"features": ROWS.tolist()}}), ROWS)
+
     def test_integers_and_large_values(self):
         rows = parse({"inputs": [[1, 2, 10**30, -3.4e38]]})
 
