@@ -7,6 +7,8 @@ single row. `MicroBatcher` collects the rows of concurrent requests and runs the
   - the first request waiting opens a batch; later ones join it until it holds `max_batch` rows or
     `max_wait_ms` has passed since that first request arrived. Requests already queued when the
     time is up still join (up to `max_batch`): under load a batch never waits, it just grows.
+    The wait is only paid while requests come together (the last batch answered more than one):
+    a lone client's request runs at once instead of waiting for company that is not coming.
   - a request that would overflow the batch opens the next one; a request larger than `max_batch`
     runs alone. A request is never split, so all its rows get the same model version.
   - the batch runs on the model current when it starts (`current_model()`), in one worker thread,
@@ -62,6 +64,7 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000  # latency a lone request pays hoping for company
         self.batches_run = 0
         self.requests_run = 0
+        self._last_requests = 0  # requests in the last batch: more than one means concurrent load
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()  # replaced by `start`, in its loop
         self._batch: list[_Pending] = []  # being collected or run: failed by `stop` if cut short
         self._held: _Pending | None = None  # did not fit the last batch: opens the next one
@@ -119,7 +122,8 @@ class MicroBatcher:
         first = self._held or await self._queue.get()
         self._held = None
         self._batch = [first]
-        size, deadline = len(first.rows), first.arrived + self.max_wait
+        wait = self.max_wait if self._last_requests > 1 else 0.0
+        size, deadline = len(first.rows), first.arrived + wait
         while size < self.max_batch:
             if self._queue.empty():
                 remaining = deadline - loop.time()
@@ -166,6 +170,7 @@ class MicroBatcher:
             _fail(live, error)
             return
         self.requests_run += len(live)
+        self._last_requests = len(live)
         start = 0
         for item in live:
             end = start + len(item.rows)

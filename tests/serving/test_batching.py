@@ -116,7 +116,8 @@ def test_stop_fails_waiting_requests_and_leaves_no_task(counting: CountingModel)
 
     async def scenario() -> tuple[BaseException, int]:
         await batcher.start()
-        waiting = asyncio.create_task(batcher.submit(ROWS))
+        await asyncio.gather(batcher.submit(ROWS), batcher.submit(ROWS))  # requests come together
+        waiting = asyncio.create_task(batcher.submit(ROWS))  # so the next batch waits for company
         await asyncio.sleep(0.01)
         await batcher.stop()
         error = await asyncio.gather(waiting, return_exceptions=True)
@@ -126,7 +127,21 @@ def test_stop_fails_waiting_requests_and_leaves_no_task(counting: CountingModel)
 
     assert isinstance(error, BatcherStopped)
     assert tasks == 1, "only the test's own task should be left after stop"
-    assert not batcher.running and counting.batch_sizes == []
+    assert not batcher.running and counting.batch_sizes == [2 * len(ROWS)]
+
+
+def test_a_lone_request_does_not_wait_for_company(counting: CountingModel):
+    batcher = MicroBatcher(lambda: counting, max_wait_ms=60_000)
+
+    async def scenario() -> float:
+        await batcher.start()
+        started = asyncio.get_running_loop().time()
+        await batcher.submit(ROWS)
+        elapsed = asyncio.get_running_loop().time() - started
+        await batcher.stop()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 5, "one client alone should not wait max_wait_ms"
 
 
 def test_submit_before_start_is_an_error(counting: CountingModel):

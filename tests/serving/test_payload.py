@@ -81,7 +81,7 @@ REFUSED = {
                                                 "'instances'"]),
     "two keys": ({"inputs": [ROW], "dataframe_records": []}, 400,
                  ["exactly one", "it has 'inputs', 'dataframe_records'"]),
-    "inputs not a list": ({"inputs": {"features": ROW}}, 400, ["'inputs' must be a list", "an object"]),
+    "inputs not a list": ({"inputs": {"a": ROW, "b": ROW}}, 400, ["'inputs' must be a list", "an object"]),
     "empty batch": ({"inputs": []}, 400, ["inputs is empty"]),
     "empty records": ({"dataframe_records": []}, 400, ["empty"]),
     "short row": ({"inputs": [ROW, ROW[:3]]}, 400,
