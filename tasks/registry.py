@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess  # nosec B404: runs this project's own check module with this interpreter
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -203,7 +203,8 @@ def _accuracy_check(root: Path, name: str, version: str, champion: str | None,
 
 def integration_check(root: Path, name: str, version: str) -> gate.Check:
     """A fresh process loads the version through mlflow.pyfunc and predicts the raw test rows."""
-    # as a user's client names it: by alias when the version is the challenger
+    # this interpreter and this project's module, no shell; the model named as a user's client
+    # names it: by alias when the version is the challenger
     alias = CHALLENGER if version_of(root, name, CHALLENGER) == version else None
     command = [sys.executable, "-m", "tasks.registry_check", "--root", str(root), "--name", name,
                "--version", version, *(["--alias", alias] if alias else [])]
