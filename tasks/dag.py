@@ -88,7 +88,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # registers in the MLflow Model Registry (another store: run again); the gate reads the
     # registry's current champion
     Stage("deploy", "tasks.deploy:run_deploy",
-          ("deploy", "project.experiment", "compare.max_accuracy_drop_pp"),
+          ("deploy", "project.experiment", "compare.max_accuracy_drop_pp", "serve.threads"),
           ("metrics/compare.json", *_CANDIDATES, "models/quantized", "models/ensemble",
            "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "

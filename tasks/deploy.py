@@ -76,7 +76,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                     version = registry.register(
                         catalog.root, name, model_file, registry.Rows.of_split(root, "val").x[:2],
                         _lineage(params, catalog, row, parent_run_id, compared["task"],
-                                 file_md5(model_file)))
+                                 file_md5(model_file)), threads=params.serve.threads)
                 else:  # the same bytes as a registered version: no duplicate
                     log.info("%s is already registered as %s version %s", chosen, name, version)
                     registry.mark_challenger(catalog.root, name, version)

@@ -136,16 +136,17 @@ def list_versions(root: Path, name: str) -> list[dict[str, Any]]:
 # Registering
 # ---------------------------------------------------------------------------------------------
 def register(root: Path, name: str, model_file: Path, example: np.ndarray,
-             lineage: dict[str, Any]) -> str:
+             lineage: dict[str, Any], threads: int = 1) -> str:
     """Log the deployable ONNX file on the active run, register it as a new version of `name`
-    with its lineage as tags, and point `challenger` at it; returns the version."""
+    with its lineage as tags, and point `challenger` at it; returns the version. `threads`:
+    ONNX Runtime intra-op threads of the sessions `mlflow.pyfunc` opens for it."""
     from shrinkflow.serving.model import ServedModel
 
     model = ServedModel.from_onnx(model_file.read_bytes(), version="new", info={})
     labels, probabilities = model.predict(example)
     info = tracking.log_onnx_model(model_file, example,
                                    {"label": np.asarray(labels), "probabilities": probabilities},
-                                   registered_model_name=name)
+                                   registered_model_name=name, threads=threads)
     version = str(info.registered_model_version)
     store = tracking.client(root)
     for key, value in lineage.items():

@@ -280,10 +280,11 @@ def log_dataset(x: np.ndarray, y: np.ndarray, name: str, source: Path, digest: s
 
 
 def log_onnx_model(model: Path | Any, input_example: Any, output_example: Any,
-                   registered_model_name: str | None = None) -> Any:
+                   registered_model_name: str | None = None, threads: int | None = None) -> Any:
     """Log an ONNX model (a file or a ModelProto) as an MLflow model with signature and input
-    example (no pickle), registering it under `registered_model_name` when given; returns
-    MLflow's ModelInfo."""
+    example (no pickle), registering it under `registered_model_name` when given; `threads`
+    fixes the ONNX Runtime sessions MLflow opens for it (as `shrinkflow serve` opens its own).
+    Returns MLflow's ModelInfo."""
     import mlflow
     import onnx
     import onnxruntime
@@ -300,4 +301,7 @@ def log_onnx_model(model: Path | Any, input_example: Any, output_example: Any,
                           f"onnx=={onnx.__version__}", f"mlflow=={mlflow.__version__}"],
         save_as_external_data=False,
         onnx_execution_providers=["CPUExecutionProvider"],
+        onnx_session_options=None if threads is None else {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+            "execution_mode": "sequential"},
     )
