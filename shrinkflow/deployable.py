@@ -81,8 +81,3 @@ def deployable(candidate: onnx.ModelProto, input_shape: Sequence[int], mean: np.
     check_onnx(model)
     return model
 
-
-def names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """The feature and label names a deployable graph carries."""
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    return json.loads(props[FEATURE_NAMES_KEY]), json.loads(props[CLASSES_KEY])

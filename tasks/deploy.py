@@ -34,8 +34,9 @@ log = logging.getLogger("shrinkflow.deploy")
 MODEL_FILE = "model.onnx"
 
 
-def _deployable_file(catalog: Catalog, candidate_file: str, folder: Path) -> Path:
-    meta = io.read_json(catalog.dataset_file(), produced_by="prepare")
+def _deployable_file(catalog: Catalog, meta: dict[str, Any], candidate_file: str,
+                     folder: Path) -> Path:
+    """The candidate behind raw-row normalization (`meta`: prepare's dataset.json)."""
     spec, normalizer = meta["spec"], meta["normalizer"]
     model = deployable(onnx.load(str(catalog.path(candidate_file))), spec["input_shape"],
                        normalizer["mean"], normalizer["std"], spec["feature_columns"],
@@ -45,15 +46,14 @@ def _deployable_file(catalog: Catalog, candidate_file: str, folder: Path) -> Pat
 
 
 def _lineage(params: Params, catalog: Catalog, row: dict[str, Any], parent_run_id: str | None,
-             dataset: str, model_md5: str) -> dict[str, Any]:
-    meta = io.read_json(catalog.dataset_file(), produced_by="prepare")
+             meta: dict[str, Any], model_md5: str) -> dict[str, Any]:
     params_hash = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
     return {"candidate": row["candidate"], "val_accuracy": row["val_accuracy"],
             "test_accuracy": row["accuracy"], "size_bytes": row["size_bytes"],
             "latency_ms_p50_b1": row["latency_ms_p50_b1"],
             "git_commit": tracking.git_commit(catalog.root) or "none",
             "data_md5": meta["raw_md5"], "pipeline_run_id": parent_run_id or "none",
-            "params_hash": params_hash, "dataset": dataset, "model_md5": model_md5}
+            "params_hash": params_hash, "dataset": meta["spec"]["name"], "model_md5": model_md5}
 
 
 def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -70,13 +70,15 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                 log.warning("nothing registered: %s", report["reason"])
             else:
                 row = compared["candidates"][chosen]
-                model_file = _deployable_file(catalog, row["file"], staging)
-                version = registry.version_with_file(catalog.root, name, file_md5(model_file))
+                meta = io.read_json(catalog.dataset_file(), produced_by="prepare")
+                model_file = _deployable_file(catalog, meta, row["file"], staging)
+                md5 = file_md5(model_file)
+                version = registry.version_with_file(catalog.root, name, md5)
                 if version is None:
                     version = registry.register(
                         catalog.root, name, model_file, registry.Rows.of_split(root, "val").x[:2],
-                        _lineage(params, catalog, row, parent_run_id, compared["task"],
-                                 file_md5(model_file)), threads=params.serve.threads)
+                        _lineage(params, catalog, row, parent_run_id, meta, md5),
+                        threads=params.serve.threads)
                 else:  # the same bytes as a registered version: no duplicate
                     log.info("%s is already registered as %s version %s", chosen, name, version)
                     registry.mark_challenger(catalog.root, name, version)

@@ -28,7 +28,7 @@ from shrinkflow import ensemble, measure
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.candidates import Candidate, read_manifest, report_candidate, write_manifest
+from tasks.candidates import Candidate, read_manifest, read_manifests, report_candidate, write_manifest
 from tasks.catalog import Catalog
 from tasks.io import load_processed
 
@@ -44,17 +44,15 @@ def _member_rows(catalog: Catalog, val_x: np.ndarray, val_y: np.ndarray
     probabilities (what the weights are fitted on)."""
     rows, probabilities, by_name = [], {}, {}
     for stage in SOURCE_STAGES:
-        folder = catalog.stage_models(stage)
-        if not (folder / "candidates.json").is_file():
-            continue
-        for candidate in read_manifest(folder, produced_by=stage):
+        for candidate in read_manifests(catalog, (stage,)):
             path = catalog.path(candidate.onnx)
             logits = measure.predict_batched(onnx_predictor(path), val_x)
             probabilities[candidate.name] = ensemble.softmax(logits)
             by_name[candidate.name] = candidate
             rows.append({"candidate": candidate.name,
                          "lineage": candidate.parent if stage in VARIANT_STAGES else candidate.name,
-                         "val_accuracy": float(np.mean(logits.argmax(1) == val_y)),
+                         "val_accuracy": measure.classification_metrics(
+                             val_y, logits.argmax(1))["accuracy"],
                          "size_bytes": measure.file_size(path)})
     return rows, probabilities, by_name
 

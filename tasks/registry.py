@@ -30,6 +30,7 @@ import numpy as np
 
 from shrinkflow import gate
 from shrinkflow.config import MODEL_NAME, DeployConfig, Params
+from shrinkflow.deployable import LABEL, PROBABILITIES
 from shrinkflow.errors import UserError
 from tasks import io, tracking
 from tasks.catalog import Catalog
@@ -108,7 +109,12 @@ def model_bytes(root: Path, name: str, version: str) -> bytes:
 def version_info(root: Path, name: str, version: str) -> dict[str, Any]:
     """What the registry says about a version: aliases, lineage and moves (its tags)."""
     found = _version(root, name, version)
-    return {"name": name, "version": str(found.version), "aliases": list(found.aliases),
+    return _described(found, list(found.aliases))
+
+
+def _described(found: Any, aliases: list[str]) -> dict[str, Any]:
+    """A registry ModelVersion and its aliases as plain data."""
+    return {"name": found.name, "version": str(found.version), "aliases": aliases,
             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.creation_timestamp / 1000)),
             "run_id": found.run_id, **found.tags}
 
@@ -126,9 +132,10 @@ def version_with_file(root: Path, name: str, md5: str) -> str | None:
 
 def list_versions(root: Path, name: str) -> list[dict[str, Any]]:
     """Every version of `name`, newest first, with aliases, metrics and lineage."""
-    _require_model(root, name)
+    # a search fills in no aliases: the registered model holds them all
+    aliases = _require_model(root, name).aliases  # {alias: version}
     versions = tracking.client(root).search_model_versions(f"name = '{name}'")
-    return [version_info(root, name, str(v.version))
+    return [_described(v, [a for a, at in aliases.items() if str(at) == str(v.version)])
             for v in sorted(versions, key=lambda v: -int(v.version))]
 
 
@@ -145,7 +152,7 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
     model = ServedModel.from_onnx(model_file.read_bytes(), version="new", info={})
     labels, probabilities = model.predict(example)
     info = tracking.log_onnx_model(model_file, example,
-                                   {"label": np.asarray(labels), "probabilities": probabilities},
+                                   {LABEL: np.asarray(labels), PROBABILITIES: probabilities},
                                    registered_model_name=name, threads=threads)
     version = str(info.registered_model_version)
     store = tracking.client(root)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shrinkflow.deployable import LABEL
 from tasks import tracking
 from tasks.registry import Rows
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"models:/{args.name}@{args.alias}" if args.alias else f"models:/{args.name}/{args.version}"
     model = mlflow.pyfunc.load_model(uri)
     rows = Rows.of_split(args.root, "test")
-    served = rows.accuracy(model.predict(rows.x.astype(np.float32))["label"])
+    served = rows.accuracy(model.predict(rows.x.astype(np.float32))[LABEL])
     # exactly equal (within half a row): the same file on the same rows gives the same labels
     same = abs(served - logged) < 0.5 / len(rows.labels)
     print(f"mlflow.pyfunc on {len(rows.labels)} raw test rows: accuracy {served:.4f}, registered "

@@ -279,9 +279,9 @@ def log_dataset(x: np.ndarray, y: np.ndarray, name: str, source: Path, digest: s
     mlflow.log_input(dataset, context=context)
 
 
-def log_onnx_model(model: Path | Any, input_example: Any, output_example: Any,
+def log_onnx_model(path: Path, input_example: Any, output_example: Any,
                    registered_model_name: str | None = None, threads: int | None = None) -> Any:
-    """Log an ONNX model (a file or a ModelProto) as an MLflow model with signature and input
+    """Log the ONNX file at `path` as an MLflow model with signature and input
     example (no pickle), registering it under `registered_model_name` when given; `threads`
     fixes the ONNX Runtime sessions MLflow opens for it (as `shrinkflow serve` opens its own).
     Returns MLflow's ModelInfo."""
@@ -291,7 +291,7 @@ def log_onnx_model(model: Path | Any, input_example: Any, output_example: Any,
     from mlflow.models import infer_signature
 
     return mlflow.onnx.log_model(
-        onnx.load(str(model)) if isinstance(model, Path) else model,
+        onnx.load(str(path)),
         name="model",
         signature=infer_signature(input_example, output_example),
         input_example=input_example,

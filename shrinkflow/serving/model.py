@@ -22,8 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-LABEL_OUTPUT = "label"
-PROBABILITIES_OUTPUT = "probabilities"
+# the outputs and metadata keys `shrinkflow.deployable` writes
+from shrinkflow.deployable import CLASSES_KEY, FEATURE_NAMES_KEY
+from shrinkflow.deployable import LABEL as LABEL_OUTPUT
+from shrinkflow.deployable import PROBABILITIES as PROBABILITIES_OUTPUT
 
 
 class ModelFileError(ValueError):
@@ -99,8 +101,8 @@ def _columns(session: ort.InferenceSession) -> tuple[tuple[str, ...], tuple[str,
         raise ModelFileError(f"a served model has outputs {LABEL_OUTPUT!r} and {PROBABILITIES_OUTPUT!r}; "
                              f"this one lacks {sorted(missing)} (it has {sorted(outputs)})")
     metadata = session.get_modelmeta().custom_metadata_map
-    features = _names(metadata, "feature_names", inputs[0].shape[1], "f")
-    classes = _names(metadata, "classes", outputs[PROBABILITIES_OUTPUT].shape[-1], "")
+    features = _names(metadata, FEATURE_NAMES_KEY, inputs[0].shape[1], "f")
+    classes = _names(metadata, CLASSES_KEY, outputs[PROBABILITIES_OUTPUT].shape[-1], "")
     return features, classes
 
 

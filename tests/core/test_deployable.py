@@ -8,9 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from shrinkflow.deployable import FEATURES, deployable, names
+from shrinkflow.deployable import FEATURES, deployable
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import Architecture, build_model
+from shrinkflow.serving.model import ServedModel
 
 ARCHITECTURES = {
     "table": Architecture("mlp", (6,), 3, (8,)),
@@ -57,7 +58,8 @@ def test_names_travel_in_the_graph(candidate):
     features = [f"c{i}" for i in range(int(np.prod(arch.input_shape)))]
     wrapped = deployable(onnx.load(str(path)), arch.input_shape, np.zeros(1, np.float32),
                          np.ones(1, np.float32), features, LABELS)
-    assert names(wrapped) == (features, LABELS)
+    served = ServedModel.from_onnx(wrapped.SerializeToString(), version="1")
+    assert (list(served.feature_names), list(served.classes)) == (features, LABELS)
     assert [value.name for value in wrapped.graph.input] == [FEATURES]
 
 
