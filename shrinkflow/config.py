@@ -252,6 +252,11 @@ class DistillConfig(_Section):
     use_unlabeled: bool = Field(
         True, description="distil on prepare's unlabeled inputs too (the teacher labels them)"
     )
+    seeds: int = Field(
+        1, ge=1, le=16, description="each student is distilled from this many seeds "
+        "(baseline.train.seed + k; '<name>-kd', then '<name>-kd-seed<k>'): students that differ "
+        "only by initialisation and data order make different mistakes, what an ensemble needs"
+    )
 
     @model_validator(mode="after")
     def _student_names(self) -> DistillConfig:

@@ -6,14 +6,15 @@ unlabeled inputs, when prepare wrote some: only the distilled students see them)
 share with the teacher). For each student (`student`, then `extra_students` by name)
 writes models/distilled/{<name>-kd,<name>-scratch}/ (model.pt, architecture.json, model.onnx), with
 one candidates.json, and metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds
-over training the same student without a teacher.
+over training the same student without a teacher. With `distill.seeds` > 1 the distilled student
+is trained again from each further seed, as <name>-kd-seed<k>/: ensemble members.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
@@ -27,13 +28,27 @@ log = logging.getLogger("shrinkflow.distill")
 STAGE_DIR = "distilled"
 
 
-def _variants(cfg: DistillConfig) -> list[tuple[str, str, ModelConfig, str]]:
-    """(candidate, student name, architecture, "kd" | "scratch") for every model to train."""
+class Variant(NamedTuple):
+    """One model to train: a student, with or without the teacher, from one seed."""
+
+    candidate: str
+    student: str
+    model: ModelConfig
+    method: str  # "kd" | "scratch"
+    seed_offset: int  # added to baseline.train.seed
+
+
+def _variants(cfg: DistillConfig) -> list[Variant]:
+    """Every model to train: per student, `seeds` distilled ones, then the one trained alone."""
     if not cfg.enabled:
         return []
-    methods = ("kd", "scratch") if cfg.train_without_teacher else ("kd",)
-    return [(f"{name}-{method}", name, model, method)
-            for name, model in cfg.students().items() for method in methods]
+    variants = []
+    for name, model in cfg.students().items():
+        variants += [Variant(f"{name}-kd" + (f"-seed{k}" if k else ""), name, model, "kd", k)
+                     for k in range(cfg.seeds)]
+        if cfg.train_without_teacher:
+            variants.append(Variant(f"{name}-scratch", name, model, "scratch", 0))
+    return variants
 
 
 def _kd_gains(cfg: DistillConfig, metrics: dict[str, float]) -> dict[str, float]:
@@ -64,18 +79,21 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
 
         candidates, metrics = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
-            for name, student_name, model_cfg, method in _variants(cfg):
-                # a student starts from the same weights with and without the teacher
-                train.seed_everything(train_cfg.seed)
+            for name, student_name, model_cfg, method, offset in _variants(cfg):
+                # a student starts from the same weights with and without the teacher (offset 0)
+                seed = params.baseline.train.seed + offset
+                train.seed_everything(seed)
                 arch, student = build_student(model_cfg, spec.kind, spec.input_shape,
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
-                log.info("training %s %s %s", name, arch.family, arch.widths)
-                with tracking.candidate_run(name, {"method": method, "student": student_name}):
+                log.info("training %s %s %s (seed %d)", name, arch.family, arch.widths, seed)
+                with tracking.candidate_run(name, {"method": method, "student": student_name,
+                                                   "seed": seed}):
                     if method == "kd":
                         distill(teacher, student, splits.train, splits.val, cfg,
-                                params.baseline.train, augment, on_epoch_end=tracking.log_epoch,
-                                progress=True, unlabeled_x=unlabeled_x)
+                                params.baseline.train.model_copy(update={"seed": seed}), augment,
+                                on_epoch_end=tracking.log_epoch, progress=True,
+                                unlabeled_x=unlabeled_x)
                     else:
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)

@@ -96,3 +96,26 @@ def test_distill__disabled_writes_an_empty_manifest(trained_project, tiny_params
         update={"enabled": False})})
     run_distill(params, trained_project)
     assert read_manifest(Catalog.at(trained_project).stage_models("distilled"), "distill") == []
+
+
+def test_distill__seeds_train_the_same_student_from_other_starts(pooled):
+    catalog = Catalog.at(pooled)
+    folder = catalog.stage_models("distilled")
+    overrides = [*TINY, "distill.use_unlabeled=false", "distill.train_without_teacher=false"]
+    run_distill(load_params(pooled / "params.yaml", overrides=overrides), pooled)
+    _, single = load_torch(folder / "student-kd", "distill")
+    # when
+    run_distill(load_params(pooled / "params.yaml", overrides=[*overrides, "distill.seeds=3"]), pooled)
+    # then
+    assert [c.name for c in read_manifest(folder, "distill")] == [
+        "student-kd", "student-kd-seed1", "student-kd-seed2"]
+    weights = {name: load_torch(folder / name, "distill")[1].state_dict()
+               for name in ("student-kd", "student-kd-seed1", "student-kd-seed2")}
+    first = weights["student-kd"]
+    assert all(np.array_equal(first[key], single.state_dict()[key]) for key in first), \
+        "the first seed is the student a one-seed run trains"
+    for other in ("student-kd-seed1", "student-kd-seed2"):
+        assert not all(np.array_equal(first[key], weights[other][key]) for key in first), \
+            f"{other} should start from other weights"
+    metrics = json.loads(catalog.metrics_file("distill").read_text())
+    assert {"student-kd-seed1.val_accuracy", "student-kd-seed2.accuracy"} <= metrics.keys()
