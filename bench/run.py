@@ -304,8 +304,9 @@ def serving_section(project: Path) -> dict:
 def _serving_lines(report: dict) -> list[str]:
     lines = ["## Serving", "",
              f"`{report['model']}` ({report['candidate']}), one raw row per request to "
-             "`/invocations`, from an async httpx client on the same machine; the servers take "
-             f"turns over {report['rounds']} rounds of {report['round_seconds']:.0f} s. "
+             "`/invocations` on keep-alive connections from an asyncio load generator on the same "
+             f"machine; the servers take turns over {report['rounds']} rounds of "
+             f"{report['round_seconds']:.0f} s, after checking that they label the rows alike. "
              "Medians over the rounds; the ratio's range is over the rounds.", "",
              "| concurrency | server | requests/s | p50 ms | p99 ms | errors |",
              "|---:|---|---:|---:|---:|---:|"]
