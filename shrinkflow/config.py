@@ -110,9 +110,6 @@ class AugmentConfig(_Section):
     noise_std: float = Field(0.05, ge=0, description="std of Gaussian noise, in normalized units")
 
 
-Keep = Literal["best", "last"]  # which epoch's weights training leaves in the model
-
-
 class TrainConfig(_Section):
     """The one training loop: optimizer, schedule, early stopping, device and precision."""
 
@@ -125,10 +122,6 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA if present")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16)")
     seed: int = Field(0, description="seed for init, shuffling and augmentation")
-    keep: Keep = Field(
-        "best", description="best: the weights of the epoch with the best validation accuracy "
-        "(early stopping after `patience`); last: every epoch runs and the final, annealed weights "
-        "stay: no epoch is picked on validation, which then judges later choices without bias")
 
 
 class BaselineConfig(_Section):
@@ -250,9 +243,6 @@ class DistillConfig(_Section):
     patience: int | None = Field(
         None, ge=1, description="student early-stopping patience (default: baseline.train.patience)"
     )
-    keep: Keep | None = Field(
-        None, description="which epoch's weights a student keeps, best | last (default: "
-        "baseline.train.keep)")
     train_without_teacher: bool = Field(
         True, description="also train the student alone, to measure what distillation adds"
     )

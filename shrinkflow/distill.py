@@ -320,11 +320,10 @@ def distill(
 
 
 def student_train_config(cfg: DistillConfig, train_cfg: TrainConfig) -> TrainConfig:
-    """The training loop's settings for a student: `distill.epochs`, `distill.patience` and
-    `distill.keep` replace the baseline's when set (small students keep improving long after a
-    teacher stops)."""
-    changes = {key: value for key, value in (("epochs", cfg.epochs), ("patience", cfg.patience),
-                                             ("keep", cfg.keep)) if value is not None}
+    """The training loop's settings for a student: `distill.epochs` and `distill.patience`
+    replace the baseline's when set (small students keep improving long after a teacher stops)."""
+    changes = {key: value for key, value in (("epochs", cfg.epochs), ("patience", cfg.patience))
+               if value is not None}
     return train_cfg.model_copy(update=changes)
 
 

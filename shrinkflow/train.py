@@ -7,16 +7,14 @@ Keys read from `baseline.train`:
   patience                  epochs without a better validation accuracy before stopping
   device, amp               auto/cpu/cuda; mixed precision on CUDA (bf16 where supported, else fp16)
   seed                      seeds init, shuffling and augmentation: same config -> same CPU result
-  keep                      best: restore the epoch with the best validation accuracy (and stop
-                            early); last: run every epoch, keep the final weights
 
 `loss(model, inputs, logits, targets)` is what the loop minimises; by default the cross-entropy
 (`cross_entropy`). Distillation and sparsity penalties pass their own objective instead of writing
 their own loops (`sum_losses` adds terms). Rows labeled `data.UNLABELED` add nothing to the
 cross-entropy (a batch of them only has 0 there); they are there for a loss that needs no label,
 such as distillation's. `on_epoch_end` receives each epoch's numbers (the tracking layer logs them;
-this module does not know about MLflow). With `keep: best` the best weights by validation accuracy
-are restored at the end.
+this module does not know about MLflow). The best weights by validation accuracy are restored at
+the end.
 """
 
 from __future__ import annotations
@@ -88,7 +86,6 @@ class FitResult:
     history: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
-    kept_epoch: int = 0  # whose weights the model holds: best_epoch, or the last with keep="last"
     stopped_early: bool = False
     device: str = "cpu"
     precision: str = "fp32"
@@ -144,7 +141,7 @@ def fit(
     description: str = "training",
 ) -> FitResult:
     """Train `model` in place on `loss` (default: cross-entropy with `cfg.label_smoothing`) and
-    leave the weights `cfg.keep` says: the best by validation accuracy, or the last epoch's."""
+    restore its best weights by validation accuracy."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     objective = loss or cross_entropy(cfg.label_smoothing)
@@ -203,17 +200,14 @@ def fit(
             key = (val_accuracy, -val_loss)
             if key > best_key:
                 best_key, stale = key, 0
-                if cfg.keep == "best":
-                    best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(model.state_dict())
                 result.best_epoch, result.best_val_accuracy = epoch, val_accuracy
             else:
                 stale += 1
-                if stale >= cfg.patience and cfg.keep == "best":
+                if stale >= cfg.patience:
                     result.stopped_early = True
                     break
 
-    if cfg.keep == "best":
-        model.load_state_dict(best_state)
-    result.kept_epoch = result.best_epoch if cfg.keep == "best" else len(result.history)
+    model.load_state_dict(best_state)
     model.to("cpu").eval()  # later stages (measure, export) run on the CPU
     return result

@@ -302,14 +302,6 @@ def test_distill_epochs_come_from_the_distill_config_when_set(monkeypatch, teach
     assert seen["cfg"].epochs == FAST.epochs, "without distill.epochs the training config's epochs apply"
 
 
-def test_distill_keep_comes_from_the_distill_config_when_set(monkeypatch, teacher, digits):
-    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits,
-                                   DistillConfig(keep="last"))
-    assert seen["cfg"].keep == "last", "distill.keep should replace the training config's"
-    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits, DistillConfig())
-    assert seen["cfg"].keep == FAST.keep, "without distill.keep the training config's applies"
-
-
 def test_distill_with_an_unknown_layer_fails_before_training_and_leaves_no_hooks(teacher, digits):
     student = build_model(STUDENT_ARCH)
     cfg = DistillConfig(feature_pairs=(("features.2", "features.2"), ("features.6", "feature.6")))
