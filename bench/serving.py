@@ -122,7 +122,10 @@ async def _load(url: str, rows: np.ndarray, concurrency: int, seconds: float) ->
                 started = time.perf_counter()
                 try:
                     writer.write(requests[index % len(requests)])
-                    errors += await asyncio.wait_for(_status(reader), RESPONSE_TIMEOUT_S) != 200
+                    # awaited first: `errors += await ...` would read errors before the wait and
+                    # write back over the other clients' counts
+                    status = await asyncio.wait_for(_status(reader), RESPONSE_TIMEOUT_S)
+                    errors += status != 200
                 except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError):
                     errors += 1  # a dropped or stalled connection counts; the client reconnects
                     writer.close()

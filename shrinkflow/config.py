@@ -300,6 +300,11 @@ class CompareConfig(_Section):
         0.5, ge=0, description="largest validation accuracy drop vs the teacher a deployable "
         "model may have"
     )
+    min_speedup: float = Field(
+        1.05, ge=1.0, description="a candidate counts as faster than another only when the whole "
+        "interval of its batch-1 speed-up clears this: a smaller gain, however sure, does not pay "
+        "for a bigger file (the two tie and the smaller file is deployed)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

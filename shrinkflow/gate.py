@@ -8,7 +8,8 @@ A candidate is acceptable when its validation accuracy drop against the teacher
 Among acceptable candidates the Pareto front over (validation accuracy, file size, batch-1
 latency) is kept, and the deployed one is the fastest on that front: a CPU target is what
 compression is for, and the tolerance has already bounded the accuracy. Latencies that differ by
-less than the timing noise tie (`faster` tells; see `shrinkflow.measure.Noise`); among the tied,
+less than the timing noise, or by less than `compare.min_speedup`, tie (`faster` tells; see
+`shrinkflow.measure.Noise`): a gain of a few percent is not worth a bigger file. Among the tied,
 the smaller file wins, then the higher validation accuracy, then the name (so the choice is
 reproducible).
 

@@ -243,9 +243,10 @@ class Noise:
         low, high = np.percentile(resampled, self.tails)
         return Ratio(median(reference) / median(candidate), float(low), float(high))
 
-    def faster(self, first: str, second: str) -> bool:
-        """Is `first` faster than `second` at batch 1 beyond the noise?"""
-        return self.speedup(second, first).low > 1.0
+    def faster(self, first: str, second: str, by: float = 1.0) -> bool:
+        """Is `first` more than `by` times faster than `second` at batch 1, beyond the noise?
+        (The whole interval of the ratio must clear `by`.)"""
+        return self.speedup(second, first).low > by
 
 
 def machine_info(threads: int) -> dict[str, object]:

@@ -11,7 +11,8 @@ Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantiz
   were another candidate) shows the noise floor: its ratio to the baseline should read 1.00. These
   are the only speed figures: they are also logged to each candidate's own MLflow run.
 - Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation,
-  on the Pareto front, the fastest, latencies inside the noise counting as ties.
+  on the Pareto front, the fastest, latencies inside the noise or within `compare.min_speedup`
+  counting as ties.
 
 Writes metrics/compare.json (one row per candidate with the fields of the benchmark report, plus
 the control), reports/compare/candidates.md and reports/compare/pareto.png, and logs them to MLflow.
@@ -150,7 +151,7 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
                    **_speed(CONTROL, timings, noise, reference_onnx)}
 
         def faster(a: gate.Row, b: gate.Row) -> bool:
-            return noise.faster(a["candidate"], b["candidate"])
+            return noise.faster(a["candidate"], b["candidate"], cfg.min_speedup)
 
         # only ONNX files are served; the eager-torch row is there as the reference
         chosen = gate.choose([row for row in rows if row["file"].endswith(".onnx")],

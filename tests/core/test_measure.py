@@ -199,6 +199,8 @@ def test_noise__the_same_model_twice_reads_one_and_a_real_speedup_is_told_apart(
     assert noise.faster("fast", "base") and not noise.faster("base", "fast")
     assert not noise.faster("control", "base") and not noise.faster("base", "control"), \
         "two timings of one file must tie"
+    assert noise.faster("fast", "base", by=1.5) and not noise.faster("fast", "base", by=2.5), \
+        "a ~2x speed-up clears 1.5x, not 2.5x"
     assert control.fields("r") == {"r": control.value, "r_interval": [control.low, control.high]}
 
 
