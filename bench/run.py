@@ -41,6 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shrinkflow.gate import within_drop  # noqa: E402  (the project root is on the path only now)
+
 OVERLAYS = {"digits": None, "mnist1d": "configs/mnist1d.yaml",
             "breast_cancer": "configs/breast_cancer.yaml"}
 CACHED_RERUN_TARGET_PCT = 8.0  # a cached re-run costs at most this share of a full run
@@ -170,7 +172,8 @@ DIGITS_TARGETS = (
      lambda row: _interval_met(row, "speedup_b1_vs_torch", 12)),
     (">= 2x faster than fp32 ONNX Runtime at batch 1", "speedup_b1_vs_ort_fp32",
      lambda row: _interval_met(row, "speedup_b1_vs_ort_fp32", 2)),
-    ("<= 0.5 pp test accuracy drop", "accuracy_drop_pp", lambda row: _within(row["accuracy_drop_pp"], 0.5)),
+    ("<= 0.5 pp test accuracy drop", "accuracy_drop_pp",
+     lambda row: within_drop(row["accuracy_drop_pp"], 0.5)),
 )
 
 
@@ -183,18 +186,12 @@ def _shown(row: dict, key: str) -> str:
     return _ratio(row, key) if key in INTERVALS else f"{row[key]:.2f}"
 
 
-def _within(drop_pp: float, limit_pp: float) -> bool:
-    """A drop within its limit, read as a count of rows: differences of float accuracies carry
-    rounding (6 rows of 2,000 read 0.30000000000000027 pp)."""
-    return drop_pp <= limit_pp + 1e-9
-
-
 def _mnist1d_check(rows: list[dict]) -> dict:
     """The fastest batch-256 candidate within 0.3 pp of the teacher on validation and >= 10x
     smaller (chosen on validation); then its test drop and throughput are checked."""
     key = "throughput_ratio_b256_vs_ort_fp32"
     eligible = [row for row in rows if row["task"] == "mnist1d" and row["file"].endswith(".onnx")
-                and _within(row["val_accuracy_drop_pp"], 0.3) and row["size_ratio"] >= 10]
+                and within_drop(row["val_accuracy_drop_pp"], 0.3) and row["size_ratio"] >= 10]
     target = ("mnist1d: a candidate within 0.3 pp of the teacher (test), >= 10x smaller, >= 8x "
               "batch-256 throughput of ONNX Runtime fp32 (picked on validation)")
     if not eligible:
@@ -204,7 +201,7 @@ def _mnist1d_check(rows: list[dict]) -> dict:
     return {"target": target,
             "value": f"{pick['candidate']}: test drop {pick['accuracy_drop_pp']:.2f} pp, "
                      f"{pick['size_ratio']:.1f}x smaller, {_shown(pick, key)}",
-            "met": _within(pick["accuracy_drop_pp"], 0.3) and _interval_met(pick, key, 8)}
+            "met": within_drop(pick["accuracy_drop_pp"], 0.3) and _interval_met(pick, key, 8)}
 
 
 def _ensemble_check(rows: list[dict], report: dict) -> dict:
