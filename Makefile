@@ -56,4 +56,4 @@ lock: $(STAMP)  ## re-pin the whole dependency tree into requirements.lock
 	$(BIN)/pip freeze --exclude-editable > requirements.lock
 
 clean:  ## remove outputs, stores and caches (keeps .venv)
-	rm -rf data/raw data/processed models metrics reports mlflow.db mlartifacts .prefect .dvc/cache .dvc/tmp .dvc-storage
+	rm -rf data/raw data/processed models metrics reports mlflow.db optuna.db mlartifacts .shrinkflow/search .prefect .dvc/cache .dvc/tmp .dvc-storage

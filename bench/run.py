@@ -17,6 +17,9 @@ user's own stores and outputs are untouched):
   distillation each student's test accuracy with the teacher minus without it
                (metrics/distill.json), and how many unlabeled inputs the distilled students also
                learned from.
+  search       the default teacher search's share of the full run and what it chose (from the
+               pipeline run above); on a fixed small space, the exhaustive grid against TPE with
+               Hyperband, and trials per minute on 1 and 2 Dask workers (bench/search.py).
   serving      `shrinkflow serve` against `mlflow models serve` on the digits champion the
                pipeline run registered (bench/serving.py): requests per second and p50/p99
                latency at concurrency 1 and 8.
@@ -235,7 +238,8 @@ def _serving_check(serving: dict) -> dict:
 
 
 def targets(rows: list[dict], kd_gain_pp: dict[str, dict[str, float]], pruning: dict,
-            pipeline: dict, ensembles: dict[str, dict], serving: dict) -> list[dict]:
+            pipeline: dict, ensembles: dict[str, dict], serving: dict,
+            search: dict | None = None) -> list[dict]:
     """The acceptance targets, each checked on this run's numbers."""
     checks = []
     digits = next((row for row in rows if row["task"] == "digits" and row["deployed"]), None)
@@ -259,6 +263,8 @@ def targets(rows: list[dict], kd_gain_pp: dict[str, dict[str, float]], pruning: 
         checks.append(_ensemble_check(rows, ensembles["mnist1d"]))
     if serving:
         checks.append(_serving_check(serving))
+    if search:
+        checks += _search_checks(search)
     checks.append({"target": f"cached re-run <= {CACHED_RERUN_TARGET_PCT:.0f}% of a full run",
                    "value": f"{pipeline['cached_rerun_pct']:.1f}%",
                    "met": pipeline["cached_rerun_pct"] <= CACHED_RERUN_TARGET_PCT})
@@ -286,6 +292,48 @@ def compression(workdir: Path, tasks: list[str],
         unlabeled[task] = distill.get("unlabeled_rows", 0)
         ensembles[task] = json.loads((project / "metrics" / "ensemble.json").read_text())
     return rows, controls, kd_gain, unlabeled, ensembles
+
+
+def search_section(project: Path, pipeline: dict) -> dict:
+    """The default search inside the pipeline run (`project`), then bench/search.py's studies."""
+    default = json.loads((project / "metrics" / "search.json").read_text())
+    choice = json.loads((project / "models" / "search" / "choice.json").read_text())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "search.py"), str(project)],
+                            cwd=project, env=project_env(project), capture_output=True, text=True,
+                            timeout=3600)
+    if result.returncode != 0:
+        sys.exit(f"bench/search.py failed:\n{result.stderr[-3000:]}")
+    studies = json.loads(result.stdout.strip().splitlines()[-1])
+    seconds = default["seconds"]
+    return {**studies, "default_search_s": round(seconds, 2),
+            "default_search_added_pct": round(100 * seconds / (pipeline["full_run_s"] - seconds), 1),
+            "default_choice": choice["reason"], "default_searched": bool(default["searched"]),
+            "default_figures": {key: value for key, value in default.items()
+                                if key.startswith(("chosen_", "reference_"))},
+            "recipe_front": []}  # the compression-recipe search is not built yet
+
+
+def _search_checks(search: dict) -> list[dict]:
+    grid, tpe = search["grid_best_accuracy"], search["tpe_hyperband_best_accuracy"]
+    ratio = search["trials_per_min_2_workers"] / search["trials_per_min_1_worker"]
+    return [
+        {"target": "search: TPE + Hyperband within 0.5 pp of the grid's best validation accuracy "
+                   "with <= 1/3 of its training epochs",
+         "value": f"{tpe:.4f} vs {grid:.4f} ({100 * (tpe - grid):+.2f} pp), "
+                  f"{search['tpe_hyperband_epochs']} vs {search['grid_epochs']} epochs",
+         "met": within_drop(100 * (grid - tpe), 0.5)
+                and 3 * search["tpe_hyperband_epochs"] <= search["grid_epochs"]},
+        {"target": "search: 2 Dask workers complete >= 1.5x the trials per minute of 1",
+         "value": f"{search['trials_per_min_2_workers']:.1f} vs "
+                  f"{search['trials_per_min_1_worker']:.1f} per minute ({ratio:.2f}x)",
+         "met": ratio >= 1.5},
+        {"target": "search: the default budget adds <= 25% to a full default run on digits",
+         "value": f"{search['default_search_s']:.1f} s, +{search['default_search_added_pct']:.1f}%",
+         "met": search["default_search_added_pct"] <= 25},
+        {"target": "search: the searched digits teacher beats params.yaml's on validation, or "
+                   "matches it with fewer parameters",
+         "value": search["default_choice"], "met": search["default_searched"]},
+    ]
 
 
 def serving_section(project: Path) -> dict:
@@ -324,6 +372,21 @@ def _serving_lines(report: dict) -> list[str]:
                      f"{measured['rps_ratio']:.2f}x [{low:.2f}, {high:.2f}] the requests per "
                      "second of `mlflow models serve`.")
     return lines + [""]
+
+
+def _search_lines(search: dict) -> list[str]:
+    return ["## Search", "",
+            f"The default teacher search took {search['default_search_s']:.1f} s of the full run "
+            f"(+{search['default_search_added_pct']:.1f}% on the rest). Its choice: "
+            f"{search['default_choice']}.", "",
+            f"On a fixed space of {search['grid_points']} points (up to {search['epochs_per_trial']} "
+            "epochs per trial):", "",
+            "| study | best val accuracy | training epochs |", "|---|---:|---:|",
+            f"| exhaustive grid | {search['grid_best_accuracy']:.4f} | {search['grid_epochs']} |",
+            f"| TPE + Hyperband, {search['tpe_trials']} trials | "
+            f"{search['tpe_hyperband_best_accuracy']:.4f} | {search['tpe_hyperband_epochs']} |", "",
+            f"Random-sampler trials per minute: {search['trials_per_min_1_worker']:.1f} on one "
+            f"worker, {search['trials_per_min_2_workers']:.1f} on two Dask workers (one run each)."]
 
 
 def markdown(report: dict) -> str:
@@ -388,6 +451,8 @@ def markdown(report: dict) -> str:
                                                   if weights else f"none ({ensemble['reason']}).")]
     if report.get("serving"):
         lines += ["", *_serving_lines(report["serving"])]
+    if report.get("search"):
+        lines += ["", *_search_lines(report["search"])]
     lines += ["", "## Targets", "",
               "Candidates are picked on validation; targets are read on test. A speed target "
               "is met when its whole interval clears it.", "",
@@ -415,6 +480,8 @@ def main() -> None:
                                                                     flow_project)
         pruning = structured_torch_speedup(flow_project, threads) if "digits" in args.tasks else {}
         served = serving_section(flow_project)
+        print("search: the default study's share, samplers and workers ...", flush=True)
+        searched = search_section(flow_project, pipeline) if "digits" in args.tasks else {}
         control = controls.get("digits") or next(iter(controls.values()))
         machine = {**machine_info(threads),
                    "control_speedup_b1": control["speedup_b1_vs_ort_fp32"],
@@ -423,8 +490,9 @@ def main() -> None:
                   "controls": controls, "distillation_gain_pp": kd_gain,
                   "distillation_unlabeled_rows": unlabeled,
                   "structured_pruning_torch_b1": pruning, "serving": served,
-                  "ensembles": ensembles,
-                  "targets": targets(rows, kd_gain, pruning, pipeline, ensembles, served)}
+                  "ensembles": ensembles, "search": searched,
+                  "targets": targets(rows, kd_gain, pruning, pipeline, ensembles, served,
+                                     searched)}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)

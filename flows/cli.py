@@ -103,11 +103,13 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 
 
 def _print_result(result: dict) -> None:
-    typer.echo(f"\ndeployable:  {result['stages']['compare']['headline']}")
+    typer.echo(f"\nteacher:     {result['stages']['search']['choice']['reason']}")
+    typer.echo(f"deployable:  {result['stages']['compare']['headline']}")
     typer.echo(f"registry:    {result['stages']['deploy']['headline']}")
     typer.echo("compared:    reports/compare/candidates.md, reports/compare/pareto.png")
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
-    typer.echo("reports:     reports/summary.md, reports/baseline/, reports/data_docs/index.html")
+    typer.echo("reports:     reports/summary.md, reports/search/, reports/baseline/, "
+               "reports/data_docs/index.html")
     typer.echo("metrics:     metrics/*.json  (`dvc metrics show`)")
 
 

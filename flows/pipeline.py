@@ -1,5 +1,5 @@
-"""The shrinkflow pipeline as a Prefect flow: prepare -> baseline -> prune, distill -> quantize ->
-ensemble -> compare -> deploy.
+"""The shrinkflow pipeline as a Prefect flow: prepare -> search -> baseline -> prune, distill ->
+quantize -> ensemble -> compare -> deploy.
 
 Wiring only: which task runs in which order and which MLflow run id each one gets. The stages and
 their order are declared in `tasks.dag`, the maths is in `shrinkflow/`, the I/O, tracking and

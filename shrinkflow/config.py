@@ -225,14 +225,122 @@ class QuantizeConfig(_Section):
 # ---------------------------------------------------------------------------------------------
 # distill
 # ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# search
+# ---------------------------------------------------------------------------------------------
+Scalar = int | float | str | bool
+
+
+class Range(_Section):
+    """A numeric range of the search space: integers when `low` and `high` are both integers."""
+
+    low: int | float = Field(description="smallest value")
+    high: int | float = Field(description="largest value")
+    log: bool = Field(False, description="sample on a log scale (learning rates, weight decay)")
+    step: int | float | None = Field(None, gt=0, description="only multiples of this above low")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) is below low ({self.low})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a range is either log or stepped, not both")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return all(isinstance(value, int) and not isinstance(value, bool)
+                   for value in (self.low, self.high, self.step or 1))
+
+
+Dimension = Range | Annotated[tuple[Scalar, ...], Field(min_length=1)]
+SEARCHABLE = ("model", "train", "augment")  # the baseline sections a teacher search may vary
+
+
+class SearchConfig(_Section):
+    """Stage `search`: an Optuna study over the teacher's architecture and training."""
+
+    enabled: bool = Field(True, description="search the teacher before `baseline` trains it")
+    sampler: Literal["grid", "random", "tpe", "cmaes", "nsga2"] = Field(
+        "tpe", description="how trials are proposed")
+    pruner: Literal["none", "median", "sha", "hyperband"] = Field(
+        "hyperband", description="how bad trials are stopped early, from their per-epoch "
+        "validation accuracy (one objective only)")
+    trials: int = Field(12, ge=1, description="finished trials (complete or pruned) the study "
+                        "holds at the end; a resumed study only runs the missing ones")
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock budget of one search run")
+    epochs: int = Field(15, ge=1, description="epochs of a trial that is not pruned")
+    min_epochs: int = Field(3, ge=1, description="pruners judge a trial from this epoch on")
+    objectives: tuple[Literal["val_accuracy", "params", "latency_ms"], ...] = Field(
+        ("val_accuracy",), description="val_accuracy (maximised) first, optionally params or "
+        "batch-1 latency_ms (minimised): two make a Pareto front")
+    max_params: int | None = Field(None, ge=1, description="multi-objective: the chosen front "
+                                   "trial has at most this many parameters")
+    max_latency_ms: float | None = Field(None, gt=0, description="multi-objective: ... and at "
+                                         "most this batch-1 latency")
+    grid_points: int = Field(3, ge=2, le=10, description="grid sampler: values per range")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the study "
+                                "(SHRINKFLOW_SEARCH_STORAGE wins; null: sqlite optuna.db here)")
+    study: str | None = Field(None, description="study name (null: data set + a hash of what "
+                              "the trials mean, so the same search resumes)")
+    workers: int = Field(1, ge=1, le=64, description="parallel trials; >1 runs them on Dask")
+    threads_per_worker: int = Field(1, ge=1, description="torch threads of each worker")
+    heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat; one silent for "
+                             "3 beats was killed and is retried")
+    seed: int = Field(0, description="sampler seed")
+    space: dict[str, dict[str, Dimension]] = Field(
+        {}, description="baseline keys to vary, by section (model, train, augment): a list of "
+        "choices or a range {low, high, log, step}")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SearchConfig:
+        for section, keys in self.space.items():
+            if section not in SEARCHABLE:
+                raise ValueError(f"search.space.{section}: only {', '.join(SEARCHABLE)} can be "
+                                 f"searched")
+            model = BaselineConfig.model_fields[section].annotation
+            for key, dimension in keys.items():
+                if key not in model.model_fields:
+                    raise ValueError(f"search.space.{section}.{key}: baseline.{section} has no "
+                                     f"key {key!r} (it has {', '.join(model.model_fields)})")
+                values = ((dimension.low, dimension.high) if isinstance(dimension, Range)
+                          else dimension)
+                for value in values:  # every choice and both ends must be valid baseline values
+                    try:
+                        model.model_validate({key: value})
+                    except ValidationError as exc:
+                        raise ValueError(f"search.space.{section}.{key}: {value!r} is not a valid "
+                                         f"baseline.{section}.{key}: {exc.errors()[0]['msg']}"
+                                         ) from None
+        if self.objectives[0] != "val_accuracy" or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("search.objectives starts with val_accuracy, each objective once")
+        if len(self.objectives) > 1 and self.pruner != "none":
+            raise ValueError("search.pruner stops trials on one objective; with several "
+                             "objectives set search.pruner: none")
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"search.min_epochs ({self.min_epochs}) exceeds search.epochs "
+                             f"({self.epochs})")
+        return self
+
+
 _STUDENT_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a candidate and directory name part
+
+
+class StudentConfig(ModelConfig):
+    """A student: an architecture, and how many seeds it is distilled from."""
+
+    seeds: int | None = Field(
+        None, ge=1, le=16, description="distil this student from this many seeds (null: "
+        "distill.seeds)")
 
 
 class DistillConfig(_Section):
     """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
 
     enabled: bool = Field(True, description="train a distilled student")
-    student: ModelConfig = ModelConfig(width=16, dropout=0.0)
+    student: StudentConfig = StudentConfig(width=16, dropout=0.0)
     temperature: float = Field(2.0, gt=0, description="softens both distributions; higher shares more")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
     feature_pairs: tuple[tuple[str, str], ...] = Field(
@@ -246,7 +354,7 @@ class DistillConfig(_Section):
     train_without_teacher: bool = Field(
         True, description="also train the student alone, to measure what distillation adds"
     )
-    extra_students: dict[str, ModelConfig] = Field(
+    extra_students: dict[str, StudentConfig] = Field(
         {}, description="more students by name, each trained like `student`: '<name>-kd' etc."
     )
     use_unlabeled: bool = Field(
@@ -266,7 +374,7 @@ class DistillConfig(_Section):
                                  f"(lower-case letters, digits and '_', not 'student')")
         return self
 
-    def students(self) -> dict[str, ModelConfig]:
+    def students(self) -> dict[str, StudentConfig]:
         """Every student by name: 'student' (`student`) first, then `extra_students`."""
         return {"student": self.student, **self.extra_students}
 
@@ -374,6 +482,7 @@ class Params(_Section):
 
     project: ProjectConfig = ProjectConfig()
     prepare: PrepareConfig = PrepareConfig()
+    search: SearchConfig = SearchConfig()
     baseline: BaselineConfig = BaselineConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
@@ -399,11 +508,20 @@ def _format_errors(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+# mappings given whole (in an overlay file, or as `--set search.space={...}`) replace the one
+# before instead of merging into it: a search space or a set of students given again is the new
+# one (merging would keep every entry of the old one, with no way to drop one);
+# `--set search.space.train.lr=...` still changes one entry
+REPLACED_WHOLE = frozenset({"search.space", "distill.extra_students"})
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any],
+                replaced: frozenset[str] = frozenset(), path: str = "") -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        dotted = f"{path}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and dotted not in replaced:
+            merged[key] = _deep_merge(merged[key], value, replaced, f"{dotted}.")
         else:
             merged[key] = value
     return merged
@@ -448,10 +566,12 @@ def load_params(
     data = _read_yaml(path)
     origins = [str(path)]
     for overlay in overlays or []:
-        data = _deep_merge(data, _read_yaml(Path(overlay)))
+        data = _deep_merge(data, _read_yaml(Path(overlay)), REPLACED_WHOLE)
         origins.append(str(overlay))
     for assignment in overrides or []:
-        data = _deep_merge(data, parse_override(assignment))
+        given_whole = assignment.partition("=")[0].strip() in REPLACED_WHOLE
+        data = _deep_merge(data, parse_override(assignment),
+                           REPLACED_WHOLE if given_whole else frozenset())
         origins.append(f"--set {assignment}")
     try:
         return Params.model_validate(data)

@@ -13,7 +13,7 @@ import numpy as np
 from shrinkflow.train import EpochLog
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -24,7 +24,7 @@ def _pyplot():
 
 def training_curves(history: Sequence[EpochLog], path: Path, title: str) -> Path:
     """Loss (train and validation) and validation accuracy per epoch; the best epoch marked."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [log.epoch for log in history]
     best = max(history, key=lambda log: (log.val_accuracy, -log.val_loss))
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -45,7 +45,7 @@ def training_curves(history: Sequence[EpochLog], path: Path, title: str) -> Path
 
 def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
     """Counts per (true, predicted) class; off-diagonal cells are the mistakes."""
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -67,7 +67,7 @@ def pareto(rows: Sequence[dict], front: Sequence[str], chosen: str | None, path:
            title: str) -> Path:
     """Validation accuracy (what the choice reads) against file size (log scale), marker area by
     batch-1 latency; front joined."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
     latencies = np.array([row["latency_ms_p50_b1"] for row in rows])
     areas = 40 + 400 * latencies / max(latencies.max(), 1e-12)

@@ -1,6 +1,7 @@
 """Stage `baseline`: train the reference model (the teacher) and export it to ONNX.
 
-Reads data/processed/ (from `prepare`) and params.yaml `baseline` (model, train, augment). Writes
+Reads data/processed/ (from `prepare`), params.yaml `baseline` (model, train, augment) and the
+search's choice (models/search/choice.json: the searched values replace params.yaml's). Writes
 models/baseline/{model.pt (state_dict), architecture.json, model.onnx}, metrics/baseline.json
 (validation and test accuracy, size, parameters, FLOPs; its speed is measured by `compare`, side by
 side with every candidate), metrics/baseline_history.csv and reports/baseline/*.png; logs all of it
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 
 from shrinkflow import data, measure, models, plots, train
-from shrinkflow.config import Params
+from shrinkflow.config import BaselineConfig, Params
+from shrinkflow.search import space
 from tasks import io, tracking
 from tasks.candidates import Candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
@@ -42,10 +44,19 @@ def _plots(history: list[train.EpochLog], model: torch.nn.Module, splits: data.S
                                f"baseline on {spec.name}: test confusion matrix")
 
 
+def searched_config(params: Params, catalog: Catalog) -> tuple[BaselineConfig, str]:
+    """params.yaml's baseline with the search's chosen values applied, and the search's reason."""
+    choice = io.read_json(catalog.search_choice_file, produced_by="search")
+    return space.apply(params.baseline, choice["values"]), choice["reason"]
+
+
 def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train, save, export and evaluate the baseline; returns a JSON summary."""
-    catalog, cfg = Catalog.at(root), params.baseline
+    catalog = Catalog.at(root)
+    io.require(catalog.dataset_file(), produced_by="prepare")  # the earliest missing stage first
+    cfg, searched = searched_config(params, catalog)
     with tracking.stage_run("baseline", params, catalog.root, parent_run_id, cfg) as run:
+        log.info("baseline config: %s", searched)
         log.info("loading processed data from %s", catalog.processed_dir)
         splits, spec, meta = load_processed(catalog)
         tracking.log_dataset(splits.train.x, splits.train.y, f"{spec.name}-train",
@@ -89,7 +100,7 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         _plots(result.history, model, splits, spec, catalog)
 
         tracking.log_metrics(metrics)
-        tracking.set_tags({"dataset": spec.name, "dvc.raw_md5": meta["raw_md5"],
+        tracking.set_tags({"dataset": spec.name, "dvc.raw_md5": meta["raw_md5"], "search": searched,
                            "device": result.device, "precision": result.precision})
         example = splits.test.x[:2]
         tracking.log_onnx_model(catalog.baseline_dir / "model.onnx", example,

@@ -97,6 +97,25 @@ class Catalog:
     def history_file(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}_history.csv"
 
+    # -- search -------------------------------------------------------------------------
+    @property
+    def search_db(self) -> Path:
+        """The default study storage (SQLite) when no other is configured."""
+        return self.root / "optuna.db"
+
+    def search_trials_dir(self, study: str) -> Path:
+        """Weights of each finished trial of `study` (kept across resumed runs)."""
+        return self.root / ".shrinkflow" / "search" / study
+
+    @property
+    def search_choice_file(self) -> Path:
+        """The config `baseline` trains, as the search chose it (see tasks.search)."""
+        return self.stage_models("search") / "choice.json"
+
+    @property
+    def search_report_dir(self) -> Path:
+        return self.root / "reports" / "search"
+
     # -- run summary ----------------------------------------------------------------------
     @property
     def summary_file(self) -> Path:

@@ -53,7 +53,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           outs=(Output("data/raw", "the raw table: versioned by DVC, pushed to the remote"),
                 Output("data/processed", "train/val/test splits + normalization statistics")),
           metrics=("metrics/prepare.json",)),
-    Stage("baseline", "tasks.baseline:run_baseline", ("baseline",), ("data/processed",),
+    # searches the teacher's config on train/validation; baseline trains what it chose
+    Stage("search", "tasks.search:run_search", ("search", "baseline"), ("data/processed",),
+          outs=(Output("models/search", "choice.json: the searched baseline values (or none: "
+                                        "params.yaml's stay) and why"),
+                Output("reports/search", "summary.md and the study's plots", cache=False)),
+          metrics=("metrics/search.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
+    Stage("baseline", "tasks.baseline:run_baseline", ("baseline",), ("data/processed", "models/search"),
           outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx"),),
           metrics=("metrics/baseline.json",),
           plots=("metrics/baseline_history.csv", "reports/baseline/confusion_matrix.png",

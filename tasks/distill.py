@@ -39,13 +39,14 @@ class Variant(NamedTuple):
 
 
 def _variants(cfg: DistillConfig) -> list[Variant]:
-    """Every model to train: per student, `seeds` distilled ones, then the one trained alone."""
+    """Every model to train: per student, its `seeds` (or distill.seeds) distilled ones, then the
+    one trained alone."""
     if not cfg.enabled:
         return []
     variants = []
     for name, model in cfg.students().items():
         variants += [Variant(f"{name}-kd" + (f"-seed{k}" if k else ""), name, model, "kd", k)
-                     for k in range(cfg.seeds)]
+                     for k in range(model.seeds or cfg.seeds)]
         if cfg.train_without_teacher:
             variants.append(Variant(f"{name}-scratch", name, model, "scratch", 0))
     return variants

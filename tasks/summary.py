@@ -16,8 +16,11 @@ def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]
     baseline = summaries["baseline"]["metrics"]
     lines = [f"# shrinkflow run on `{summaries['prepare']['dataset']}`", "",
              f"Teacher: validation accuracy {baseline['val_accuracy']:.4f}, test accuracy "
-             f"{baseline['accuracy']:.4f}, {int(baseline['params_count']):,} parameters.", "",
-             "| stage | MLflow run |", "|---|---|"]
+             f"{baseline['accuracy']:.4f}, {int(baseline['params_count']):,} parameters.", ""]
+    if "search" in summaries:
+        lines += [f"Teacher search: {summaries['search']['choice']['reason']} "
+                  "(reports/search/summary.md).", ""]
+    lines += ["| stage | MLflow run |", "|---|---|"]
     lines += [f"| {stage} | [{summary['run_id']}]({links[stage]}) |"
               for stage, summary in summaries.items()]
     if "compare" in summaries:

@@ -15,6 +15,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Overrides that keep pipeline tests to seconds: small models, few epochs, short timing loops.
 TINY = [
+    "search.trials=1",  # the reference trial only: params.yaml's config stays, in seconds
+    "search.epochs=1",
+    "search.min_epochs=1",
     "baseline.train.epochs=2",
     "baseline.model.width=16",
     "prune.steps=1",
@@ -49,7 +52,8 @@ SHARED_FIXTURE_FILES = {
     "trained": ("tests/tasks/test_baseline.py", "tests/tasks/test_compare.py",
                 "tests/tasks/test_deploy.py", "tests/tasks/test_distill_stage.py",
                 "tests/tasks/test_prune_stage.py", "tests/tasks/test_ensemble_stage.py",
-                "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py"),
+                "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py",
+                "tests/tasks/test_search_stage.py", "tests/tasks/test_search_services.py"),
 }
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
 
@@ -122,14 +126,14 @@ def tiny_params():
 
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project after `prepare` and `baseline` on the TINY params, made once per session: stage
+    """A project after `prepare`, `search` and `baseline` on the TINY params, made once per session: stage
     tests start from a copy (`copy_trained`) instead of validating and training again."""
     from shrinkflow.config import load_params
     from tasks.stages import run_stage
 
     project = copy_project(tmp_path_factory.mktemp("trained") / "project")
     params = load_params(project / "params.yaml", overrides=TINY)
-    for stage in ("prepare", "baseline"):
+    for stage in ("prepare", "search", "baseline"):
         run_stage(stage, params, project)
     return project
 

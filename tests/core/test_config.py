@@ -55,8 +55,10 @@ def test_repo_params_yaml_loads_into_frozen_params():
 
 def test_repo_params_yaml_names_every_configurable_key():
     # given the raw YAML of params.yaml and the full set of keys the models accept
-    raw_keys = set(_flat_yaml(yaml.safe_load(PARAMS.read_text())))
-    model_keys = set(flatten(Params()))
+    # (search.space is one knob: a mapping whose keys are data, the baseline keys it searches)
+    raw_keys = {"search.space" if key.startswith("search.space.") else key
+                for key in _flat_yaml(yaml.safe_load(PARAMS.read_text()))}
+    model_keys = set(flatten(Params())) | {"search.space"}
     # then every knob appears in params.yaml (so `dvc exp run -S key=...` can reach it) and
     # params.yaml holds nothing the models do not know
     assert raw_keys == model_keys, (
@@ -74,7 +76,8 @@ def test_every_shipped_overlay_loads_and_applies_its_values(overlay: Path):
     # then every value it sets wins, and every key it does not set keeps params.yaml's value
     loaded, base = flatten(params), flatten(load_params(PARAMS))
     for key, value in overlay_values.items():
-        assert loaded[key] == value, f"{overlay.name} should set {key} to {value!r}"
+        shown = list(loaded[key]) if isinstance(loaded[key], tuple) else loaded[key]  # YAML lists
+        assert shown == value, f"{overlay.name} should set {key} to {value!r}"
     for key in set(base) - set(overlay_values):
         assert loaded[key] == base[key], f"{key} should keep params.yaml's value under {overlay.name}"
 
@@ -344,3 +347,11 @@ def test_flatten_with_prefix_prefixes_every_key():
     flat = flatten(MeasureConfig(), prefix="measure.")
     assert set(flat) == {"measure.threads", "measure.warmup", "measure.repeats",
                          "measure.throughput_repeats", "measure.rounds"}, f"unexpected keys {sorted(flat)}"
+
+
+def test_students_given_whole_replace_the_others():
+    mnist1d = load_params(PARAMS, [PARAMS.parent / "configs" / "mnist1d.yaml"])
+    assert list(mnist1d.distill.extra_students) == ["mlp", "tiny"]
+    none = load_params(PARAMS, [PARAMS.parent / "configs" / "mnist1d.yaml"],
+                       ["distill.extra_students={}"])
+    assert none.distill.extra_students == {}

@@ -75,7 +75,7 @@ def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):
     assert any(".distilled." in path for path in interrupted["leftovers"])
     # then: the stages the killed run finished came from the cache
     rerun = interrupted["rerun"]
-    for stage in ("prepare", "baseline", "prune"):
+    for stage in ("prepare", "search", "baseline", "prune"):
         assert rerun["stages"][stage]["run_id"] == interrupted["finished"][stage], \
             f"{stage} finished before the kill and should come from the cache"
     # and: nothing half-written is left, and the killed runs are marked failed

@@ -126,10 +126,16 @@ def test_pipeline_stages_log_to_a_tracking_server(mlflow_server, project, tiny_p
 
     # when
     prepare = run_stage("prepare", tiny_params, project)
+    search = run_stage("search", tiny_params, project)
     baseline = run_stage("baseline", tiny_params, project)
 
-    # then: both runs and their metrics are on the server
+    # then: the runs and their metrics are on the server (the search's trials nested in its run)
     client = MlflowClient(url)
+    search_run = client.get_run(search["run_id"])
+    assert search_run.data.tags["study"] == search["choice"]["study"]
+    trials = client.search_runs([search_run.info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{search['run_id']}'")
+    assert [run.info.run_name for run in trials] == ["trial-0"]
     prepare_run = client.get_run(prepare["run_id"])
     baseline_run = client.get_run(baseline["run_id"])
     assert prepare_run.info.status == baseline_run.info.status == "FINISHED"

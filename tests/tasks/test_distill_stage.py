@@ -13,7 +13,7 @@ from tasks.catalog import Catalog
 from tasks.distill import run_distill
 from tasks.io import load_processed
 from tasks.tracking import run_that_made
-from tests.conftest import TINY, copy_trained
+from tests.conftest import REPO, TINY, copy_trained
 
 
 def test_distill__trains_both_students_and_records_the_gain(trained_project, tiny_params):
@@ -119,3 +119,13 @@ def test_distill__seeds_train_the_same_student_from_other_starts(pooled):
             f"{other} should start from other weights"
     metrics = json.loads(catalog.metrics_file("distill").read_text())
     assert {"student-kd-seed1.val_accuracy", "student-kd-seed2.accuracy"} <= metrics.keys()
+
+
+def test_a_student_of_its_own_seeds_overrides_distill_seeds():
+    from tasks.distill import _variants
+
+    params = load_params(REPO / "params.yaml", overrides=[
+        "distill.extra_students={tiny: {width: 4, seeds: 3}}", "distill.seeds=1"])
+    names = [variant.candidate for variant in _variants(params.distill)]
+    assert names == ["student-kd", "student-scratch", "tiny-kd", "tiny-kd-seed1", "tiny-kd-seed2",
+                     "tiny-scratch"]

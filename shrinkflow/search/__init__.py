@@ -1,0 +1,11 @@
+"""Search: Optuna studies over the teacher's architecture and training.
+
+  space     the searched baseline keys (choices and ranges), grids, applying a trial's values
+  study     sampler, pruner, storage (SQLite or any SQLAlchemy URL), resumable budgeted runs
+  teacher   the objective: train a trial's config, report each epoch to the pruner
+  choose    the baseline's config: the best (or front) trial if it beats params.yaml's own
+  plots     optimisation history, learning curves, importances, Pareto front (PNG)
+
+Torch, numpy and Optuna only: no tracking, no orchestration (the stage in `tasks.search` logs,
+runs workers and writes files). Import the modules directly: `from shrinkflow.search import study`.
+"""

@@ -1,0 +1,133 @@
+"""The Optuna study: sampler, pruner, storage, and running trials until the budget is spent.
+
+A study lives in a database (SQLite by default, any SQLAlchemy URL such as PostgreSQL), so a
+search is resumable and shareable: a killed run, or another process or machine, opens the same
+study by name and continues it. The budget counts the trials the study holds, not the trials this
+run adds: `trials` finished (complete or pruned) trials in all, so a restarted search only runs
+the missing ones and never repeats a finished trial. Running trials send a heartbeat; a trial
+whose process died (no beat for three intervals) is marked failed by the next process to run a
+trial, and retried once with the same values.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from shrinkflow.config import Dimension, SearchConfig
+from shrinkflow.errors import UserError
+from shrinkflow.search import space
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+DIRECTIONS = {"val_accuracy": "maximize", "params": "minimize", "latency_ms": "minimize"}
+REFERENCE_ATTR = "reference"  # user attr of the trial that trains the baseline config as it is
+
+
+def sampler(cfg: SearchConfig, dims: Mapping[str, Dimension], reference: space.Values
+            ) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded (one process: the same trials every time)."""
+    if cfg.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(dims, cfg.grid_points, reference),
+                                           seed=cfg.seed)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.sampler == "cmaes":
+        # CMA-ES has no categorical dimension: those are drawn at random, without a warning each
+        return optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, cfg.trials // 3))
+    # few trials: start modelling after 4 random ones (the default 10 would be most of the budget)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(4, cfg.trials // 3)),
+                                      multivariate=True)
+
+
+def pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner; every one waits `min_epochs` before judging a trial."""
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.min_epochs - 1)
+    if cfg.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.min_epochs,
+                                                      reduction_factor=3)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_epochs, max_resource=cfg.epochs,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+class StorageError(UserError, RuntimeError):
+    """The study database cannot be opened (a malformed URL, no server, no driver)."""
+
+
+def shown_url(url: str) -> str:
+    """A storage URL without its password (for logs, tags and messages)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<not a database URL>"
+
+
+def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    """The study database, with heartbeats and a retry of trials whose process died."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # several worker processes write one SQLite file: wait for the lock instead of failing
+        engine["connect_args"] = {"timeout": 60}
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1))
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise StorageError(f"cannot open the search storage {shown_url(url)} (set by "
+                           f"SHRINKFLOW_SEARCH_STORAGE or search.storage): {reason}") from None
+
+
+def open_study(cfg: SearchConfig, dims: Mapping[str, Dimension], reference: space.Values,
+               url: str, name: str) -> optuna.Study:
+    """Create the study, or load it when it exists (a resumed or shared search); the trial of
+    the `reference` values (params.yaml's config) is queued first, once per study: it is what
+    the search must beat."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage(url, cfg.heartbeat_s), sampler=sampler(cfg, dims, reference),
+        pruner=pruner(cfg), study_name=name, load_if_exists=True,
+        directions=[DIRECTIONS[objective] for objective in cfg.objectives])
+    study.enqueue_trial(dict(reference), user_attrs={REFERENCE_ATTR: True}, skip_if_exists=True)
+    return study
+
+
+def twin(trial: optuna.Trial) -> FrozenTrial | None:
+    """A finished trial of the study with the same values as `trial` (training is
+    deterministic: its result is this trial's), or None."""
+    return next((other for other in trial.study.get_trials(deepcopy=False, states=FINISHED)
+                 if other.params == trial.params and other.number != trial.number), None)
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], trials: int,
+             timeout_s: float | None) -> None:
+    """Run trials until the study holds `trials` finished ones (or `timeout_s` passes).
+
+    Several processes may call this on one study at once: each stops when the shared count is
+    reached (a trial already started elsewhere may make it one or two more)."""
+    if finished(study) >= trials:
+        return
+    budget = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
+    study.optimize(objective, n_trials=None if timeout_s else trials, timeout=timeout_s,
+                   callbacks=[budget], gc_after_trial=False, catch=())

@@ -1,0 +1,224 @@
+"""Stage `search`: an Optuna study finds the teacher's architecture and training settings.
+
+Reads data/processed/ (train and validation only) and params.yaml `search` and `baseline`.
+
+The study starts with the baseline config as it is (the reference trial), then tries the
+sampler's proposals, each trained for at most `search.epochs` while the pruner stops bad ones
+(`shrinkflow.search`). Trials run in this process, or on Dask workers through prefect-dask when
+`search.workers` > 1 or DASK_SCHEDULER_ADDRESS names a running scheduler; the study database
+(SHRINKFLOW_SEARCH_STORAGE, else `search.storage`, else optuna.db here) is what they share, so a
+killed search resumes where it stopped and several machines can work on one study.
+
+Writes models/search/choice.json (the values `baseline` applies, or none: params.yaml's config
+stays, and why), metrics/search.json and reports/search/*.png. MLflow: the stage run is the
+study's parent run (study name and storage as tags, the choice's figures, the plots, the chosen
+trial's weights) with one nested run per trial (its values, per-epoch validation accuracy, state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from shrinkflow.config import BaselineConfig, Params, SearchConfig
+from shrinkflow.search import choose, study
+from tasks import io, tracking
+from tasks.catalog import Catalog
+
+log = logging.getLogger("shrinkflow.search")
+STAGE_DIR = "search"
+STORAGE_VARIABLE = "SHRINKFLOW_SEARCH_STORAGE"
+SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+
+
+def storage_url(cfg: SearchConfig, catalog: Catalog) -> str:
+    """Where the study lives: the environment wins (shared services), then params, then a SQLite
+    file in the project."""
+    return os.environ.get(STORAGE_VARIABLE) or cfg.storage or f"sqlite:///{catalog.search_db}"
+
+
+def study_name(cfg: SearchConfig, baseline: BaselineConfig, dataset: str, data_md5: str) -> str:
+    """`search.study`, or the data set and a digest of everything a trial's result depends on:
+    the same search resumes its study, a changed space or data starts another. The budget
+    (trials, timeout, workers) is not part of it: raising `trials` continues the same study."""
+    if cfg.study:
+        return cfg.study
+    meaning = {"search": cfg.model_dump(mode="json", exclude={"trials", "timeout_s", "workers",
+                                                               "threads_per_worker", "storage",
+                                                               "study", "heartbeat_s"}),
+               "baseline": baseline.model_dump(mode="json"), "data": data_md5}
+    digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{dataset}-teacher-{digest}"
+
+
+def run_trials(root: Path, params: Params, url: str, name: str) -> None:
+    """One worker's share of the study: open it and run trials until the budget is reached.
+
+    The same function runs in this process or on a Dask worker (which loads the data itself)."""
+    from shrinkflow.measure import torch_threads
+    from shrinkflow.search import space, teacher
+
+    catalog, cfg = Catalog.at(root), params.search
+    splits, spec, _ = io.load_processed(catalog)
+    dims = space.dimensions(cfg, params.baseline)
+    trial_data = teacher.TrialData(splits.train, splits.val, spec.kind, spec.input_shape,
+                                   len(spec.classes))
+    opened = study.open_study(cfg, dims, space.current(dims, params.baseline), url, name)
+    with torch_threads(cfg.threads_per_worker):
+        study.optimize(opened, teacher.objective(cfg, params.baseline, dims, trial_data,
+                                                 catalog.search_trials_dir(name)),
+                       cfg.trials, cfg.timeout_s)
+
+
+def _worker_env() -> dict[str, str]:
+    """What local workers inherit: this process's Prefect API (without it each worker process
+    would start a temporary Prefect server of its own, ~10 s each)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url)}
+
+
+def run_on_dask(root: Path, params: Params, url: str, name: str) -> None:
+    """`search.workers` copies of `run_trials` in parallel on Dask, through prefect-dask: a local
+    cluster of single-threaded worker processes, or the scheduler DASK_SCHEDULER_ADDRESS names."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get(SCHEDULER_VARIABLE)
+    workers = params.search.workers
+    runner = (DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None, "env": _worker_env()}))
+    worker = task(run_trials, name="search-trials", cache_policy=NO_CACHE, persist_result=False)
+
+    @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)
+    def search_workers() -> None:
+        futures = [worker.submit(root, params, url, name) for _ in range(workers)]
+        for future in futures:
+            future.result()
+
+    search_workers()
+
+
+def open_search(params: Params, url: str, name: str) -> Any:
+    """The study, created here (tables, study, reference trial) before any worker starts:
+    workers creating the tables of a new database at once collide."""
+    from shrinkflow.search import space
+
+    dims = space.dimensions(params.search, params.baseline)
+    return study.open_study(params.search, dims, space.current(dims, params.baseline), url, name)
+
+
+def _summary(opened: Any, choice: Any, seconds: float) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    trials = opened.get_trials(deepcopy=False)
+    count = {state: sum(trial.state == state for trial in trials)
+             for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    return {"trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED],
+            "trials_failed": count[TrialState.FAIL],
+            "epochs_spent": sum(int(trial.user_attrs.get("epochs", 0)) for trial in trials),
+            "seconds": seconds, "searched": float(choice.trial is not None), **choice.figures}
+
+
+def _log_trials(opened: Any, cfg: SearchConfig) -> None:
+    """One nested MLflow run per trial of the study, under the active stage run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    for trial in opened.get_trials(deepcopy=False):
+        with tracking.candidate_run(f"trial-{trial.number}", {"state": trial.state.name,
+                                                              "shrinkflow.kind": "trial"}) as run:
+            mlflow.log_params({key: str(value) for key, value in trial.params.items()})
+            stamp = int(time.time() * 1000)
+            curve = [Metric("epoch_val_accuracy", value, stamp, int(step))
+                     for step, value in sorted(trial.intermediate_values.items())]
+            values = dict(zip(cfg.objectives, trial.values or (), strict=False))
+            attributes = {key: float(value) for key, value in trial.user_attrs.items()
+                          if isinstance(value, int | float) and not isinstance(value, bool)}
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve)
+            mlflow.log_metrics({**attributes, **values})
+
+
+def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the study, choose the baseline's config; returns a JSON summary."""
+    catalog, cfg = Catalog.at(root), params.search
+    with tracking.stage_run("search", params, catalog.root, parent_run_id, cfg) as run:
+        meta = io.read_json(catalog.dataset_file(), produced_by="prepare")
+        dataset = meta["spec"]["name"]
+        opened, metrics = None, {}
+        choice: dict[str, Any] = {"values": {}, "reason": "search.enabled is false", "trial": None}
+        if cfg.enabled:
+            url = storage_url(cfg, catalog)
+            name = study_name(cfg, params.baseline, dataset, meta["raw_md5"])
+            log.info("search study %s in %s: %d trials, sampler %s, pruner %s", name,
+                     study.shown_url(url), cfg.trials, cfg.sampler, cfg.pruner)
+            tracking.set_tags({"study": name, "storage": study.shown_url(url)})
+            started = time.perf_counter()
+            opened = open_search(params, url, name)
+            if cfg.workers > 1 or os.environ.get(SCHEDULER_VARIABLE):
+                run_on_dask(catalog.root, params, url, name)
+            else:
+                run_trials(catalog.root, params, url, name)
+            chosen = choose.choose(opened, cfg)
+            metrics = _summary(opened, chosen, time.perf_counter() - started)
+            choice = {"values": chosen.values, "reason": chosen.reason, "trial": chosen.trial,
+                      "study": name, "storage": study.shown_url(url)}
+            _track(opened, chosen, cfg, catalog, name)
+        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+            io.write_json(staging / catalog.search_choice_file.name, choice)
+        with io.atomic_dir(catalog.search_report_dir) as staging:
+            io.write_text(staging / "summary.md", report_markdown(opened, choice, cfg))
+            if opened is not None:
+                from shrinkflow.search import plots
+
+                plots.draw(opened, cfg.objectives, staging)
+        tracking.log_artifact(catalog.search_report_dir, "report")
+        log.info("search: %s", choice["reason"])
+        io.write_json(catalog.metrics_file("search"), metrics)
+        tracking.log_metrics(metrics)
+        tracking.set_tags({"choice": choice["reason"]})
+        return {"stage": "search", "run_id": run.info.run_id, "dataset": dataset,
+                "metrics": metrics, "choice": choice}
+
+
+def _track(opened: Any, chosen: Any, cfg: SearchConfig, catalog: Catalog, name: str) -> None:
+    """Per-trial runs, the chosen values and the chosen trial's weights, on the stage run."""
+    import mlflow
+
+    _log_trials(opened, cfg)
+    mlflow.log_params({f"chosen.{key}": str(value) for key, value in chosen.values.items()})
+    if chosen.trial is not None:
+        for suffix in ("pt", "json"):
+            tracking.log_artifact(catalog.search_trials_dir(name) / f"trial-{chosen.trial}.{suffix}",
+                                  "best_trial")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def report_markdown(opened: Any, choice: dict[str, Any], cfg: SearchConfig) -> str:
+    """reports/search/summary.md: the choice, then every trial (values, state, figures)."""
+    lines = ["# Teacher search", "", f"Choice: {choice['reason']}.", ""]
+    if opened is None:
+        return "\n".join(lines)
+    keys = sorted({key for trial in opened.get_trials(deepcopy=False) for key in trial.params})
+    lines += [f"Study `{choice['study']}` in `{choice['storage']}`: sampler {cfg.sampler}, "
+              f"pruner {cfg.pruner}, at most {cfg.epochs} epochs per trial.", "",
+              "| trial | state | " + " | ".join([*cfg.objectives, "epochs", *keys]) + " |",
+              "|" + "---|" * (3 + len(cfg.objectives) + len(keys))]
+    for trial in opened.get_trials(deepcopy=False):
+        values = [f"{value:.4g}" for value in trial.values or ()] or ["-"] * len(cfg.objectives)
+        label = f"{trial.number} (params.yaml)" if trial.user_attrs.get("reference") else str(trial.number)
+        lines.append(f"| {label} | {trial.state.name.lower()} | " + " | ".join(
+            [*values, str(trial.user_attrs.get("epochs", 0)),
+             *(_shown(trial.params.get(key, "")) for key in keys)]) + " |")
+    return "\n".join(lines) + "\n"
