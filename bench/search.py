@@ -49,12 +49,12 @@ def _study(project: Path, params, storage: str, workers: int = 0):
     Dask workers; returns it (loaded from `storage`)."""
     import optuna
 
-    from tasks import search
+    from tasks import search, studies
 
     name = f"bench-{params.search.sampler}-{params.search.pruner}-{workers}"
     search.open_search(params, storage, name)  # tables and study before any worker starts
     if workers:
-        search.run_on_dask(project, params, storage, name)
+        studies.run_on_dask(search.run_trials, project, params, storage, name)
     else:
         search.run_trials(project, params, storage, name)
     return optuna.load_study(study_name=name, storage=storage)

@@ -259,6 +259,47 @@ Dimension = Range | Annotated[tuple[Scalar, ...], Field(min_length=1)]
 SEARCHABLE = ("model", "train", "augment")  # the baseline sections a teacher search may vary
 
 
+Choices = Annotated[tuple[Scalar, ...], Field(min_length=1)]
+
+
+class RecipeSpace(_Section):
+    """What a compression recipe may be: which method, its settings, and the file's precision.
+    Each key is a list of choices or a range; a key is asked for only when its method is."""
+
+    method: tuple[Literal["structured", "unstructured", "distill"], ...] = Field(
+        ("structured", "distill"), min_length=1, description="how the teacher is made smaller")
+    conv_ratio: Range = Field(Range(low=0.3, high=0.85), description="structured: conv channels removed")
+    linear_ratio: Range = Field(Range(low=0.0, high=0.5), description="structured: hidden neurons removed")
+    importance: tuple[Literal["l1", "l2", "group_norm"], ...] = Field(
+        ("l1", "group_norm"), min_length=1, description="structured: how channels are ranked")
+    unstructured_ratio: Range = Field(Range(low=0.5, high=0.95), description="unstructured: "
+                                      "weights zeroed (stored sparse, kept fp32)")
+    student_width: Range = Field(Range(low=4, high=16), description="distill: first block's width")
+    student_depth: Choices = Field((2, 3), description="distill: blocks or hidden layers")
+    temperature: Range = Field(Range(low=1.0, high=8.0), description="distill: KD temperature")
+    alpha: Range = Field(Range(low=0.5, high=1.0), description="distill: weight of the soft labels")
+    quantization: tuple[Literal["fp32", "fp16", "int8_weights", "int8_dynamic", "int8_static"],
+                        ...] = Field(("fp32", "fp16", "int8_weights", "int8_static"), min_length=1,
+                                     description="the file's precision (not for unstructured)")
+    calibration: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(
+        ("minmax", "percentile"), min_length=1, description="int8_static: calibration")
+
+
+class CompressionSearchConfig(_Section):
+    """Stage `recipes`: a multi-objective study over compression recipes (validation accuracy,
+    file size, batch-1 latency); the Pareto front's candidates go to `compare`."""
+
+    enabled: bool = Field(False, description="search compression recipes")
+    sampler: Literal["random", "tpe", "nsga2"] = Field("nsga2", description="how recipes are proposed")
+    trials: int = Field(16, ge=1, description="finished recipes in the study (resumable)")
+    epochs: int = Field(10, ge=1, description="fine-tuning epochs of a pruned recipe, training "
+                        "epochs of a student")
+    steps: int = Field(2, ge=1, le=10, description="pruning steps (fine-tuning after each)")
+    max_candidates: int = Field(6, ge=1, description="front candidates sent to compare, the most "
+                                "accurate on validation first")
+    space: RecipeSpace = RecipeSpace()
+
+
 class SearchConfig(_Section):
     """Stage `search`: an Optuna study over the teacher's architecture and training."""
 
@@ -293,6 +334,7 @@ class SearchConfig(_Section):
     space: dict[str, dict[str, Dimension]] = Field(
         {}, description="baseline keys to vary, by section (model, train, augment): a list of "
         "choices or a range {low, high, log, step}")
+    compression: CompressionSearchConfig = CompressionSearchConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> SearchConfig:

@@ -34,7 +34,7 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
-CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized", "ensemble")
+CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized", "ensemble", "searched")
 TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
 CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
 # (column, header, format) of candidates.md

@@ -87,8 +87,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
                                           "combining head in one file"),),
           metrics=("metrics/ensemble.json",)),
+    # compression recipes searched on validation; the front joins the hand-set candidates
+    Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
+          ("models/baseline", "data/processed"),
+          outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),),
+          metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
-          (*_CANDIDATES, "models/quantized", "models/ensemble", "data/processed"),
+          (*_CANDIDATES, "models/quantized", "models/ensemble", "models/searched", "data/processed"),
           outs=(Output("reports/compare", "candidates.md and pareto.png", cache=False),),
           metrics=("metrics/compare.json",)),
     # registers in the MLflow Model Registry (another store: run again); the gate reads the
@@ -96,7 +101,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("deploy", "tasks.deploy:run_deploy",
           ("deploy", "project.experiment", "compare.max_accuracy_drop_pp", "serve.threads"),
           ("metrics/compare.json", *_CANDIDATES, "models/quantized", "models/ensemble",
-           "data/processed"),
+           "models/searched", "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
                                         "probabilities out, as registered"),),
           metrics=("metrics/deploy.json",), subprocesses=("tasks.registry_check",),

@@ -20,26 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from shrinkflow.config import BaselineConfig, Params, SearchConfig
 from shrinkflow.search import choose, study
-from tasks import io, tracking
+from tasks import io, studies, tracking
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.search")
 STAGE_DIR = "search"
-STORAGE_VARIABLE = "SHRINKFLOW_SEARCH_STORAGE"
-SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
-
-
-def storage_url(cfg: SearchConfig, catalog: Catalog) -> str:
-    """Where the study lives: the environment wins (shared services), then params, then a SQLite
-    file in the project."""
-    return os.environ.get(STORAGE_VARIABLE) or cfg.storage or f"sqlite:///{catalog.search_db}"
 
 
 def study_name(cfg: SearchConfig, baseline: BaselineConfig, dataset: str, data_md5: str) -> str:
@@ -50,7 +41,8 @@ def study_name(cfg: SearchConfig, baseline: BaselineConfig, dataset: str, data_m
         return cfg.study
     meaning = {"search": cfg.model_dump(mode="json", exclude={"trials", "timeout_s", "workers",
                                                                "threads_per_worker", "storage",
-                                                               "study", "heartbeat_s"}),
+                                                               "study", "heartbeat_s",
+                                                               "compression"}),
                "baseline": baseline.model_dump(mode="json"), "data": data_md5}
     digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
     return f"{dataset}-teacher-{digest}"
@@ -73,38 +65,6 @@ def run_trials(root: Path, params: Params, url: str, name: str) -> None:
         study.optimize(opened, teacher.objective(cfg, params.baseline, dims, trial_data,
                                                  catalog.search_trials_dir(name)),
                        cfg.trials, cfg.timeout_s)
-
-
-def _worker_env() -> dict[str, str]:
-    """What local workers inherit: this process's Prefect API (without it each worker process
-    would start a temporary Prefect server of its own, ~10 s each)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return {"PREFECT_API_URL": str(client.api_url)}
-
-
-def run_on_dask(root: Path, params: Params, url: str, name: str) -> None:
-    """`search.workers` copies of `run_trials` in parallel on Dask, through prefect-dask: a local
-    cluster of single-threaded worker processes, or the scheduler DASK_SCHEDULER_ADDRESS names."""
-    from prefect import flow, task
-    from prefect.cache_policies import NO_CACHE
-    from prefect_dask import DaskTaskRunner
-
-    address = os.environ.get(SCHEDULER_VARIABLE)
-    workers = params.search.workers
-    runner = (DaskTaskRunner(address=address) if address else DaskTaskRunner(
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None, "env": _worker_env()}))
-    worker = task(run_trials, name="search-trials", cache_policy=NO_CACHE, persist_result=False)
-
-    @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)
-    def search_workers() -> None:
-        futures = [worker.submit(root, params, url, name) for _ in range(workers)]
-        for future in futures:
-            future.result()
-
-    search_workers()
 
 
 def open_search(params: Params, url: str, name: str) -> Any:
@@ -130,21 +90,9 @@ def _summary(opened: Any, choice: Any, seconds: float) -> dict[str, Any]:
 
 def _log_trials(opened: Any, cfg: SearchConfig) -> None:
     """One nested MLflow run per trial of the study, under the active stage run."""
-    import mlflow
-    from mlflow.entities import Metric
-
     for trial in opened.get_trials(deepcopy=False):
-        with tracking.candidate_run(f"trial-{trial.number}", {"state": trial.state.name,
-                                                              "shrinkflow.kind": "trial"}) as run:
-            mlflow.log_params({key: str(value) for key, value in trial.params.items()})
-            stamp = int(time.time() * 1000)
-            curve = [Metric("epoch_val_accuracy", value, stamp, int(step))
-                     for step, value in sorted(trial.intermediate_values.items())]
-            values = dict(zip(cfg.objectives, trial.values or (), strict=False))
-            attributes = {key: float(value) for key, value in trial.user_attrs.items()
-                          if isinstance(value, int | float) and not isinstance(value, bool)}
-            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve)
-            mlflow.log_metrics({**attributes, **values})
+        with tracking.candidate_run(f"trial-{trial.number}", {"shrinkflow.kind": "trial"}):
+            studies.log_trial(trial, cfg.objectives)
 
 
 def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -156,15 +104,15 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
         opened, metrics = None, {}
         choice: dict[str, Any] = {"values": {}, "reason": "search.enabled is false", "trial": None}
         if cfg.enabled:
-            url = storage_url(cfg, catalog)
+            url = studies.storage_url(cfg, catalog)
             name = study_name(cfg, params.baseline, dataset, meta["raw_md5"])
             log.info("search study %s in %s: %d trials, sampler %s, pruner %s", name,
                      study.shown_url(url), cfg.trials, cfg.sampler, cfg.pruner)
             tracking.set_tags({"study": name, "storage": study.shown_url(url)})
             started = time.perf_counter()
             opened = open_search(params, url, name)
-            if cfg.workers > 1 or os.environ.get(SCHEDULER_VARIABLE):
-                run_on_dask(catalog.root, params, url, name)
+            if studies.parallel(cfg):
+                studies.run_on_dask(run_trials, catalog.root, params, url, name)
             else:
                 run_trials(catalog.root, params, url, name)
             chosen = choose.choose(opened, cfg)

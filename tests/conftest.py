@@ -53,7 +53,8 @@ SHARED_FIXTURE_FILES = {
                 "tests/tasks/test_deploy.py", "tests/tasks/test_distill_stage.py",
                 "tests/tasks/test_prune_stage.py", "tests/tasks/test_ensemble_stage.py",
                 "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py",
-                "tests/tasks/test_search_stage.py", "tests/tasks/test_search_services.py"),
+                "tests/tasks/test_search_stage.py", "tests/tasks/test_search_services.py",
+                "tests/tasks/test_recipes_stage.py"),
 }
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
 

@@ -12,7 +12,7 @@ trial, and retried once with the same values.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -95,16 +95,22 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
                            f"SHRINKFLOW_SEARCH_STORAGE or search.storage): {reason}") from None
 
 
+def create(url: str, name: str, directions: Sequence[str], chosen_sampler: optuna.samplers.BaseSampler,
+           heartbeat_s: int, chosen_pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study `name` in the database at `url`, or load it when it exists (a resumed
+    or shared search)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=storage(url, heartbeat_s), sampler=chosen_sampler,
+                               pruner=chosen_pruner, study_name=name, load_if_exists=True,
+                               directions=list(directions))
+
+
 def open_study(cfg: SearchConfig, dims: Mapping[str, Dimension], reference: space.Values,
                url: str, name: str) -> optuna.Study:
-    """Create the study, or load it when it exists (a resumed or shared search); the trial of
-    the `reference` values (params.yaml's config) is queued first, once per study: it is what
-    the search must beat."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=storage(url, cfg.heartbeat_s), sampler=sampler(cfg, dims, reference),
-        pruner=pruner(cfg), study_name=name, load_if_exists=True,
-        directions=[DIRECTIONS[objective] for objective in cfg.objectives])
+    """The teacher study (see `create`); the trial of the `reference` values (params.yaml's
+    config) is queued first, once per study: it is what the search must beat."""
+    study = create(url, name, [DIRECTIONS[objective] for objective in cfg.objectives],
+                   sampler(cfg, dims, reference), cfg.heartbeat_s, pruner(cfg))
     study.enqueue_trial(dict(reference), user_attrs={REFERENCE_ATTR: True}, skip_if_exists=True)
     return study
 

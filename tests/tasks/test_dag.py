@@ -42,7 +42,7 @@ def test_code_deps_see_a_new_module_imported_deep_down(project):
 
 @pytest.mark.parametrize(("edited", "expected"), [
     ("shrinkflow/gate.py", {"compare", "deploy"}),
-    ("shrinkflow/distill.py", {"prune", "distill"}),
+    ("shrinkflow/distill.py", {"prune", "distill", "recipes"}),
     ("shrinkflow/data.py", set(dag.STAGES)),
 ])
 def test_a_comment_in_a_module_changes_the_keys_of_exactly_the_stages_importing_it(

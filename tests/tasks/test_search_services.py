@@ -9,7 +9,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tasks.catalog import Catalog
-from tasks.search import STORAGE_VARIABLE, run_search
+from tasks.search import run_search
+from tasks.studies import STORAGE_VARIABLE
 from tests import postgres
 from tests.conftest import TINY
 

@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from shrinkflow.config import load_params
 from tasks.baseline import run_baseline
 from tasks.catalog import Catalog
-from tasks.search import run_search, storage_url, study_name
+from tasks.search import run_search, study_name
+from tasks.studies import storage_url
 from tests.conftest import TINY
 
 # a reference that cannot learn in 2 epochs (lr 1e-6) against one that can: the choice is certain

@@ -1,0 +1,132 @@
+"""Stage `recipes`: a multi-objective study over compression recipes; its front goes to compare.
+
+Reads models/baseline/ (the teacher), data/processed/ (train, validation, unlabeled inputs) and
+params.yaml `search.compression` (with `search`'s storage, workers and heartbeat).
+
+Each trial is one recipe (`shrinkflow.search.recipe`): structured or unstructured pruning, or a
+distilled student, stored at a precision, scored on validation accuracy, file size and batch-1
+latency. The study lives in the same database as the teacher search and resumes the same way.
+The Pareto front's recipes, the most accurate first (at most `max_candidates`), become candidates
+`recipe-<trial>`, which `compare` measures side by side with the hand-set recipe's.
+
+Writes models/searched/recipe-<trial>.onnx with candidates.json (empty when the search is off)
+and metrics/recipes.json (every trial's recipe and objectives, the front). MLflow: the stage run
+is the study's parent; every trial is a nested candidate run (its recipe as params, objectives
+as metrics); the front's runs also hold the file's validation and test accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from shrinkflow.config import Params
+from tasks import io, studies, tracking
+from tasks.candidates import Candidate, load_torch, report_candidate, write_manifest
+from tasks.catalog import Catalog, file_md5
+
+log = logging.getLogger("shrinkflow.recipes")
+STAGE_DIR = "searched"
+
+
+def study_name(params: Params, dataset: str, teacher_md5: str, data_md5: str) -> str:
+    """The data set and a digest of what a recipe's result depends on (the recipe space and
+    training, the teacher's file, the data); the budget is not part of it."""
+    meaning = {"compression": params.search.compression.model_dump(
+                   mode="json", exclude={"trials", "max_candidates"}),
+               "baseline": params.baseline.model_dump(mode="json"), "seed": params.search.seed,
+               "teacher": teacher_md5, "data": data_md5}
+    digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{dataset}-recipe-{digest}"
+
+
+def _open(params: Params, url: str, name: str) -> Any:
+    from shrinkflow.search import recipe, study
+
+    cfg = params.search
+    return study.create(url, name, recipe.DIRECTIONS, recipe.sampler(cfg.compression, cfg.seed),
+                        cfg.heartbeat_s)
+
+
+def run_recipe_trials(root: Path, params: Params, url: str, name: str) -> None:
+    """One worker's share of the recipe study (in this process or on a Dask worker)."""
+    from shrinkflow.measure import torch_threads
+    from shrinkflow.search import recipe, study
+
+    catalog, cfg = Catalog.at(root), params.search
+    splits, spec, _ = io.load_processed(catalog)
+    arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
+    recipe_data = recipe.RecipeData(splits.train, splits.val, io.load_unlabeled(catalog),
+                                    spec.kind, spec.input_shape, len(spec.classes))
+    objective = recipe.objective(cfg.compression, params.baseline, teacher, arch, recipe_data,
+                                 splits.train.x, catalog.search_trials_dir(name))
+    with torch_threads(cfg.threads_per_worker):
+        study.optimize(_open(params, url, name), objective, cfg.compression.trials, None)
+
+
+def _front(opened: Any, limit: int) -> list[Any]:
+    """The Pareto front's trials, the most accurate first (then the smaller file), at most
+    `limit`."""
+    return sorted(opened.best_trials, key=lambda trial: (-trial.values[0], trial.values[1],
+                                                        trial.number))[:limit]
+
+
+def _trial_row(trial: Any) -> dict[str, Any]:
+    from shrinkflow.search import recipe
+
+    return {"trial": trial.number, "state": trial.state.name.lower(), "recipe": trial.params,
+            **dict(zip(recipe.OBJECTIVES, trial.values or (), strict=False))}
+
+
+def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the recipe study and hand its front to compare; returns a JSON summary."""
+    from shrinkflow.search import recipe
+    from shrinkflow.search.study import shown_url
+
+    catalog, cfg = Catalog.at(root), params.search.compression
+    with tracking.stage_run("recipes", params, catalog.root, parent_run_id, cfg) as run:
+        splits, spec, meta = io.load_processed(catalog)
+        report: dict[str, Any] = {"trials": [], "front": []}
+        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+            candidates: list[Candidate] = []
+            if cfg.enabled:
+                url = studies.storage_url(params.search, catalog)
+                name = study_name(params, spec.name, file_md5(catalog.baseline_dir / "model.onnx"),
+                                  meta["raw_md5"])
+                log.info("recipe study %s: %d trials, sampler %s", name, cfg.trials, cfg.sampler)
+                tracking.set_tags({"study": name, "storage": shown_url(url)})
+                started = time.perf_counter()
+                opened = _open(params, url, name)
+                if studies.parallel(params.search):
+                    studies.run_on_dask(run_recipe_trials, catalog.root, params, url, name)
+                else:
+                    run_recipe_trials(catalog.root, params, url, name)
+                report["seconds"] = time.perf_counter() - started
+                front = {trial.number for trial in _front(opened, cfg.max_candidates)}
+                for trial in opened.get_trials(deepcopy=False):
+                    label = f"recipe-{trial.number}"
+                    with tracking.candidate_run(label, {"method": "recipe",
+                                                        "on_front": str(trial.number in front)}):
+                        studies.log_trial(trial, recipe.OBJECTIVES)
+                        if trial.number in front:
+                            path = staging / f"{label}.onnx"
+                            shutil.copyfile(catalog.search_trials_dir(name) /
+                                            f"trial-{trial.number}.onnx", path)
+                            report_candidate(path, splits)
+                            candidates.append(Candidate(label, f"models/{STAGE_DIR}/{label}.onnx",
+                                                        "baseline", "recipe"))
+                    report["trials"].append(_trial_row(trial))
+                report["front"] = [candidate.name for candidate in candidates]
+                report["study"] = name
+            write_manifest(staging, candidates)
+        io.write_json(catalog.metrics_file("recipes"), report)
+        log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
+        metrics = {"front_size": float(len(report["front"])), "trials": float(len(report["trials"]))}
+        tracking.log_metrics(metrics)
+        return {"stage": "recipes", "run_id": run.info.run_id, "dataset": spec.name,
+                "metrics": metrics, "front": report["front"]}

@@ -1,0 +1,86 @@
+"""Where studies live and how their trials run and are tracked: shared by `search` and `recipes`.
+
+A study's database: SHRINKFLOW_SEARCH_STORAGE (shared services), else `search.storage`, else
+optuna.db in the project. Trials run in the stage's process, or on Dask workers through
+prefect-dask (`search.workers` > 1, or a scheduler in DASK_SCHEDULER_ADDRESS). Each trial is
+logged as a nested MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shrinkflow.config import Params, SearchConfig
+from tasks import tracking
+from tasks.catalog import Catalog
+
+STORAGE_VARIABLE = "SHRINKFLOW_SEARCH_STORAGE"
+SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+
+
+def storage_url(cfg: SearchConfig, catalog: Catalog) -> str:
+    """Where the study lives: the environment wins (shared services), then params, then a SQLite
+    file in the project."""
+    return os.environ.get(STORAGE_VARIABLE) or cfg.storage or f"sqlite:///{catalog.search_db}"
+
+
+def parallel(cfg: SearchConfig) -> bool:
+    """Do the trials run on Dask workers (several asked for, or a scheduler named)?"""
+    return cfg.workers > 1 or bool(os.environ.get(SCHEDULER_VARIABLE))
+
+
+def _worker_env() -> dict[str, str]:
+    """What local workers inherit: this process's Prefect API (without it each worker process
+    would start a temporary Prefect server of its own, ~10 s each)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url)}
+
+
+def run_on_dask(trials: Callable[[Path, Params, str, str], None], root: Path, params: Params,
+                url: str, name: str) -> None:
+    """`search.workers` copies of `trials(root, params, url, name)` in parallel on Dask, through
+    prefect-dask: a local cluster of single-threaded worker processes, or the scheduler
+    DASK_SCHEDULER_ADDRESS names. Each opens the study itself and runs trials until the shared
+    budget is reached."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get(SCHEDULER_VARIABLE)
+    workers = params.search.workers
+    runner = (DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None, "env": _worker_env()}))
+    worker = task(trials, name="search-trials", cache_policy=NO_CACHE, persist_result=False)
+
+    @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)
+    def search_workers() -> None:
+        futures = [worker.submit(root, params, url, name) for _ in range(workers)]
+        for future in futures:
+            future.result()
+
+    search_workers()
+
+
+def log_trial(trial: Any, objectives: Sequence[str]) -> None:
+    """A trial on the active (nested) MLflow run: its values as params, its objectives, numeric
+    attributes and per-epoch validation accuracy as metrics, its state as a tag."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    tracking.set_tags({"state": trial.state.name})
+    mlflow.log_params({key: str(value) for key, value in trial.params.items()})
+    stamp = int(time.time() * 1000)
+    curve = [Metric("epoch_val_accuracy", value, stamp, int(step))
+             for step, value in sorted(trial.intermediate_values.items())]
+    values = dict(zip(objectives, trial.values or (), strict=False))
+    attributes = {key: float(value) for key, value in trial.user_attrs.items()
+                  if isinstance(value, int | float) and not isinstance(value, bool)}
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=curve)
+    mlflow.log_metrics({**attributes, **values})
