@@ -116,6 +116,10 @@ class Catalog:
     def search_report_dir(self) -> Path:
         return self.root / "reports" / "search"
 
+    @property
+    def recipes_report_dir(self) -> Path:
+        return self.root / "reports" / "recipes"
+
     # -- run summary ----------------------------------------------------------------------
     @property
     def summary_file(self) -> Path:

@@ -90,7 +90,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # compression recipes searched on validation; the front joins the hand-set candidates
     Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
           ("models/baseline", "data/processed"),
-          outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),),
+          outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),
+                Output("reports/recipes", "summary.md and the study's plots", cache=False)),
           metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
           (*_CANDIDATES, "models/quantized", "models/ensemble", "models/searched", "data/processed"),

@@ -83,6 +83,20 @@ def _trial_row(trial: Any) -> dict[str, Any]:
             **dict(zip(recipe.OBJECTIVES, trial.values or (), strict=False))}
 
 
+def _report_markdown(opened: Any, report: dict[str, Any]) -> str:
+    """reports/recipes/summary.md: the front sent to compare, then every recipe."""
+    from shrinkflow.search import recipe
+
+    if opened is None:
+        return "# Compression recipes\n\nsearch.compression.enabled is false.\n"
+    lines = ["# Compression recipes", "",
+             f"Study `{report['study']}`. Sent to compare (the Pareto front, most accurate "
+             f"first): {', '.join(report['front']) or 'none'}.", "",
+             *studies.trials_table(opened, recipe.OBJECTIVES, lambda trial: (
+                 " (front)" if f"recipe-{trial.number}" in report["front"] else ""))]
+    return "\n".join(lines) + "\n"
+
+
 def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run (or resume) the recipe study and hand its front to compare; returns a JSON summary."""
     from shrinkflow.search import recipe
@@ -92,6 +106,7 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
     with tracking.stage_run("recipes", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, meta = io.load_processed(catalog)
         report: dict[str, Any] = {"trials": [], "front": []}
+        opened = None
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             candidates: list[Candidate] = []
             if cfg.enabled:
@@ -124,6 +139,13 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                 report["front"] = [candidate.name for candidate in candidates]
                 report["study"] = name
             write_manifest(staging, candidates)
+        with io.atomic_dir(catalog.recipes_report_dir) as staging:
+            io.write_text(staging / "summary.md", _report_markdown(opened, report))
+            if opened is not None:
+                from shrinkflow.search import plots
+
+                plots.draw(opened, recipe.OBJECTIVES, staging)
+        tracking.log_artifact(catalog.recipes_report_dir, "report")
         io.write_json(catalog.metrics_file("recipes"), report)
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
         metrics = {"front_size": float(len(report["front"])), "trials": float(len(report["trials"]))}

@@ -149,24 +149,14 @@ def _track(opened: Any, chosen: Any, cfg: SearchConfig, catalog: Catalog, name: 
                                   "best_trial")
 
 
-def _shown(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def report_markdown(opened: Any, choice: dict[str, Any], cfg: SearchConfig) -> str:
     """reports/search/summary.md: the choice, then every trial (values, state, figures)."""
     lines = ["# Teacher search", "", f"Choice: {choice['reason']}.", ""]
     if opened is None:
         return "\n".join(lines)
-    keys = sorted({key for trial in opened.get_trials(deepcopy=False) for key in trial.params})
     lines += [f"Study `{choice['study']}` in `{choice['storage']}`: sampler {cfg.sampler}, "
               f"pruner {cfg.pruner}, at most {cfg.epochs} epochs per trial.", "",
-              "| trial | state | " + " | ".join([*cfg.objectives, "epochs", *keys]) + " |",
-              "|" + "---|" * (3 + len(cfg.objectives) + len(keys))]
-    for trial in opened.get_trials(deepcopy=False):
-        values = [f"{value:.4g}" for value in trial.values or ()] or ["-"] * len(cfg.objectives)
-        label = f"{trial.number} (params.yaml)" if trial.user_attrs.get("reference") else str(trial.number)
-        lines.append(f"| {label} | {trial.state.name.lower()} | " + " | ".join(
-            [*values, str(trial.user_attrs.get("epochs", 0)),
-             *(_shown(trial.params.get(key, "")) for key in keys)]) + " |")
+              *studies.trials_table(opened, (*cfg.objectives, "epochs"),
+                                    lambda trial: " (params.yaml)" if trial.user_attrs.get(
+                                        "reference") else "")]
     return "\n".join(lines) + "\n"

@@ -84,3 +84,26 @@ def log_trial(trial: Any, objectives: Sequence[str]) -> None:
                   if isinstance(value, int | float) and not isinstance(value, bool)}
     mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=curve)
     mlflow.log_metrics({**attributes, **values})
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(opened: Any, columns: Sequence[str],
+                 note: Callable[[Any], str] = lambda trial: "") -> list[str]:
+    """A markdown table of every trial: number (and `note(trial)`), state, the `columns`
+    (objectives first, by name; then user attributes such as epochs), then its values."""
+    trials = opened.get_trials(deepcopy=False)
+    keys = sorted({key for trial in trials for key in trial.params})
+    names = list(columns)
+    lines = ["| trial | state | " + " | ".join([*names, *keys]) + " |",
+             "|" + "---|" * (2 + len(names) + len(keys))]
+    for trial in trials:
+        values = dict(zip(names, trial.values or (), strict=False))
+        cells = [_shown(values.get(name, trial.user_attrs.get(name, "-"))) for name in names]
+        lines.append(f"| {trial.number}{note(trial)} | {trial.state.name.lower()} | " + " | ".join(
+            [*cells, *(_shown(trial.params.get(key, "")) for key in keys)]) + " |")
+    return lines

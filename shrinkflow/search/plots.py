@@ -1,7 +1,8 @@
 """A study's figures, drawn by Optuna's matplotlib visualisation into PNG files.
 
 optimization_history.png  every trial's validation accuracy and the best so far
-intermediate_values.png   per-epoch validation accuracy of every trial (where pruning cut them)
+intermediate_values.png   per-epoch validation accuracy of every trial (where pruning cut them),
+                          when the trials report one
 param_importances.png     how much each searched key mattered (fANOVA), from 2 complete trials on
 pareto_front.png          several objectives: the trade-off, the front highlighted
 """
@@ -31,9 +32,11 @@ def _figures(study: optuna.Study, names: tuple[str, ...]) -> dict[str, Callable[
     history = {"target": lambda trial: trial.values[0]} if multi else {}
     importance = {"target": lambda trial: -trial.values[0]} if multi else {}
     figures = {"optimization_history": lambda: vis.plot_optimization_history(
-                   study, target_name=names[0], **history),
-               "intermediate_values": lambda: vis.plot_intermediate_values(study)}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   study, target_name=names[0], **history)}
+    trials = study.get_trials(deepcopy=False)
+    if any(trial.intermediate_values for trial in trials):
+        figures["intermediate_values"] = lambda: vis.plot_intermediate_values(study)
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
         figures["param_importances"] = lambda: vis.plot_param_importances(
             study, target_name=names[0], **importance)

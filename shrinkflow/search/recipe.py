@@ -29,13 +29,13 @@ from shrinkflow.config import (
     MeasureConfig,
     ModelConfig,
     PruneConfig,
-    Range,
     RecipeSpace,
     StructuredPruneConfig,
     UnstructuredPruneConfig,
 )
 from shrinkflow.distill import distill
 from shrinkflow.export import export_onnx, onnx_predictor
+from shrinkflow.search import space
 from shrinkflow.sparse import sparsify_onnx
 
 OBJECTIVES = ("val_accuracy", "size_bytes", "latency_ms")
@@ -67,29 +67,21 @@ def sampler(cfg: CompressionSearchConfig, seed: int) -> optuna.samplers.BaseSamp
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, cfg.trials // 3))
 
 
-def _ask(trial: optuna.Trial, key: str, dimension: Range | tuple[Any, ...]) -> Any:
-    if not isinstance(dimension, Range):
-        return trial.suggest_categorical(key, list(dimension))
-    if dimension.integer:
-        return trial.suggest_int(key, int(dimension.low), int(dimension.high), log=dimension.log)
-    return trial.suggest_float(key, float(dimension.low), float(dimension.high), log=dimension.log)
-
-
 METHOD_KEYS = {"structured": ("conv_ratio", "linear_ratio", "importance"),
                "unstructured": ("unstructured_ratio",),
                "distill": ("student_width", "student_depth", "temperature", "alpha")}
 
 
-def suggest(trial: optuna.Trial, space: RecipeSpace) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, recipes: RecipeSpace) -> dict[str, Any]:
     """A recipe's values: the method, its own settings, then the precision (sparse files of
     unstructured pruning stay fp32) and the calibration of int8_static."""
-    recipe = {"method": _ask(trial, "method", space.method)}
+    recipe = {"method": space.ask(trial, "method", recipes.method)}
     for key in METHOD_KEYS[recipe["method"]]:
-        recipe[key] = _ask(trial, key, getattr(space, key))
+        recipe[key] = space.ask(trial, key, getattr(recipes, key))
     recipe["quantization"] = ("fp32" if recipe["method"] == "unstructured"
-                              else _ask(trial, "quantization", space.quantization))
+                              else space.ask(trial, "quantization", recipes.quantization))
     if recipe["quantization"] == "int8_static":
-        recipe["calibration"] = _ask(trial, "calibration", space.calibration)
+        recipe["calibration"] = space.ask(trial, "calibration", recipes.calibration)
     return recipe
 
 

@@ -37,7 +37,8 @@ def dimensions(cfg: SearchConfig, baseline: BaselineConfig) -> dict[str, Dimensi
     return space
 
 
-def _suggest_one(trial: optuna.Trial, key: str, dimension: Dimension) -> Any:
+def ask(trial: optuna.Trial, key: str, dimension: Dimension) -> Any:
+    """The trial's value of one dimension: a choice, or a number of the range."""
     if not isinstance(dimension, Range):
         return trial.suggest_categorical(key, list(dimension))
     if dimension.integer:
@@ -49,7 +50,7 @@ def _suggest_one(trial: optuna.Trial, key: str, dimension: Dimension) -> Any:
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Dimension]) -> Values:
     """Ask the trial for a value of every dimension of `space` (see `dimensions`)."""
-    return {key: _suggest_one(trial, key, dimension) for key, dimension in space.items()}
+    return {key: ask(trial, key, dimension) for key, dimension in space.items()}
 
 
 def grid(space: Mapping[str, Dimension], points: int, reference: Values) -> dict[str, list[Any]]:

@@ -70,7 +70,7 @@ def test_a_better_trial_is_what_baseline_trains(trained_project):
     report = Catalog.at(trained_project).search_report_dir
     assert {"summary.md", "optimization_history.png", "intermediate_values.png"} <= {
         path.name for path in report.iterdir()}
-    assert "(params.yaml)" in (report / "summary.md").read_text()
+    assert "0 (params.yaml)" in (report / "summary.md").read_text()
 
 
 def test_params_yaml_stays_when_nothing_beats_it(trained_project):

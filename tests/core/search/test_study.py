@@ -111,3 +111,16 @@ def test_an_unusable_storage_is_a_clear_error_without_the_password(url):
     with pytest.raises(study.StorageError, match="cannot open the search storage") as error:
         study.storage(url, heartbeat_s=1)
     assert "secret" not in str(error.value)
+
+
+def test_latency_as_an_objective_is_measured_and_budgeted(trial_data, tmp_path):
+    params = tiny_params(sampler="random", pruner="none", trials=3,
+                         objectives=["val_accuracy", "latency_ms"],
+                         space={"model": {"width": [8, 64], "depth": [1, 3]}})
+    opened = run(params, trial_data, f"sqlite:///{tmp_path / 'study.db'}")
+    trials = opened.get_trials(states=study.FINISHED)
+    assert all(trial.values[1] == trial.user_attrs["latency_ms"] > 0 for trial in trials)
+    # a budget no trial meets keeps params.yaml's config, and says why
+    impossible = params.search.model_copy(update={"max_latency_ms": 1e-9})
+    kept = choose.choose(opened, impossible)
+    assert kept.values == {} and "max_latency_ms" in kept.reason
