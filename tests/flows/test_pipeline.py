@@ -73,16 +73,18 @@ def test_pipeline__unchanged_rerun_is_cached(reference):
 
 
 def test_pipeline__a_comment_deep_in_the_code_reruns_exactly_the_stages_importing_it(reference):
-    # given: a comment added to shrinkflow/plots.py, which search, baseline and compare import
+    # given: a comment added to shrinkflow/plots.py, which search, baseline, recipes and compare
+    # import
     project = reference["project"]
     plots = project / "shrinkflow" / "plots.py"
     plots.write_text(plots.read_text() + "\n# a comment\n")
     # when
     second = pipeline(root=str(project))
-    # then: those three run again; search resumes its finished study (the same choice) and
+    # then: those four run again; search resumes its finished study (the same choice) and
     # baseline writes the same bytes (same config and seed), so the stages that read their
     # outputs come from the cache, but for deploy, which reads compare's new timings
-    assert _ran(reference["result"], second) == {"search", "baseline", "compare", "deploy"}
+    assert _ran(reference["result"], second) == {"search", "baseline", "recipes", "compare",
+                                                  "deploy"}
     assert second["stages"]["baseline"]["metrics"]["val_accuracy"] == \
         reference["result"]["stages"]["baseline"]["metrics"]["val_accuracy"]
 
