@@ -139,13 +139,8 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                 report["front"] = [candidate.name for candidate in candidates]
                 report["study"] = name
             write_manifest(staging, candidates)
-        with io.atomic_dir(catalog.recipes_report_dir) as staging:
-            io.write_text(staging / "summary.md", _report_markdown(opened, report))
-            if opened is not None:
-                from shrinkflow.search import plots
-
-                plots.draw(opened, recipe.OBJECTIVES, staging)
-        tracking.log_artifact(catalog.recipes_report_dir, "report")
+        studies.write_report(catalog.recipes_report_dir, _report_markdown(opened, report),
+                             opened, recipe.OBJECTIVES)
         io.write_json(catalog.metrics_file("recipes"), report)
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
         metrics = {"front_size": float(len(report["front"])), "trials": float(len(report["trials"]))}

@@ -57,14 +57,12 @@ def run_trials(root: Path, params: Params, url: str, name: str) -> None:
 
     catalog, cfg = Catalog.at(root), params.search
     splits, spec, _ = io.load_processed(catalog)
-    dims = space.dimensions(cfg, params.baseline)
     trial_data = teacher.TrialData(splits.train, splits.val, spec.kind, spec.input_shape,
                                    len(spec.classes))
-    opened = study.open_study(cfg, dims, space.current(dims, params.baseline), url, name)
+    objective = teacher.objective(cfg, params.baseline, space.dimensions(cfg, params.baseline),
+                                  trial_data, catalog.search_trials_dir(name))
     with torch_threads(cfg.threads_per_worker):
-        study.optimize(opened, teacher.objective(cfg, params.baseline, dims, trial_data,
-                                                 catalog.search_trials_dir(name)),
-                       cfg.trials, cfg.timeout_s)
+        study.optimize(open_search(params, url, name), objective, cfg.trials, cfg.timeout_s)
 
 
 def open_search(params: Params, url: str, name: str) -> Any:
@@ -122,13 +120,8 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
             _track(opened, chosen, cfg, catalog, name)
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             io.write_json(staging / catalog.search_choice_file.name, choice)
-        with io.atomic_dir(catalog.search_report_dir) as staging:
-            io.write_text(staging / "summary.md", report_markdown(opened, choice, cfg))
-            if opened is not None:
-                from shrinkflow.search import plots
-
-                plots.draw(opened, cfg.objectives, staging)
-        tracking.log_artifact(catalog.search_report_dir, "report")
+        studies.write_report(catalog.search_report_dir, report_markdown(opened, choice, cfg),
+                             opened, cfg.objectives)
         log.info("search: %s", choice["reason"])
         io.write_json(catalog.metrics_file("search"), metrics)
         tracking.log_metrics(metrics)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow.config import Params, SearchConfig
-from tasks import tracking
+from tasks import io, tracking
 from tasks.catalog import Catalog
 
 STORAGE_VARIABLE = "SHRINKFLOW_SEARCH_STORAGE"
@@ -107,3 +107,15 @@ def trials_table(opened: Any, columns: Sequence[str],
         lines.append(f"| {trial.number}{note(trial)} | {trial.state.name.lower()} | " + " | ".join(
             [*cells, *(_shown(trial.params.get(key, "")) for key in keys)]) + " |")
     return lines
+
+
+def write_report(folder: Path, markdown: str, opened: Any, objectives: Sequence[str]) -> None:
+    """A study's report folder, swapped in whole: summary.md and (with a study) Optuna's plots;
+    logged on the active stage run."""
+    with io.atomic_dir(folder) as staging:
+        io.write_text(staging / "summary.md", markdown)
+        if opened is not None:
+            from shrinkflow.search import plots
+
+            plots.draw(opened, tuple(objectives), staging)
+    tracking.log_artifact(folder, "report")
