@@ -5,7 +5,9 @@ params.yaml `search.compression` (with `search`'s storage, workers and heartbeat
 
 Each trial is one recipe (`shrinkflow.search.recipe`): structured or unstructured pruning, or a
 distilled student, stored at a precision, scored on validation accuracy, file size and batch-1
-latency. The study lives in the same database as the teacher search and resumes the same way.
+latency. The study lives in the same database as the teacher search and resumes the same way. Each
+trial's file is written under the project's .shrinkflow/search/<study>/, so workers of a remote
+Dask scheduler must share the project folder.
 The Pareto front's recipes, the most accurate first (at most `max_candidates`), become candidates
 `recipe-<trial>`, which `compare` measures side by side with the hand-set recipe's.
 
