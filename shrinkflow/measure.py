@@ -195,6 +195,16 @@ def time_side_by_side(loaders: Mapping[str, Callable[[], Predictor]], sample: np
     return {name: Timing(np.stack(at_one[name]), np.stack(at_batch[name])) for name in loaders}
 
 
+# a quick batch-1 timing of one model, for search trials (compare times candidates properly)
+QUICK_TIMING = MeasureConfig(threads=1, warmup=10, repeats=60, throughput_repeats=3, rounds=3)
+
+
+def quick_latency_ms(load: Callable[[], Predictor], sample: np.ndarray) -> float:
+    """Median batch-1 latency of one model (`load()` returns its predictor), on one thread."""
+    timing = time_side_by_side({"model": load}, sample, QUICK_TIMING)["model"]
+    return float(np.median(timing.batch1_ms))
+
+
 @dataclass(frozen=True)
 class Ratio:
     """A speed ratio and its confidence interval."""

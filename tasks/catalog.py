@@ -79,7 +79,7 @@ class Catalog:
 
     @property
     def baseline_plots_dir(self) -> Path:
-        return self.root / "reports" / "baseline"
+        return self.report_dir("baseline")
 
     # -- compression stages ----------------------------------------------------------------
     def stage_models(self, stage: str) -> Path:
@@ -88,7 +88,11 @@ class Catalog:
 
     @property
     def compare_dir(self) -> Path:
-        return self.root / "reports" / "compare"
+        return self.report_dir("compare")
+
+    def report_dir(self, stage: str) -> Path:
+        """reports/<stage>/: a stage's figures and human-readable summaries."""
+        return self.root / "reports" / stage
 
     # -- metrics (read by `dvc metrics show` / `dvc plots show`) ---------------------------
     def metrics_file(self, stage: str) -> Path:
@@ -112,13 +116,6 @@ class Catalog:
         """The config `baseline` trains, as the search chose it (see tasks.search)."""
         return self.stage_models("search") / "choice.json"
 
-    @property
-    def search_report_dir(self) -> Path:
-        return self.root / "reports" / "search"
-
-    @property
-    def recipes_report_dir(self) -> Path:
-        return self.root / "reports" / "recipes"
 
     # -- run summary ----------------------------------------------------------------------
     @property

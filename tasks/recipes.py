@@ -141,7 +141,7 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                 report["front"] = [candidate.name for candidate in candidates]
                 report["study"] = name
             write_manifest(staging, candidates)
-        studies.write_report(catalog.recipes_report_dir, _report_markdown(opened, report),
+        studies.write_report(catalog.report_dir("recipes"), _report_markdown(opened, report),
                              opened, recipe.OBJECTIVES)
         io.write_json(catalog.metrics_file("recipes"), report)
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")

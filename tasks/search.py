@@ -120,7 +120,7 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
             _track(opened, chosen, cfg, catalog, name)
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             io.write_json(staging / catalog.search_choice_file.name, choice)
-        studies.write_report(catalog.search_report_dir, report_markdown(opened, choice, cfg),
+        studies.write_report(catalog.report_dir("search"), report_markdown(opened, choice, cfg),
                              opened, cfg.objectives)
         log.info("search: %s", choice["reason"])
         io.write_json(catalog.metrics_file("search"), metrics)

@@ -21,12 +21,11 @@ import numpy as np
 import optuna
 import torch
 
-from shrinkflow import data, measure, models, prune, quantize
+from shrinkflow import data, measure, models, prune, quantize, train
 from shrinkflow.config import (
     BaselineConfig,
     CompressionSearchConfig,
     DistillConfig,
-    MeasureConfig,
     ModelConfig,
     PruneConfig,
     RecipeSpace,
@@ -40,8 +39,6 @@ from shrinkflow.sparse import sparsify_onnx
 
 OBJECTIVES = ("val_accuracy", "size_bytes", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
-# a quick batch-1 timing per recipe (compare times the front's files side by side afterwards)
-RECIPE_TIMING = MeasureConfig(threads=1, warmup=10, repeats=60, throughput_repeats=3, rounds=3)
 FINETUNE_LR_SHARE = 0.3  # fine-tuning after pruning runs at this share of the teacher's lr
 
 
@@ -103,7 +100,7 @@ def shrink(recipe: dict[str, Any], teacher: torch.nn.Module, teacher_arch: model
                                   kernel_size=teacher_arch.kernel_size, dropout=0.0)
         arch = models.architecture_for(student_cfg, recipe_data.kind, recipe_data.input_shape,
                                        recipe_data.n_classes)
-        torch.manual_seed(baseline.train.seed)
+        train.seed_everything(baseline.train.seed)
         student = models.build_model(arch)
         distill(teacher, student, recipe_data.train, recipe_data.val,
                 DistillConfig(temperature=recipe["temperature"], alpha=recipe["alpha"],
@@ -152,10 +149,8 @@ def score(path: Path, val: data.Split) -> dict[str, float]:
     predict = onnx_predictor(path)
     accuracy = measure.classification_metrics(
         val.y, measure.predict_batched(predict, val.x).argmax(1))["accuracy"]
-    timing = measure.time_side_by_side({"recipe": lambda: onnx_predictor(path)}, val.x[:1],
-                                       RECIPE_TIMING)["recipe"]
     return {"val_accuracy": accuracy, "size_bytes": float(measure.file_size(path)),
-            "latency_ms": float(np.median(timing.batch1_ms))}
+            "latency_ms": measure.quick_latency_ms(lambda: onnx_predictor(path), val.x[:1])}
 
 
 def objective(cfg: CompressionSearchConfig, baseline: BaselineConfig, teacher: torch.nn.Module,

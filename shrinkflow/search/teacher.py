@@ -17,17 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
 
 from shrinkflow import data, measure, models, train
-from shrinkflow.config import BaselineConfig, Dimension, MeasureConfig, SearchConfig
+from shrinkflow.config import BaselineConfig, Dimension, SearchConfig
 from shrinkflow.search import space, study
 from shrinkflow.search.study import REFERENCE_ATTR
-
-# a quick batch-1 timing for the latency objective (compare times the final candidates properly)
-TRIAL_TIMING = MeasureConfig(threads=1, warmup=10, repeats=60, throughput_repeats=3, rounds=3)
 
 
 @dataclass(frozen=True)
@@ -39,13 +35,6 @@ class TrialData:
     kind: str  # image | signal | tabular
     input_shape: tuple[int, ...]
     n_classes: int
-
-
-def batch1_latency_ms(model: torch.nn.Module, sample: np.ndarray) -> float:
-    """Median batch-1 latency of an eager torch model on one thread."""
-    timing = measure.time_side_by_side({"trial": lambda: measure.torch_predictor(model)},
-                                       sample, TRIAL_TIMING)["trial"]
-    return float(np.median(timing.batch1_ms))
 
 
 def _repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, multi: bool
@@ -104,7 +93,8 @@ def objective(cfg: SearchConfig, baseline: BaselineConfig, dims: Mapping[str, Di
         found = {"val_accuracy": result.best_val_accuracy,
                  "params": float(trial.user_attrs["params"])}
         if "latency_ms" in cfg.objectives:
-            found["latency_ms"] = batch1_latency_ms(model, trial_data.val.x[:1])
+            found["latency_ms"] = measure.quick_latency_ms(lambda: measure.torch_predictor(model),
+                                                           trial_data.val.x[:1])
             trial.set_user_attr("latency_ms", found["latency_ms"])
         return tuple(found[name] for name in cfg.objectives) if multi else found["val_accuracy"]
 

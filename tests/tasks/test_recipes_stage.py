@@ -30,9 +30,9 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
                for row in report["trials"])
     candidates = read_manifest(catalog.stage_models("searched"), "recipes")
     assert 1 <= len(candidates) <= 2 and [c.name for c in candidates] == report["front"]
-    summary_md = (catalog.recipes_report_dir / "summary.md").read_text()
+    summary_md = (catalog.report_dir("recipes") / "summary.md").read_text()
     assert all(f"{name.removeprefix('recipe-')} (front)" in summary_md for name in report["front"])
-    assert (catalog.recipes_report_dir / "pareto_front.png").is_file()
+    assert (catalog.report_dir("recipes") / "pareto_front.png").is_file()
     assert all((trained_project / c.onnx).is_file() and c.method == "recipe" for c in candidates)
     # and: each trial is a candidate run nested in the stage's run
     client = MlflowClient()

@@ -67,7 +67,7 @@ def test_a_better_trial_is_what_baseline_trains(trained_project):
         curve = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
         assert [point.step for point in curve] == [1, 2]
         assert run.data.tags["state"] == "COMPLETE" and "train.lr" in run.data.params
-    report = Catalog.at(trained_project).search_report_dir
+    report = Catalog.at(trained_project).report_dir("search")
     assert {"summary.md", "optimization_history.png", "intermediate_values.png"} <= {
         path.name for path in report.iterdir()}
     assert "0 (params.yaml)" in (report / "summary.md").read_text()
