@@ -119,12 +119,12 @@ def test_a_killed_search_resumes_without_repeating_trials(trained_project):
     try:
         before = _wait_for(lambda: open_study(trained_project, params), lambda trials: any(
             t.state == TrialState.COMPLETE for t in trials) and any(
-            t.state == TrialState.RUNNING for t in trials))
+            t.state == TrialState.RUNNING and t.params for t in trials))  # its values drawn
     finally:
         command.send_signal(signal.SIGKILL)
         command.wait()
     done = {t.number: (t.params, t.datetime_complete) for t in before if t.state == TrialState.COMPLETE}
-    killed = next(t for t in before if t.state == TrialState.RUNNING)
+    killed = next(t for t in before if t.state == TrialState.RUNNING and t.params)
     time.sleep(3 * params.search.heartbeat_s + 1)  # its heartbeat is stale by now
     # when: the same search runs again
     run_search(params, trained_project)
