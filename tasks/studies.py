@@ -42,12 +42,18 @@ def _worker_env() -> dict[str, str]:
         return {"PREFECT_API_URL": str(client.api_url)}
 
 
+def _reseeded(params: Params, offset: int) -> Params:
+    search = params.search.model_copy(update={"seed": params.search.seed + offset})
+    return params.model_copy(update={"search": search})
+
+
 def run_on_dask(trials: Callable[[Path, Params, str, str], None], root: Path, params: Params,
                 url: str, name: str) -> None:
     """`search.workers` copies of `trials(root, params, url, name)` in parallel on Dask, through
     prefect-dask: a local cluster of single-threaded worker processes, or the scheduler
     DASK_SCHEDULER_ADDRESS names. Each opens the study itself and runs trials until the shared
-    budget is reached."""
+    budget is reached. Worker k samples with seed `search.seed + k`: with one seed every worker
+    would propose the same values at the same time and train each trial twice."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect_dask import DaskTaskRunner
@@ -61,7 +67,7 @@ def run_on_dask(trials: Callable[[Path, Params, str, str], None], root: Path, pa
 
     @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)
     def search_workers() -> None:
-        futures = [worker.submit(root, params, url, name) for _ in range(workers)]
+        futures = [worker.submit(root, _reseeded(params, k), url, name) for k in range(workers)]
         for future in futures:
             future.result()
 

@@ -43,3 +43,5 @@ def test_a_study_on_postgresql_completes_with_two_dask_workers(trained_project, 
     finished = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     assert len(finished) >= 6 and summary["metrics"]["trials_complete"] == len(finished)
     assert len({trial.user_attrs["worker"] for trial in finished}) == 2
+    # each worker samples with its own seed: no two trials train the same values
+    assert len({tuple(sorted(trial.params.items())) for trial in finished}) == len(finished)
