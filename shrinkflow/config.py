@@ -321,13 +321,17 @@ class SearchConfig(_Section):
                                    "trial has at most this many parameters")
     max_latency_ms: float | None = Field(None, gt=0, description="multi-objective: ... and at "
                                          "most this batch-1 latency")
+    within_se: float = Field(1.0, ge=0, description="a smaller config this many standard errors "
+                             "of validation accuracy below the best counts as as accurate (1: the "
+                             "one-standard-error rule; 0: strictly as accurate)")
     grid_points: int = Field(3, ge=2, le=10, description="grid sampler: values per range")
     storage: str | None = Field(None, description="SQLAlchemy URL of the study "
                                 "(SHRINKFLOW_SEARCH_STORAGE wins; null: sqlite optuna.db here)")
     study: str | None = Field(None, description="study name (null: data set + a hash of what "
                               "the trials mean, so the same search resumes)")
     workers: int = Field(1, ge=1, le=64, description="parallel trials; >1 runs them on Dask")
-    threads_per_worker: int = Field(1, ge=1, description="torch threads of each worker")
+    threads_per_worker: int = Field(1, ge=1, description="torch threads of each "
+                                    "Dask worker")
     heartbeat_s: int = Field(10, ge=1, description="a running trial's heartbeat; one silent for "
                              "3 beats was killed and is retried")
     seed: int = Field(0, description="sampler seed")

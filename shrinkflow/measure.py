@@ -124,9 +124,10 @@ def compute(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[s
 # Speed: every model timed side by side, with the noise of the timing measured too
 # ---------------------------------------------------------------------------------------------
 @contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads within the block (None: as they are)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or previous)
     try:
         yield
     finally:

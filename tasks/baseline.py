@@ -1,7 +1,9 @@
 """Stage `baseline`: train the reference model (the teacher) and export it to ONNX.
 
 Reads data/processed/ (from `prepare`), params.yaml `baseline` (model, train, augment) and the
-search's choice (models/search/choice.json: the searched values replace params.yaml's). Writes
+search's choice (models/search/choice.json). A searched config is trained beside params.yaml's
+for the full budget and replaces it only if it still wins there on validation, by the search's
+own rule (`search.within_se`): its trials were short, and a full training can overturn them. Writes
 models/baseline/{model.pt (state_dict), architecture.json, model.onnx}, metrics/baseline.json
 (validation and test accuracy, size, parameters, FLOPs; its speed is measured by `compare`, side by
 side with every candidate), metrics/baseline_history.csv and reports/baseline/*.png; logs all of it
@@ -11,7 +13,7 @@ to an MLflow run, the ONNX file as an MLflow model with signature and input exam
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import torch
 
 from shrinkflow import data, measure, models, plots, train
 from shrinkflow.config import BaselineConfig, Params
-from shrinkflow.search import space
+from shrinkflow.search import choose, space
 from tasks import io, tracking
 from tasks.candidates import Candidate, save_torch, write_manifest
 from tasks.catalog import Catalog
@@ -44,19 +46,67 @@ def _plots(history: list[train.EpochLog], model: torch.nn.Module, splits: data.S
                                f"baseline on {spec.name}: test confusion matrix")
 
 
-def searched_config(params: Params, catalog: Catalog) -> tuple[BaselineConfig, str]:
-    """params.yaml's baseline with the search's chosen values applied, and the search's reason."""
+@dataclass(frozen=True)
+class Trained:
+    """One teacher config trained for the full budget."""
+
+    label: str  # params.yaml | search trial N
+    config: BaselineConfig
+    arch: models.Architecture
+    model: torch.nn.Module
+    result: train.FitResult
+
+
+def _train(cfg: BaselineConfig, label: str, splits: data.Splits, spec: data.DatasetSpec,
+           on_epoch_end: Any = None) -> Trained:
+    arch = models.architecture_for(cfg.model, spec.kind, spec.input_shape, len(spec.classes))
+    train.seed_everything(cfg.train.seed)  # weight init is part of "same config, same model"
+    model = models.build_model(arch)
+    log.info("training %s: %s %s on %d samples", label, arch.family, arch.widths, len(splits.train))
+    result = train.fit(model, splits.train, splits.val, cfg.train,
+                       augment=data.Augmenter(cfg.augment, spec.kind), on_epoch_end=on_epoch_end,
+                       description=f"{label} on {spec.name}")
+    return Trained(label, cfg, arch, model, result)
+
+
+def _figures(trained: Trained, splits: data.Splits) -> dict[str, float]:
+    return {"val_accuracy": trained.result.best_val_accuracy, "val_rows": float(len(splits.val)),
+            "params": float(measure.count_params(trained.model)[0])}
+
+
+def train_teacher(params: Params, catalog: Catalog, splits: data.Splits, spec: data.DatasetSpec
+                  ) -> tuple[Trained, str, dict[str, float]]:
+    """The teacher for the full budget: params.yaml's config, or the search's proposal if it
+    still holds there. A proposal comes from trials of a few epochs, whose ranking a full
+    training can overturn; so both are trained and the search's rule (`choose`) picks again on
+    validation. Returns the teacher, why it is the one, and the comparison's figures."""
     choice = io.read_json(catalog.search_choice_file, produced_by="search")
-    return space.apply(params.baseline, choice["values"]), choice["reason"]
+    if not choice["values"]:
+        return _train(params.baseline, "params.yaml", splits, spec, tracking.log_epoch), \
+            choice["reason"], {}
+    finalists = [_train(params.baseline, "params.yaml", splits, spec),
+                 _train(space.apply(params.baseline, choice["values"]),
+                        f"search trial {choice['trial']}", splits, spec)]
+    found = [_figures(trained, splits) for trained in finalists]
+    winner = choose.smallest_near_best(found, params.search.within_se, incumbent=0)
+    verdict = "holds at the full budget" if winner else \
+        "does not hold at the full budget (params.yaml's config is kept)"
+    reason = f"the search's trial {choice['trial']} {verdict}: {choose.comparison(found[1], found[0])}"
+    figures = {**{f"full_params_yaml_{k}": v for k, v in found[0].items() if k != "val_rows"},
+               **{f"full_searched_{k}": v for k, v in found[1].items() if k != "val_rows"},
+               "search_confirm_seconds": sum(epoch.seconds for epoch in
+                                             finalists[1 - winner].result.history)}
+    for epoch in finalists[winner].result.history:  # the teacher's curves on the stage run
+        tracking.log_epoch(epoch)
+    return finalists[winner], reason, figures
 
 
 def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train, save, export and evaluate the baseline; returns a JSON summary."""
     catalog = Catalog.at(root)
     io.require(catalog.dataset_file(), produced_by="prepare")  # the earliest missing stage first
-    cfg, searched = searched_config(params, catalog)
-    with tracking.stage_run("baseline", params, catalog.root, parent_run_id, cfg) as run:
-        log.info("baseline config: %s", searched)
+    io.require(catalog.search_choice_file, produced_by="search")
+    with tracking.stage_run("baseline", params, catalog.root, parent_run_id) as run:
         log.info("loading processed data from %s", catalog.processed_dir)
         splits, spec, meta = load_processed(catalog)
         tracking.log_dataset(splits.train.x, splits.train.y, f"{spec.name}-train",
@@ -65,17 +115,10 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
                              catalog.path(meta["raw_file"]), meta["raw_md5"], "validation")
         tracking.log_dataset(splits.test.x, splits.test.y, f"{spec.name}-test",
                              catalog.path(meta["raw_file"]), meta["raw_md5"], "evaluation")
-
-        arch = models.architecture_for(cfg.model, spec.kind, spec.input_shape, len(spec.classes))
-        train.seed_everything(cfg.train.seed)  # weight init is part of "same config, same model"
-        model = models.build_model(arch)
-        log.info("training %s %s on %d samples", arch.family, arch.widths, len(splits.train))
-        result = train.fit(
-            model, splits.train, splits.val, cfg.train,
-            augment=data.Augmenter(cfg.augment, spec.kind),
-            on_epoch_end=tracking.log_epoch,
-            description=f"baseline {spec.name}",
-        )
+        teacher, searched, confirmation = train_teacher(params, catalog, splits, spec)
+        log.info("baseline config: %s", searched)
+        tracking.log_section("baseline", teacher.config)  # the config trained, searched or not
+        model, arch, result = teacher.model, teacher.arch, teacher.result
 
         log.info("saving and exporting to ONNX")
         with io.atomic_dir(catalog.baseline_dir) as staging:
@@ -94,6 +137,7 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "train_seconds": sum(epoch.seconds for epoch in result.history),
+            **confirmation,
         }
         io.write_json(catalog.metrics_file("baseline"), metrics)
         _write_history(result.history, catalog.history_file("baseline"))

@@ -59,7 +59,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                         "params.yaml's stay) and why"),
                 Output("reports/search", "summary.md and the study's plots", cache=False)),
           metrics=("metrics/search.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
-    Stage("baseline", "tasks.baseline:run_baseline", ("baseline",), ("data/processed", "models/search"),
+    # a searched config must win again at the full budget, by the search's rule
+    Stage("baseline", "tasks.baseline:run_baseline", ("baseline", "search.within_se"),
+          ("data/processed", "models/search"),
           outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx"),),
           metrics=("metrics/baseline.json",),
           plots=("metrics/baseline_history.csv", "reports/baseline/confusion_matrix.png",

@@ -55,8 +55,10 @@ def _open(params: Params, url: str, name: str) -> Any:
                         cfg.heartbeat_s)
 
 
-def run_recipe_trials(root: Path, params: Params, url: str, name: str) -> None:
-    """One worker's share of the recipe study (in this process or on a Dask worker)."""
+def run_recipe_trials(root: Path, params: Params, url: str, name: str,
+                      threads: int | None = None) -> None:
+    """One worker's share of the recipe study (in this process or on a Dask worker, with
+    `threads` torch threads; None: as they are)."""
     from shrinkflow.measure import torch_threads
     from shrinkflow.search import recipe, study
 
@@ -67,7 +69,7 @@ def run_recipe_trials(root: Path, params: Params, url: str, name: str) -> None:
                                     spec.kind, spec.input_shape, len(spec.classes))
     objective = recipe.objective(cfg.compression, params.baseline, teacher, arch, recipe_data,
                                  splits.train.x, catalog.search_trials_dir(name))
-    with torch_threads(cfg.threads_per_worker):
+    with torch_threads(threads):
         study.optimize(_open(params, url, name), objective, cfg.compression.trials, None)
 
 

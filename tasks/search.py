@@ -42,16 +42,18 @@ def study_name(cfg: SearchConfig, baseline: BaselineConfig, dataset: str, data_m
     meaning = {"search": cfg.model_dump(mode="json", exclude={"trials", "timeout_s", "workers",
                                                                "threads_per_worker", "storage",
                                                                "study", "heartbeat_s",
-                                                               "compression"}),
+                                                               "compression", "within_se"}),
                "baseline": baseline.model_dump(mode="json"), "data": data_md5}
     digest = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
     return f"{dataset}-teacher-{digest}"
 
 
-def run_trials(root: Path, params: Params, url: str, name: str) -> None:
+def run_trials(root: Path, params: Params, url: str, name: str,
+               threads: int | None = None) -> None:
     """One worker's share of the study: open it and run trials until the budget is reached.
 
-    The same function runs in this process or on a Dask worker (which loads the data itself)."""
+    The same function runs in this process or on a Dask worker (which loads the data itself,
+    and trains with `threads` torch threads; None: as they are)."""
     from shrinkflow.measure import torch_threads
     from shrinkflow.search import space, teacher
 
@@ -61,7 +63,7 @@ def run_trials(root: Path, params: Params, url: str, name: str) -> None:
                                    len(spec.classes))
     objective = teacher.objective(cfg, params.baseline, space.dimensions(cfg, params.baseline),
                                   trial_data, catalog.search_trials_dir(name))
-    with torch_threads(cfg.threads_per_worker):
+    with torch_threads(threads):
         study.optimize(open_search(params, url, name), objective, cfg.trials, cfg.timeout_s)
 
 

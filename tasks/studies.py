@@ -47,9 +47,10 @@ def _reseeded(params: Params, offset: int) -> Params:
     return params.model_copy(update={"search": search})
 
 
-def run_on_dask(trials: Callable[[Path, Params, str, str], None], root: Path, params: Params,
-                url: str, name: str) -> None:
-    """`search.workers` copies of `trials(root, params, url, name)` in parallel on Dask, through
+def run_on_dask(trials: Callable[[Path, Params, str, str, int], None], root: Path,
+                params: Params, url: str, name: str) -> None:
+    """`search.workers` copies of `trials(root, params, url, name, threads)` in parallel on Dask
+    (`threads`: `search.threads_per_worker` torch threads each), through
     prefect-dask: a local cluster of single-threaded worker processes, or the scheduler
     DASK_SCHEDULER_ADDRESS names. Each opens the study itself and runs trials until the shared
     budget is reached. Worker k samples with seed `search.seed + k`: with one seed every worker
@@ -67,7 +68,8 @@ def run_on_dask(trials: Callable[[Path, Params, str, str], None], root: Path, pa
 
     @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)
     def search_workers() -> None:
-        futures = [worker.submit(root, _reseeded(params, k), url, name) for k in range(workers)]
+        futures = [worker.submit(root, _reseeded(params, k), url, name,
+                                 params.search.threads_per_worker) for k in range(workers)]
         for future in futures:
             future.result()
 

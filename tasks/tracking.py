@@ -182,8 +182,15 @@ def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None 
                           run_name=stage, nested=True, parent_run_id=parent_run_id,
                           tags=_base_tags(root, "stage")) as run:
         if section is not None:
-            mlflow.log_params({key: str(v) for key, v in flatten(section, f"{stage}.").items()})
+            log_section(stage, section)
         yield run
+
+
+def log_section(stage: str, section: Any) -> None:
+    """A params section on the active run, as `<stage>.<key>` params."""
+    import mlflow
+
+    mlflow.log_params({key: str(v) for key, v in flatten(section, f"{stage}.").items()})
 
 
 def log_epoch(epoch: Any) -> None:

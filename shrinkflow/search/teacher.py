@@ -40,7 +40,7 @@ class TrialData:
 def _repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial, multi: bool
             ) -> float | tuple[float, ...]:
     """Give `trial` the result of `earlier`, a finished trial with the same values."""
-    for key in ("params", "latency_ms"):
+    for key in ("params", "latency_ms", "val_rows"):
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
     trial.set_user_attr("epochs", 0)
@@ -71,6 +71,7 @@ def objective(cfg: SearchConfig, baseline: BaselineConfig, dims: Mapping[str, Di
         train.seed_everything(config.train.seed)
         model = models.build_model(arch)
         trial.set_user_attr("params", measure.count_params(model)[0])
+        trial.set_user_attr("val_rows", len(trial_data.val))  # how exact its accuracy is
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who trained it
         protected = bool(trial.user_attrs.get(REFERENCE_ATTR))
 

@@ -51,10 +51,16 @@ def test_a_better_trial_is_what_baseline_trains(trained_project):
     assert choice["values"] == {"train.lr": 0.01} and choice["trial"] in (1, 2)
     assert summary["metrics"]["chosen_val_accuracy"] > summary["metrics"]["reference_val_accuracy"]
     # then: baseline trains the chosen lr, not params.yaml's
+    # (for the full budget too, beside params.yaml's config, which it beats there as well)
     trained = run_baseline(params, trained_project)
     client = MlflowClient()
-    assert client.get_run(trained["run_id"]).data.params["baseline.train.lr"] == "0.01"
-    assert trained["metrics"]["val_accuracy"] > summary["metrics"]["reference_val_accuracy"]
+    baseline_run = client.get_run(trained["run_id"])
+    assert baseline_run.data.params["baseline.train.lr"] == "0.01"
+    assert "holds at the full budget" in baseline_run.data.tags["search"]
+    metrics = trained["metrics"]
+    assert metrics["val_accuracy"] > summary["metrics"]["reference_val_accuracy"]
+    assert metrics["full_searched_val_accuracy"] > metrics["full_params_yaml_val_accuracy"]
+    assert metrics["search_confirm_seconds"] > 0  # params.yaml's training, the search's extra cost
     # and: the study's parent run has one nested run per trial, with its learning curve
     stage = client.get_run(summary["run_id"])
     assert stage.data.tags["study"] == choice["study"] and "optuna.db" in stage.data.tags["storage"]
@@ -71,6 +77,41 @@ def test_a_better_trial_is_what_baseline_trains(trained_project):
     assert {"summary.md", "optimization_history.png", "intermediate_values.png"} <= {
         path.name for path in report.iterdir()}
     assert "0 (params.yaml)" in (report / "summary.md").read_text()
+
+
+def write_choice(project, values, trial=3):
+    Catalog.at(project).search_choice_file.write_text(json.dumps(
+        {"values": values, "reason": f"trial {trial}: ...", "trial": trial}))
+
+
+def baseline_with_choice(project, values, *overrides):
+    from mlflow import MlflowClient
+
+    write_choice(project, values)
+    trained = run_baseline(params_for(project, *overrides), project)
+    return trained["metrics"], MlflowClient().get_run(trained["run_id"]).data
+
+
+def test_a_proposal_that_fails_at_the_full_budget_leaves_params_yaml(trained_project):
+    # a learning rate that cannot learn in 2 epochs: its short trial was a fluke
+    metrics, run = baseline_with_choice(trained_project, {"train.lr": 1.0e-6})
+    assert run.params["baseline.train.lr"] == "0.003"
+    assert "trial 3 does not hold at the full budget" in run.tags["search"]
+    assert metrics["full_params_yaml_val_accuracy"] > metrics["full_searched_val_accuracy"]
+    assert metrics["val_accuracy"] == metrics["full_params_yaml_val_accuracy"]
+
+
+@pytest.mark.parametrize(("within_se", "kept"), [(100.0, "searched"), (0.0, "params_yaml")])
+def test_a_smaller_proposal_wins_within_the_tolerance(trained_project, within_se, kept):
+    # 100 standard errors: any accuracy is close enough, so the smaller config is the teacher;
+    # the same config of the same size (0: strictly) keeps params.yaml's, the incumbent
+    values = {"model.width": 4} if kept == "searched" else {"model.width": 16}
+    metrics, run = baseline_with_choice(trained_project, values, f"search.within_se={within_se}")
+    assert metrics["params_count"] == metrics[f"full_{kept}_params"]
+    assert run.params["baseline.model.width"] == str(values["model.width"] if kept == "searched"
+                                                     else 16)
+    if kept == "searched":
+        assert metrics["full_searched_params"] < metrics["full_params_yaml_params"]
 
 
 def test_params_yaml_stays_when_nothing_beats_it(trained_project):
