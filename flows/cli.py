@@ -103,7 +103,7 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
 
 
 def _print_result(result: dict) -> None:
-    typer.echo(f"\nteacher:     {result['stages']['search']['choice']['reason']}")
+    typer.echo(f"\nteacher:     {result['stages']['baseline']['teacher']}")
     typer.echo(f"deployable:  {result['stages']['compare']['headline']}")
     typer.echo(f"registry:    {result['stages']['deploy']['headline']}")
     typer.echo("compared:    reports/compare/candidates.md, reports/compare/pareto.png")
@@ -283,3 +283,74 @@ def serve(name: NameOption = None,
                     "no authentication", fg="yellow", err=True)
     typer.echo(f"serving {name}@{source.alias} on http://{bind}:{port or cfg.port}")
     uvicorn.run(application, host=bind, port=port or cfg.port, log_level="warning")
+
+
+# ---------------------------------------------------------------------------------------------
+# Unattended runs: a cron schedule, and a git hook
+# ---------------------------------------------------------------------------------------------
+RunsOverlayOption = Annotated[list[str] | None, typer.Option(
+    "--config", "-c", help="YAML file merged over params.yaml in every run this starts")]
+
+
+@app.command("schedule")
+def schedule_command(
+        cron: Annotated[str | None, typer.Option(
+            help="cron expression, e.g. '0 3 * * *' (default: prefect.yaml's)")] = None,
+        pool: Annotated[str | None, typer.Option(
+            help="register with this work pool of the Prefect server in PREFECT_API_URL "
+                 "(run by `prefect worker start --pool NAME`) instead of serving here")] = None,
+        config: RunsOverlayOption = None, set_: SetOption = None,
+        debug: DebugOption = False) -> None:
+    """Run the pipeline on a cron schedule: prefect.yaml's deployment, served from this machine
+    (until Ctrl+C) or registered with a Prefect server's work pool."""
+    configure(Path.cwd())
+    from flows.triggers import schedule
+
+    with _user_errors(debug):
+        where = f"work pool {pool!r}" if pool else "this machine (Ctrl+C stops it)"
+        typer.echo(f"scheduling the pipeline ({cron or 'cron of prefect.yaml'}) on {where}")
+        deployment = schedule(Path.cwd().resolve(), cron, pool, list(config or []),
+                              list(set_ or []))
+    if deployment:
+        typer.echo(f"deployment {deployment} registered; start a worker: "
+                   f"prefect worker start --pool {pool}")
+
+
+hooks_app = typer.Typer(help="The git hook: a commit that changes the pipeline's inputs (params, "
+                             "code the stages import, source data) starts a run in the background.",
+                        no_args_is_help=True)
+app.add_typer(hooks_app, name="hooks")
+
+
+@hooks_app.command("install")
+def hooks_install(config: RunsOverlayOption = None, set_: SetOption = None,
+                  debug: DebugOption = False) -> None:
+    """Install the post-commit hook (its runs get --config/--set as given here)."""
+    from flows.triggers import install_hook
+
+    with _user_errors(debug):
+        path = install_hook(Path.cwd().resolve(), [
+            *(part for overlay in config or [] for part in ("--config", overlay)),
+            *(part for override in set_ or [] for part in ("--set", override))])
+    typer.echo(f"installed {path}: a commit that changes the pipeline's inputs starts a run")
+
+
+@hooks_app.command("uninstall")
+def hooks_uninstall(debug: DebugOption = False) -> None:
+    """Remove shrinkflow's post-commit hook (another one is left alone)."""
+    from flows.triggers import uninstall_hook
+
+    with _user_errors(debug):
+        path = uninstall_hook(Path.cwd().resolve())
+    typer.echo(f"removed {path}" if path else "no shrinkflow post-commit hook installed")
+
+
+@hooks_app.command("post-commit")
+def hooks_post_commit(config: RunsOverlayOption = None, set_: SetOption = None,
+                      debug: DebugOption = False) -> None:
+    """What the hook runs after each commit: start a run if the commit changed its inputs."""
+    configure(Path.cwd())
+    from flows.triggers import start_commit_run
+
+    with _user_errors(debug):
+        typer.echo(start_commit_run(Path.cwd().resolve(), list(config or []), list(set_ or [])))

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.triggers import current_trigger
 from shrinkflow.config import load_params
 from tasks import stage_tasks, stages, summary, tracking, versions
 from tasks.dag import STAGES
@@ -32,7 +33,9 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
         if orphans:
             log.warning("marked %d MLflow run(s) of an interrupted run as failed", len(orphans))
         summaries: dict[str, dict[str, Any]] = {}
-        with tracking.pipeline_run(params, project, project / params_file) as parent:
+        started_by = current_trigger()  # schedule, commit, CI or manual: a tag of both runs
+        log.info("pipeline run started by %s", started_by.label)
+        with tracking.pipeline_run(params, project, project / params_file, started_by) as parent:
             for stage in STAGES:
                 summaries[stage] = stage_tasks.stage_task(stage, params, project)(
                     stage, params, project, parent.run_id)

@@ -156,4 +156,4 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         log.info("baseline %s: validation accuracy %.4f (test %.4f), %d params", spec.name,
                  metrics["val_accuracy"], metrics["accuracy"], metrics["params_count"])
         return {"stage": "baseline", "run_id": run.info.run_id, "dataset": spec.name,
-                "architecture": arch.to_dict(), "metrics": metrics}
+                "architecture": arch.to_dict(), "metrics": metrics, "teacher": searched}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
 PROJECT_SOURCES = ("shrinkflow", "tasks", "flows", "configs", "data/external",
-                   "params.yaml", "dvc.yaml")
+                   "params.yaml", "dvc.yaml", "prefect.yaml")
 
 
 def copy_sources(source: Path, destination: Path) -> Path:

@@ -88,8 +88,17 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
                 log.info("training %s %s %s (seed %d)", name, arch.family, arch.widths, seed)
+                kd = method == "kd"
                 with tracking.candidate_run(name, {"method": method, "student": student_name,
-                                                   "seed": seed}):
+                                                   "seed": seed},
+                                            {"method": method, "precision": "fp32",
+                                             "student": student_name,
+                                             "student_width": model_cfg.width,
+                                             "student_depth": model_cfg.depth,
+                                             "params_count": sum(p.numel() for p in
+                                                                 student.parameters()),
+                                             "temperature": cfg.temperature if kd else None,
+                                             "alpha": cfg.alpha if kd else None, "seed": seed}):
                     if method == "kd":
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train.model_copy(update={"seed": seed}), augment,

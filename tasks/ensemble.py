@@ -106,7 +106,9 @@ def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, nam
     path = staging / f"{name}.onnx"
     log.info("composing %s of %s", name, ", ".join(names))
     onnx.save(ensemble.compose(members, method, weights if method == "weighted" else None), str(path))
-    with tracking.candidate_run(name, {"method": method, "parent": "+".join(names)}):
+    with tracking.candidate_run(name, {"method": method, "parent": "+".join(names)},
+                                {"method": method, "members": "+".join(names),
+                                 "member_count": len(names)}):
         tracking.set_tags({f"weight.{n}": f"{w:.4f}" for n, w in zip(names, weights, strict=True)}
                           if method == "weighted" else {})
         measured = report_candidate(path, splits)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from shrinkflow import data, prune
-from shrinkflow.config import Params
+from shrinkflow.config import Params, PruneConfig
 from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
 from tasks.candidates import Candidate, load_torch, report_candidate, save_torch, write_manifest
@@ -33,6 +33,15 @@ STAGE_DIR = "pruned"
 
 def _percent(value: float) -> str:
     return f"{round(100 * value)}"
+
+
+def _made_by(cfg: PruneConfig, method: str, ratio: Any) -> dict[str, Any]:
+    """What made a pruned candidate, as its run's params."""
+    structured = method == "structured"
+    scope = cfg.structured.scope if structured else cfg.unstructured.scope
+    return {"method": method, "ratio": ratio, "precision": "fp32", "scope": scope,
+            "importance": cfg.structured.importance if structured else "magnitude",
+            "steps": cfg.steps, "finetune_epochs": cfg.finetune_epochs, "penalty": cfg.penalty}
 
 
 def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
@@ -56,15 +65,16 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
             return prune.iterative(teacher, cfg, "structured", ratio, example_input=example,
                                    finetune=finetune)[0]
 
-        jobs: list[tuple[str, str, Any]] = []  # (name, method, make-model)
+        jobs: list[tuple[str, str, Any, Any]] = []  # (name, method, ratio, make-model)
         if cfg.structured.enabled:
-            jobs += [(f"structured-{_percent(r)}", "structured", lambda r=r: structured_at(r))
+            jobs += [(f"structured-{_percent(r)}", "structured", r, lambda r=r: structured_at(r))
                      for r in cfg.structured.ratios]
         if cfg.unstructured.enabled:
             ratios = cfg.unstructured.ratios if cfg.unstructured.method == "ratio" else (None,)
             for ratio in ratios:
                 label = _percent(ratio) if ratio is not None else cfg.unstructured.method
-                jobs.append((f"unstructured-{label}", "unstructured",
+                jobs.append((f"unstructured-{label}", "unstructured", ratio if ratio is not None
+                             else cfg.unstructured.method,
                              lambda r=ratio: prune.iterative(teacher, cfg, "unstructured", r,
                                                              finetune=finetune)[0]))
 
@@ -76,13 +86,14 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                                        cfg.max_accuracy_drop_pp, cfg.search_ratios)
             search = {"ratio": found.ratio, "tries": found.records()}
             if found.model is not None:
-                jobs.append(("structured-auto", "structured", lambda: found.model))
+                jobs.append(("structured-auto", "structured", found.ratio, lambda: found.model))
 
         candidates, metrics = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
-            for name, method, make in jobs:
+            for name, method, ratio, make in jobs:
                 log.info("making %s", name)
-                with tracking.candidate_run(name, {"method": method}):
+                with tracking.candidate_run(name, {"method": method},
+                                            _made_by(cfg, method, ratio)):
                     model = make()
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from shrinkflow import data, measure, quantize, sparse
-from shrinkflow.config import Params
+from shrinkflow.config import Params, QuantizeConfig
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
 from tasks.candidates import Candidate, load_torch, read_manifests, report_candidate, write_manifest
@@ -32,6 +32,9 @@ log = logging.getLogger("shrinkflow.quantize")
 STAGE_DIR = "quantized"
 SOURCE_STAGES = ("baseline", "pruned", "distilled")
 # methods that only convert the file: no data, no fallback
+# the numbers a method's file computes with
+PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int8_dynamic": "int8",
+             "int8_static": "int8", "qat": "int8"}
 CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
                "int8_dynamic": quantize.to_int8_dynamic}
 
@@ -68,7 +71,8 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     name = f"{source.name}-{method}"
                     dst = staging / f"{name}.onnx"
                     log.info("quantizing %s", name)
-                    with tracking.candidate_run(name, {"method": method, "parent": source.name}):
+                    with tracking.candidate_run(name, {"method": method, "parent": source.name},
+                                                _made_by(cfg, method, source)):
                         record = _quantize_one(method, source, src, dst, calibration, reference,
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))
@@ -87,6 +91,16 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
         tracking.log_metrics(flat)
         return {"stage": "quantize", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": flat}
+
+
+def _made_by(cfg: QuantizeConfig, method: str, source: Candidate) -> dict[str, Any]:
+    """What made a quantized candidate, as its run's params (calibration: static int8 only)."""
+    static = method in ("int8_static", "qat")
+    return {"method": method, "precision": PRECISION[method], "parent": source.name,
+            "parent_method": source.method, "calibration": cfg.calibration if static else None,
+            "calibration_samples": cfg.calibration_samples if static else None,
+            "per_channel": cfg.per_channel if method != "fp16" else None,
+            "format": cfg.format if method != "fp16" else None}
 
 
 def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibration: np.ndarray,

@@ -9,7 +9,7 @@ sampler's proposals, each trained for at most `search.epochs` while the pruner s
 (SHRINKFLOW_SEARCH_STORAGE, else `search.storage`, else optuna.db here) is what they share, so a
 killed search resumes where it stopped and several machines can work on one study.
 
-Writes models/search/choice.json (the values `baseline` applies, or none: params.yaml's config
+Writes models/search/choice.json (the values `baseline` confirms, or none: params.yaml's config
 stays, and why), metrics/search.json and reports/search/*.png. MLflow: the stage run is the
 study's parent run (study name and storage as tags, the choice's figures, the plots, the chosen
 trial's weights) with one nested run per trial (its values, per-epoch validation accuracy, state).

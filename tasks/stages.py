@@ -33,12 +33,17 @@ def _param(params: Params, dotted: str) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
+def params_json(stage: str, params: Params) -> str:
+    """The params sections and keys a stage reads, as canonical JSON."""
+    return json.dumps({name: _param(params, name) for name in dag.stage(stage).params},
+                      sort_keys=True)
+
+
 def stage_key(stage: str, params: Params, root: Path) -> str:
     """What a stage's outputs depend on: its params sections, the content of its data inputs and
     code, and the project folder (two checkouts sharing a PREFECT_HOME must not share outputs)."""
     catalog = Catalog.at(root)
-    sections = {name: _param(params, name) for name in dag.stage(stage).params}
-    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
+    digest = hashlib.sha256(params_json(stage, params).encode())
     digest.update(str(catalog.root).encode())
     for variable in dag.stage(stage).services:
         digest.update(f"{variable}={os.environ.get(variable, '')}".encode())

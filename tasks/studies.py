@@ -33,7 +33,7 @@ def parallel(cfg: SearchConfig) -> bool:
     return cfg.workers > 1 or bool(os.environ.get(SCHEDULER_VARIABLE))
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """What local workers inherit: this process's Prefect API (without it each worker process
     would start a temporary Prefect server of its own, ~10 s each)."""
     from prefect.client.orchestration import get_client
@@ -63,7 +63,7 @@ def run_on_dask(trials: Callable[[Path, Params, str, str, int], None], root: Pat
     workers = params.search.workers
     runner = (DaskTaskRunner(address=address) if address else DaskTaskRunner(
         cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None, "env": _worker_env()}))
+                        "dashboard_address": None, "env": worker_env()}))
     worker = task(trials, name="search-trials", cache_policy=NO_CACHE, persist_result=False)
 
     @flow(name="shrinkflow-search", task_runner=runner, persist_result=False)

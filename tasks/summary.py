@@ -18,8 +18,9 @@ def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]
              f"Teacher: validation accuracy {baseline['val_accuracy']:.4f}, test accuracy "
              f"{baseline['accuracy']:.4f}, {int(baseline['params_count']):,} parameters.", ""]
     if "search" in summaries:
-        lines += [f"Teacher search: {summaries['search']['choice']['reason']} "
-                  "(reports/search/summary.md).", ""]
+        proposed, kept = summaries["search"]["choice"]["reason"], summaries["baseline"]["teacher"]
+        lines += [f"Teacher search: {proposed} (reports/search/summary.md)."
+                  + ("" if kept == proposed else f" Then {kept}."), ""]
     lines += ["| stage | MLflow run |", "|---|---|"]
     lines += [f"| {stage} | [{summary['run_id']}]({links[stage]}) |"
               for stage, summary in summaries.items()]

@@ -84,10 +84,14 @@ def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Parent run (one per pipeline run)
 # ---------------------------------------------------------------------------------------------
-def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None) -> str:
-    """Open the parent run, log all of params.yaml (flattened) and return its id."""
+def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None,
+                       started_by: Any = None) -> str:
+    """Open the parent run, log all of params.yaml (flattened) and return its id; `started_by`
+    (a `tasks.triggers.Trigger`) names what started it, in the run's name and tags."""
+    tags = {**_base_tags(root, "pipeline"), **(started_by.tags if started_by else {})}
+    name = f"pipeline ({started_by.label})" if started_by else "pipeline"
     run = client(root).create_run(experiment_id(root, params.project.experiment),
-                                   run_name="pipeline", tags=_base_tags(root, "pipeline"))
+                                   run_name=name, tags=tags)
     _log_params(run.info.run_id, root, flatten(params))
     if params_file is not None and params_file.is_file():
         client(root).log_artifact(run.info.run_id, str(params_file))
@@ -156,10 +160,10 @@ class PipelineRun:
 
 
 @contextmanager
-def pipeline_run(params: Params, root: Path, params_file: Path | None = None
-                 ) -> Iterator[PipelineRun]:
+def pipeline_run(params: Params, root: Path, params_file: Path | None = None,
+                 started_by: Any = None) -> Iterator[PipelineRun]:
     """Open the parent run; close it as FINISHED, or FAILED if the block raises."""
-    run = PipelineRun(root, start_pipeline_run(params, root, params_file))
+    run = PipelineRun(root, start_pipeline_run(params, root, params_file, started_by))
     try:
         yield run
     except BaseException:
@@ -204,15 +208,19 @@ def log_epoch(epoch: Any) -> None:
 
 
 @contextmanager
-def candidate_run(name: str, tags: dict[str, Any] | None = None) -> Iterator[Any]:
+def candidate_run(name: str, tags: dict[str, Any] | None = None,
+                  made_by: dict[str, Any] | None = None) -> Iterator[Any]:
     """A run for one candidate, nested under the active stage run (same thread), in the same
-    experiment and checkout as that run."""
+    experiment and checkout as that run. `made_by` (method, ratio, precision, temperature, ...;
+    None values left out) becomes its params: what MLflow's compare view plots against."""
     import mlflow
 
     stage = mlflow.active_run()
     inherited = {PIPELINE_TAG: "candidate", PROJECT_TAG: stage.data.tags.get(PROJECT_TAG, "")}
     with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
                           tags={**inherited, **(tags or {})}) as run:
+        mlflow.log_params({key: str(value) for key, value in (made_by or {}).items()
+                           if value is not None})
         yield run
 
 

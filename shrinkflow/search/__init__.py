@@ -3,7 +3,8 @@
   space     the searched baseline keys (choices and ranges), grids, applying a trial's values
   study     sampler, pruner, storage (SQLite or any SQLAlchemy URL), resumable budgeted runs
   teacher   the objective: train a trial's config, report each epoch to the pruner
-  choose    the baseline's config: the best (or front) trial if it beats params.yaml's own
+  choose    the one-standard-error rule: the trial the study proposes over params.yaml's config
+            (and, in `baseline`, the config kept after both trained for the full budget)
   plots     optimisation history, learning curves, importances, Pareto front (PNG)
 
 Torch, numpy and Optuna only: no tracking, no orchestration (the stage in `tasks.search` logs,

@@ -73,6 +73,13 @@ def shown_url(url: str) -> str:
         return "<not a database URL>"
 
 
+def with_driver(url: str) -> str:
+    """`postgresql://...` on the installed driver, psycopg 3 (SQLAlchemy 2.0 would look for
+    psycopg2); other URLs as they are."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] \
+        if url.startswith("postgresql://") else url
+
+
 def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     """The study database, with heartbeats and a retry of trials whose process died."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -85,7 +92,7 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # heartbeats are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1))

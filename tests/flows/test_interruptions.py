@@ -71,7 +71,8 @@ def interrupted(reference, tmp_path_factory) -> dict:
 
 def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):
     # given: the kill left the distill stage half-way: its staging folder, and open MLflow runs
-    assert {"pipeline", "distill", "student-kd"} <= set(interrupted["killed"].values())
+    killed = {name.split(" (")[0] for name in interrupted["killed"].values()}  # pipeline (manual)
+    assert {"pipeline", "distill", "student-kd"} <= killed
     assert any(".distilled." in path for path in interrupted["leftovers"])
     # then: the stages the killed run finished came from the cache
     rerun = interrupted["rerun"]

@@ -7,6 +7,7 @@ using the reference project, as its name sorts after theirs).
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -168,3 +169,12 @@ def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, t
                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert latest.info.status == "FAILED"
     assert not Catalog.at(project).processed_dir.exists(), "nothing downstream should be written"
+
+
+def test_a_run_started_by_hand_or_by_ci_says_so(reference):
+    from tasks import triggers
+
+    expected = triggers.current(os.environ)
+    parent = mlflow_client().get_run(reference["result"]["run_id"])
+    assert parent.data.tags["shrinkflow.trigger"] == expected.kind
+    assert parent.info.run_name == f"pipeline ({expected.label})"

@@ -69,3 +69,18 @@ def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pru
     assert search["ratio"] == (max(accepted) if accepted else None)
     names = [c.name for c in read_manifest(catalog.stage_models("pruned"), "prune")]
     assert ("structured-auto" in names) == bool(accepted)
+
+
+def test_prune__candidate_runs_say_what_made_them_as_params(pruned):
+    from mlflow import MlflowClient
+
+    _, summary = pruned
+    client = MlflowClient()
+    stage = client.get_run(summary["run_id"])
+    runs = {run.info.run_name: run.data.params for run in client.search_runs(
+        [stage.info.experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'")}
+    assert runs["structured-50"] | {"method": "structured", "ratio": "0.5", "importance": "l1",
+                                    "precision": "fp32"} == runs["structured-50"]
+    assert runs["unstructured-80"]["ratio"] == "0.8"
+    # the same names on every candidate: MLflow's compare view lines them up
+    assert {"method", "ratio", "precision", "steps"} <= set(runs["unstructured-80"])
