@@ -11,6 +11,7 @@ what started a run (`tasks.triggers` decides it).
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +121,7 @@ def install_hook(root: Path, arguments: list[str]) -> Path:
         raise UserError(f"{path} exists and is not shrinkflow's: add the line "
                         f"`shrinkflow hooks post-commit` to it yourself")
     shrinkflow = Path(sys.executable).parent / "shrinkflow"
-    quoted = " ".join(f"'{part}'" for part in (str(shrinkflow), "hooks", "post-commit",
-                                                *arguments))
+    quoted = shlex.join([str(shrinkflow), "hooks", "post-commit", *arguments])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"#!/bin/sh\n{HOOK_MARK}: a commit that changes the pipeline's inputs starts "
                     f"a run in the background\nexec {quoted}\n")
