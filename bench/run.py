@@ -387,8 +387,7 @@ def _confirmation(baseline: dict) -> str:
     """What baseline's full-budget training of the search's proposal found (metrics/baseline.json)."""
     if "full_searched_params" not in baseline:
         return "nothing to confirm"
-    kept = "searched" if baseline["params_count"] == baseline["full_searched_params"] and \
-        baseline["val_accuracy"] == baseline["full_searched_val_accuracy"] else "params.yaml's"
+    kept = "searched" if baseline["search_confirmed"] else "params.yaml's"
     return (f"for the full budget the proposal reached {baseline['full_searched_val_accuracy']:.4f} "
             f"val with {baseline['full_searched_params']:,.0f} params against params.yaml's "
             f"{baseline['full_params_yaml_val_accuracy']:.4f} with "

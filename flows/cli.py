@@ -329,9 +329,7 @@ def hooks_install(config: RunsOverlayOption = None, set_: SetOption = None,
     from flows.triggers import install_hook
 
     with _user_errors(debug):
-        path = install_hook(Path.cwd().resolve(), [
-            *(part for overlay in config or [] for part in ("--config", overlay)),
-            *(part for override in set_ or [] for part in ("--set", override))])
+        path = install_hook(Path.cwd().resolve(), list(config or []), list(set_ or []))
     typer.echo(f"installed {path}: a commit that changes the pipeline's inputs starts a run")
 
 

@@ -30,25 +30,17 @@ RUN_LOGS = Path(".shrinkflow") / "runs"  # where a hook's background runs write 
 # ---------------------------------------------------------------------------------------------
 # Inside a flow run: was it made by a schedule, and its Prefect tag
 # ---------------------------------------------------------------------------------------------
-def _flow_run() -> Any:
+def current_trigger() -> triggers.Trigger:
+    """The trigger of the running flow, tagged `trigger:<kind>` on its Prefect flow run."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     if flow_run.id is None:
-        return None
+        return triggers.current()
     with get_client(sync_client=True) as client:
-        return client.read_flow_run(flow_run.id)
-
-
-def current_trigger() -> triggers.Trigger:
-    """The trigger of the running flow, tagged `trigger:<kind>` on its Prefect flow run."""
-    from prefect.client.orchestration import get_client
-
-    run = _flow_run()
-    trigger = triggers.current(scheduled=bool(run is not None and run.auto_scheduled))
-    if run is not None:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(run.id, tags=sorted({*run.tags, f"trigger:{trigger.kind}"}))
+        run = client.read_flow_run(flow_run.id)
+        trigger = triggers.current(scheduled=run.auto_scheduled)
+        client.update_flow_run(run.id, tags=sorted({*run.tags, f"trigger:{trigger.kind}"}))
     return trigger
 
 
@@ -105,23 +97,27 @@ def schedule(root: Path, cron: str | None, pool: str | None, overlays: list[str]
 # ---------------------------------------------------------------------------------------------
 # The git hook
 # ---------------------------------------------------------------------------------------------
+def run_arguments(overlays: list[str], overrides: list[str]) -> list[str]:
+    """`shrinkflow run`'s --config/--set options for these overlays and overrides."""
+    return [*(part for overlay in overlays for part in ("--config", overlay)),
+            *(part for override in overrides for part in ("--set", override))]
+
+
 def hook_path(root: Path) -> Path:
     """Where git looks for the post-commit hook (core.hooksPath respected)."""
-    found = subprocess.run(["git", "rev-parse", "--git-path", "hooks/post-commit"],  # nosec B603 B607
-                           cwd=root, capture_output=True, text=True, timeout=30)
-    if found.returncode != 0:
-        raise UserError(f"{root} is not a git repository: `git init` first")
-    return (root / found.stdout.strip()).resolve()
+    return (root / triggers.git(root, "rev-parse", "--git-path", "hooks/post-commit").strip()
+            ).resolve()
 
 
-def install_hook(root: Path, arguments: list[str]) -> Path:
-    """Write the post-commit hook; it passes `arguments` (--config/--set) on to each run."""
+def install_hook(root: Path, overlays: list[str], overrides: list[str]) -> Path:
+    """Write the post-commit hook; each run it starts gets these overlays and overrides."""
     path = hook_path(root)
     if path.exists() and HOOK_MARK not in path.read_text():
         raise UserError(f"{path} exists and is not shrinkflow's: add the line "
                         f"`shrinkflow hooks post-commit` to it yourself")
     shrinkflow = Path(sys.executable).parent / "shrinkflow"
-    quoted = shlex.join([str(shrinkflow), "hooks", "post-commit", *arguments])
+    quoted = shlex.join([str(shrinkflow), "hooks", "post-commit",
+                         *run_arguments(overlays, overrides)])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"#!/bin/sh\n{HOOK_MARK}: a commit that changes the pipeline's inputs starts "
                     f"a run in the background\nexec {quoted}\n")
@@ -140,8 +136,7 @@ def uninstall_hook(root: Path) -> Path | None:
 def start_commit_run(root: Path, overlays: list[str], overrides: list[str]) -> str:
     """After a commit: start a pipeline run in the background if the commit changed its inputs;
     says what it did either way."""
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root,  # nosec B603 B607
-                         capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    sha = triggers.git(root, "rev-parse", "HEAD").strip()
     changed = triggers.changed_stages(root, sha, overlays=overlays, overrides=overrides)
     if not changed:
         return (f"shrinkflow: commit {sha[:8]} changes no pipeline input (params, code the stages "
@@ -152,8 +147,7 @@ def start_commit_run(root: Path, overlays: list[str], overrides: list[str]) -> s
     # git's own variables (GIT_INDEX_FILE, ...) would steer the DVC commands the run makes
     env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
     command = [str(Path(sys.executable).parent / "shrinkflow"), "run",
-               *(part for overlay in overlays for part in ("--config", overlay)),
-               *(part for override in overrides for part in ("--set", override))]
+               *run_arguments(overlays, overrides)]
     with log.open("w") as output:
         started = subprocess.Popen(command, cwd=root, env={**env, **trigger.environment},  # nosec B603
                                    stdout=output, stderr=subprocess.STDOUT,

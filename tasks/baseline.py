@@ -94,6 +94,7 @@ def train_teacher(params: Params, catalog: Catalog, splits: data.Splits, spec: d
     reason = f"the search's trial {choice['trial']} {verdict}: {choose.comparison(found[1], found[0])}"
     figures = {**{f"full_params_yaml_{k}": v for k, v in found[0].items() if k != "val_rows"},
                **{f"full_searched_{k}": v for k, v in found[1].items() if k != "val_rows"},
+               "search_confirmed": float(winner == 1),
                "search_confirm_seconds": sum(epoch.seconds for epoch in
                                              finalists[1 - winner].result.history)}
     for epoch in finalists[winner].result.history:  # the teacher's curves on the stage run

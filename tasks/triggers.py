@@ -105,17 +105,19 @@ def fingerprint(root: Path, overlays: Sequence[str] = (), overrides: Sequence[st
     prints = {}
     for name, stage in dag.STAGES.items():
         digest = hashlib.sha256(params_json(name, params).encode())
-        sources = [path for path in stage.inputs if path not in made]
-        for relative in (*sources, *dag.code_deps(name, root)):
+        for relative in dag.deps(name, root):  # what its cache key reads, less what stages make
+            if relative in made:
+                continue
             digest.update(f"{relative}={tree_digest(root / relative)}".encode())
-        for relative in sources:
-            digest.update(f"{tree_digest(root / f'{relative}.dvc')}:{locked.get(relative, '')}"
-                          .encode())
+            if relative in stage.inputs:  # data: its DVC pointer too
+                digest.update(f"{tree_digest(root / f'{relative}.dvc')}:"
+                              f"{locked.get(relative, '')}".encode())
         prints[name] = digest.hexdigest()
     return prints
 
 
-def _git(root: Path, *args: str) -> str:
+def git(root: Path, *args: str) -> str:
+    """`git ARGS` in `root`: its output, or a UserError with git's message."""
     # the user's own git, from PATH
     result = subprocess.run(["git", *args], cwd=root, capture_output=True,  # nosec B603 B607
                             text=True, timeout=60)
@@ -139,8 +141,8 @@ def changed_stages(root: Path, commit: str = "HEAD", overlays: Sequence[str] = (
                    overrides: Sequence[str] = ()) -> list[str]:
     """The stages whose inputs `commit` changed against its first parent (every stage for a
     first commit), compared on the files git holds at each (see `fingerprint`)."""
-    sha = _git(root, "rev-parse", commit).strip()
-    parents = _git(root, "rev-list", "--parents", "-n", "1", sha).split()[1:]
+    sha = git(root, "rev-parse", commit).strip()
+    parents = git(root, "rev-list", "--parents", "-n", "1", sha).split()[1:]
     with tempfile.TemporaryDirectory(prefix="shrinkflow-commit-") as scratch:
         after, *before = [fingerprint(_tree_at(root, ref, Path(scratch) / ref), overlays,
                                       overrides) for ref in (sha, *parents[:1])]

@@ -61,6 +61,7 @@ def test_a_better_trial_is_what_baseline_trains(trained_project):
     assert metrics["val_accuracy"] > summary["metrics"]["reference_val_accuracy"]
     assert metrics["full_searched_val_accuracy"] > metrics["full_params_yaml_val_accuracy"]
     assert metrics["search_confirm_seconds"] > 0  # params.yaml's training, the search's extra cost
+    assert metrics["search_confirmed"] == 1.0
     # and: the study's parent run has one nested run per trial, with its learning curve
     stage = client.get_run(summary["run_id"])
     assert stage.data.tags["study"] == choice["study"] and "optuna.db" in stage.data.tags["storage"]
@@ -97,6 +98,7 @@ def test_a_proposal_that_fails_at_the_full_budget_leaves_params_yaml(trained_pro
     metrics, run = baseline_with_choice(trained_project, {"train.lr": 1.0e-6})
     assert run.params["baseline.train.lr"] == "0.003"
     assert "trial 3 does not hold at the full budget" in run.tags["search"]
+    assert metrics["search_confirmed"] == 0.0
     assert metrics["full_params_yaml_val_accuracy"] > metrics["full_searched_val_accuracy"]
     assert metrics["val_accuracy"] == metrics["full_params_yaml_val_accuracy"]
 
