@@ -163,6 +163,17 @@ def dvc_yaml(check_only: Annotated[bool, typer.Option(
 
 
 @app.command()
+def pull(debug: DebugOption = False) -> None:
+    """Fetch the data and models dvc.lock records from the DVC remote (SHRINKFLOW_DVC_REMOTE, else
+    .dvc/config's), after checking it answers."""
+    configure(Path.cwd())
+    from tasks import versions
+
+    with _user_errors(debug):
+        typer.echo(versions.pull(Path.cwd().resolve()).strip() or "nothing to pull")
+
+
+@app.command()
 def ui(port: Annotated[int, typer.Option(help="port of the UI")] = 5000,
        host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1") -> None:
     """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)."""

@@ -33,6 +33,9 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
         if orphans:
             log.warning("marked %d MLflow run(s) of an interrupted run as failed", len(orphans))
         summaries: dict[str, dict[str, Any]] = {}
+        recorded = versions.recordable(params_file, overlays, overrides)
+        if recorded:
+            versions.check_remote(project)
         started_by = current_trigger()  # schedule, commit, CI or manual: a tag of both runs
         log.info("pipeline run started by %s", started_by.label)
         with tracking.pipeline_run(params, project, project / params_file, started_by) as parent:
@@ -40,7 +43,7 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
                 summaries[stage] = stage_tasks.stage_task(stage, params, project)(
                     stage, params, project, parent.run_id)
                 parent.record(summaries[stage])
-            if versions.recordable(params_file, overlays, overrides):
+            if recorded:
                 versions.record_versions(project, list(STAGES))
                 tracking.log_artifact_to(project, parent.run_id, project / "dvc.lock")
             else:

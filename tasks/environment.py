@@ -1,13 +1,30 @@
 """Service defaults for an embedded, project-local run; must run before prefect/mlflow import.
 
 Environment variables only select services (where the stores and servers are), never model
-behaviour. Anything already set by the user wins.
+behaviour. Anything already set by the user wins. `SERVICES` declares, once, every variable that
+points the project at shared services: the stack (infra/stack.py) writes them, .env.example lists
+them and docker-compose.yml sets them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# variable -> what it selects (and the embedded default when it is unset)
+SERVICES: dict[str, str] = {
+    "MLFLOW_TRACKING_URI": "MLflow tracking server (default: sqlite:///mlflow.db in the project)",
+    "PREFECT_API_URL": "Prefect server API (default: a temporary server for each run)",
+    "SHRINKFLOW_SEARCH_STORAGE": "Optuna storage of the search studies (default: optuna.db)",
+    "DASK_SCHEDULER_ADDRESS": "Dask scheduler the search trials run on (default: in this process)",
+    "SHRINKFLOW_DVC_REMOTE": "s3://bucket/prefix that DVC pushes to (default: .dvc/config's remote)",
+    "AWS_ENDPOINT_URL": "S3 endpoint of MinIO or another S3 server (unset for AWS S3)",
+    "AWS_ACCESS_KEY_ID": "S3 credentials of the DVC remote (and of the MLflow server's artifacts)",
+    "AWS_SECRET_ACCESS_KEY": "S3 credentials of the DVC remote (and of the MLflow server's artifacts)",
+    "AWS_DEFAULT_REGION": "S3 region (any value for MinIO)",
+}
+DVC_REMOTE_VARIABLE = "SHRINKFLOW_DVC_REMOTE"
+S3_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 
 def configure(root: Path) -> None:
