@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := false
 
 .PHONY: install run test test-fast lint ui server bench lock clean help
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
@@ -41,13 +41,31 @@ test-fast: $(STAMP)  ## core and stage tests only: no whole pipelines, services 
 
 lint: $(STAMP)  ## ruff (style, imports, bugbear) and bandit (security) on the code
 	$(BIN)/ruff check .
-	$(BIN)/bandit -q -c pyproject.toml -r shrinkflow tasks flows bench
+	$(BIN)/bandit -q -c pyproject.toml -r shrinkflow tasks flows bench infra
 
 ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(BIN)/shrinkflow ui
 
+.PHONY: browser
+browser:  ## headless Chromium and chromedriver for the UI test (apt-get, only when none is on PATH)
+	@if { command -v chromium || command -v google-chrome; } >/dev/null && command -v chromedriver >/dev/null; \
+	then echo "browser: $$(command -v chromium || command -v google-chrome), $$(command -v chromedriver)"; \
+	else sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends chromium chromium-driver; fi
+
 server: $(STAMP)  ## run a local MLflow tracking server on the project's store
 	bash infra/mlflow-server.sh
+
+.PHONY: stack-up stack-down stack-status
+stack-up: $(STAMP)  ## start the service stack here (PostgreSQL, S3, MLflow, Prefect, Dask); see .stack/stack.env
+	$(BIN)/python infra/stack.py up
+
+stack-down: $(STAMP)  ## stop the service stack
+	$(BIN)/python infra/stack.py down
+
+stack-status: $(STAMP)  ## which services of the stack are up
+	$(BIN)/python infra/stack.py status
 
 bench: $(STAMP)  ## measure the pipeline and write reports/bench.{md,json}
 	$(BIN)/python bench/run.py

@@ -51,6 +51,10 @@ class StackError(RuntimeError):
     """A service could not start or stop; the message says which and why."""
 
 
+def port_variable(service: str) -> str:
+    return f"STACK_{service.upper()}_PORT"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the stack lives and listens; from the environment, with the defaults beside."""
@@ -60,9 +64,14 @@ class Settings:
     bucket: str = "shrinkflow"  # one bucket: MLflow artifacts under mlflow/, DVC under dvc/
     dask_workers: int = 2  # one torch thread each: trials run in parallel, one per worker
 
+    @staticmethod
+    def variables() -> list[str]:
+        """The environment variables the settings come from."""
+        return ["STACK_DIR", "STACK_BUCKET", "STACK_DASK_WORKERS", *map(port_variable, DEFAULT_PORTS)]
+
     @classmethod
     def from_environment(cls, root: Path = ROOT) -> Settings:
-        ports = {name: int(os.environ.get(f"STACK_{name.upper()}_PORT", port))
+        ports = {name: int(os.environ.get(port_variable(name), port))
                  for name, port in DEFAULT_PORTS.items()}
         return cls(Path(os.environ.get("STACK_DIR", root / ".stack")).resolve(), ports,
                    os.environ.get("STACK_BUCKET", "shrinkflow"),
@@ -103,7 +112,8 @@ class Settings:
 # ---------------------------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------------------------
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Does `url` answer 200 (not through any proxy)?"""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
         with opener.open(url, timeout=2) as response:
@@ -112,7 +122,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
@@ -285,7 +295,7 @@ def stop_postgres(settings: Settings) -> bool:
 def start_s3(settings: Settings) -> None:
     _spawn(settings, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
                             str(settings.ports["s3"])],
-           _env(settings), lambda: _answers(f"{settings.url('s3')}/moto-api/"))
+           _env(settings), lambda: answers(f"{settings.url('s3')}/moto-api/"))
     import boto3
 
     keys = settings.credentials()
@@ -303,7 +313,7 @@ def start_mlflow(settings: Settings) -> None:
                "--artifacts-destination", f"s3://{settings.bucket}/mlflow", "--serve-artifacts"]
     env = _env(settings, MLFLOW_S3_ENDPOINT_URL=settings.url("s3"), AWS_DEFAULT_REGION="us-east-1",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **settings.credentials())
-    _spawn(settings, "mlflow", command, env, lambda: _answers(f"{settings.url('mlflow')}/health"))
+    _spawn(settings, "mlflow", command, env, lambda: answers(f"{settings.url('mlflow')}/health"))
 
 
 def _prefect_env(settings: Settings) -> dict[str, str]:
@@ -323,7 +333,7 @@ def start_prefect(settings: Settings) -> None:
     api = f"{settings.url('prefect')}/api"
     _spawn(settings, "prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                  "--port", str(settings.ports["prefect"])],
-           _prefect_env(settings), lambda: _answers(f"{api}/health"))
+           _prefect_env(settings), lambda: answers(f"{api}/health"))
     project = {**_prefect_env(settings), **settings.project_env()}
     if _prefect(project, "work-pool", "inspect", POOL).returncode:  # none yet
         created = _prefect(project, "work-pool", "create", POOL, "--type", "process")
@@ -342,7 +352,7 @@ def start_dask(settings: Settings) -> None:
     address = settings.project_env()["DASK_SCHEDULER_ADDRESS"]
     _spawn(settings, "dask", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1",
                               "--port", str(settings.ports["dask"]), "--no-dashboard"],
-           _env(settings), lambda: not _port_free(settings.ports["dask"]))
+           _env(settings), lambda: not port_free(settings.ports["dask"]))
     env = _env(settings, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
                PREFECT_API_URL=settings.project_env()["PREFECT_API_URL"])
     _spawn(settings, "dask-workers", [str(BIN / "dask"), "worker", address, "--nworkers",
@@ -387,8 +397,8 @@ SERVICES = (
 # the commands
 # ---------------------------------------------------------------------------------------------
 def _check_ports(settings: Settings) -> None:
-    taken = [f"{name} ({port}, STACK_{name.upper()}_PORT)" for name, port in settings.ports.items()
-             if not _port_free(port) and not _owned(settings, name)]
+    taken = [f"{name} ({port}, {port_variable(name)})" for name, port in settings.ports.items()
+             if not port_free(port) and not _owned(settings, name)]
     if taken:
         raise StackError("ports already in use by something else: " + ", ".join(taken))
 

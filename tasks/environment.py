@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+_S3_CREDENTIALS = "S3 credentials of the DVC remote (and of the MLflow server's artifacts)"
 # variable -> what it selects (and the embedded default when it is unset)
 SERVICES: dict[str, str] = {
     "MLFLOW_TRACKING_URI": "MLflow tracking server (default: sqlite:///mlflow.db in the project)",
@@ -19,16 +20,26 @@ SERVICES: dict[str, str] = {
     "DASK_SCHEDULER_ADDRESS": "Dask scheduler the search trials run on (default: in this process)",
     "SHRINKFLOW_DVC_REMOTE": "s3://bucket/prefix that DVC pushes to (default: .dvc/config's remote)",
     "AWS_ENDPOINT_URL": "S3 endpoint of MinIO or another S3 server (unset for AWS S3)",
-    "AWS_ACCESS_KEY_ID": "S3 credentials of the DVC remote (and of the MLflow server's artifacts)",
-    "AWS_SECRET_ACCESS_KEY": "S3 credentials of the DVC remote (and of the MLflow server's artifacts)",
+    "AWS_ACCESS_KEY_ID": _S3_CREDENTIALS,
+    "AWS_SECRET_ACCESS_KEY": _S3_CREDENTIALS,
     "AWS_DEFAULT_REGION": "S3 region (any value for MinIO)",
+}
+# variables read that describe a run, not a service: set by whoever starts it
+RUN_CONTEXT: dict[str, str] = {
+    "SHRINKFLOW_TRIGGER": "what started the run: schedule, commit, ci or manual (hook, scheduler)",
+    "SHRINKFLOW_TRIGGER_REF": "the commit SHA or schedule the trigger refers to",
+    "CI": "true on a CI runner: the run is tagged ci",
+    "GITHUB_ACTIONS": "true on GitHub Actions: the run is tagged ci",
+    "GITHUB_SHA": "the commit a GitHub Actions run builds",
+    "CI_COMMIT_SHA": "the commit a GitLab CI run builds",
 }
 DVC_REMOTE_VARIABLE = "SHRINKFLOW_DVC_REMOTE"
 S3_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 
-def configure(root: Path) -> None:
-    defaults = {
+def defaults(root: Path) -> dict[str, str]:
+    """The embedded, project-local settings of a run in `root`."""
+    return {
         # Prefect: project-local state; the ephemeral server needs ~25 s on a fresh PREFECT_HOME
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
@@ -44,5 +55,9 @@ def configure(root: Path) -> None:
         "DVC_SITE_CACHE_DIR": str(root / ".dvc" / "site_cache"),
         "GX_ANALYTICS_ENABLED": "false",
     }
-    for key, value in defaults.items():
+
+
+def configure(root: Path) -> None:
+    """Fill in `defaults(root)` for whatever the environment leaves unset."""
+    for key, value in defaults(root).items():
         os.environ.setdefault(key, value)

@@ -95,6 +95,7 @@ def check_s3(target: Remote) -> None:
     """Can `target` take a push? Credentials exist and the bucket answers; raises RemoteError
     (RemoteUnreachable when the endpoint does not answer) otherwise."""
     import boto3
+    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     bucket = urlparse(target.url).netloc
@@ -103,7 +104,9 @@ def check_s3(target: Remote) -> None:
         raise RemoteError(f"{target}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
     try:
-        session.client("s3", endpoint_url=target.endpoint).head_bucket(Bucket=bucket)
+        # one attempt: the retries and their backoff are the task's (PUSH_RETRIES)
+        once = Config(connect_timeout=10, read_timeout=30, retries={"total_max_attempts": 1})
+        session.client("s3", endpoint_url=target.endpoint, config=once).head_bucket(Bucket=bucket)
     except NoCredentialsError as error:
         raise RemoteError(f"{target}: no S3 credentials ({error})") from error
     except ClientError as error:

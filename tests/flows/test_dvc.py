@@ -14,6 +14,7 @@ import pytest
 from tasks import dag
 from tasks.catalog import Catalog, tree_digest
 from tests.flows.conftest import mlflow_client, pipeline, run
+from tests.services import aws_test_credentials, free_port, s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +107,43 @@ def test_dvc_push_pull__restores_lost_outputs_byte_for_byte(reference):
     pulled = run(["dvc", "pull"], project)
     assert pulled.returncode == 0, pulled.stderr
     assert {path: tree_digest(path) for path in before} == before
+
+
+def test_check_remote__an_unreachable_s3_endpoint_is_retried_with_backoff_until_it_answers(
+        prefect_api, dvc_project, monkeypatch, tmp_path):
+    import threading
+    import time
+    from contextlib import ExitStack
+
+    import boto3
+    from prefect.client.orchestration import get_client
+
+    from tasks import faults, versions
+
+    # given: the remote's S3 endpoint is down when the check starts and comes up ~2 s later
+    aws_test_credentials(monkeypatch, tmp_path)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("SHRINKFLOW_DVC_REMOTE", "s3://late/dvc")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    with pytest.raises(versions.RemoteUnreachable) as refused:
+        versions.ready(dvc_project)
+    assert faults.is_transient(refused.value), "an unreachable endpoint is worth a retry"
+
+    with ExitStack() as later_server:
+        def start_later() -> None:
+            time.sleep(2)
+            later_server.enter_context(s3_server(tmp_path, port))
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="late")
+
+        starter = threading.Thread(target=start_later)
+        starter.start()
+        # when: the pipeline's check runs as its task (the push's retry policy)
+        state = versions.check_remote(dvc_project, return_state=True)
+        starter.join()
+    # then: it failed, waited, tried again and succeeded
+    assert state.is_completed(), state
+    assert state.result() == versions.Remote("shared", "s3://late/dvc", endpoint)
+    with get_client(sync_client=True) as client:
+        history = [item.name for item in client.read_task_run_states(state.state_details.task_run_id)]
+    assert "AwaitingRetry" in history, history
