@@ -217,8 +217,10 @@ def candidate_run(name: str, tags: dict[str, Any] | None = None,
 
     stage = mlflow.active_run()
     inherited = {PIPELINE_TAG: "candidate", PROJECT_TAG: stage.data.tags.get(PROJECT_TAG, "")}
+    # a tracking server takes strings only (a SQLite store converts on its own)
+    tagged = {key: str(value) for key, value in {**inherited, **(tags or {})}.items()}
     with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
-                          tags={**inherited, **(tags or {})}) as run:
+                          tags=tagged) as run:
         mlflow.log_params({key: str(value) for key, value in (made_by or {}).items()
                            if value is not None})
         yield run
