@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import numpy as np
 
@@ -136,11 +137,54 @@ def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | No
 
 
 def run_link(root: Path, run_id: str) -> str:
-    """Where a person opens the run: the server's page, or the local UI started by `make ui`."""
-    run = client(root).get_run(run_id)
+    """Where a person opens the run: the server's page, or the local UI started by `make ui`.
+
+    A run with nested runs (a pipeline run, a stage with candidates or trials) opens the
+    experiment's runs table filtered to it and everything nested under it, as one flat list by
+    name, where candidates are selected and compared; a run without nested runs opens its own
+    page. (MLflow 3.17 opens an experiment's own link on a GenAI overview of traces and tokens.)"""
+    store = client(root)
+    run = store.get_run(run_id)
     uri = tracking_uri(root)
     base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    experiment = run.info.experiment_id
+    nested = _nested_run_ids(store, run)
+    if not nested:
+        return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    ids = ", ".join(f"'{each}'" for each in [run_id, *nested])
+    query = urlencode({
+        "workflowType": "machine_learning",  # the training runs table, not the GenAI tabs
+        "searchFilter": f"attributes.run_id IN ({ids})",  # tags cannot be searched against a list
+        # any order but the default (by start time) lists nested runs as rows of their own,
+        # instead of folding them under their parent's collapsed row
+        "orderByKey": "tags.`mlflow.runName`", "orderByAsc": "true"}, quote_via=quote)
+    return f"{base}/#/experiments/{experiment}/runs?{query}"
+
+
+def _nested_run_ids(store, run) -> list[str]:
+    """The ids of the runs nested under `run` at any depth, parents before children. One search
+    (MLflow cannot search a parent against a list): they all started in its experiment while it
+    ran."""
+    during = f"attributes.start_time >= {run.info.start_time}"
+    if run.info.end_time:
+        during += f" and attributes.start_time <= {run.info.end_time}"
+    children: dict[str, list[str]] = {}
+    token = None
+    while True:
+        page = store.search_runs([run.info.experiment_id], filter_string=during,
+                                 max_results=1000, page_token=token)
+        for later in page:
+            parent = later.data.tags.get("mlflow.parentRunId")
+            if parent:
+                children.setdefault(parent, []).append(later.info.run_id)
+        token = page.token
+        if not token:
+            break
+    nested, level = [], [run.info.run_id]
+    while level:
+        level = [child for parent in level for child in children.get(parent, [])]
+        nested += level
+    return nested
 
 
 class PipelineRun:

@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 SHARED_FIXTURES = {"flows": ("prefect_api", "reference"), "trained": ("trained_tiny",)}
 SHARED_FIXTURE_FILES = {
     "flows": ("tests/flows/test_cli.py", "tests/flows/test_interruptions.py",
-              "tests/flows/test_pipeline.py", "tests/flows/test_dvc.py"),
+              "tests/flows/test_pipeline.py", "tests/flows/test_dvc.py", "tests/flows/test_ui.py"),
     "trained": ("tests/tasks/test_baseline.py", "tests/tasks/test_compare.py",
                 "tests/tasks/test_deploy.py", "tests/tasks/test_distill_stage.py",
                 "tests/tasks/test_prune_stage.py", "tests/tasks/test_ensemble_stage.py",
