@@ -179,6 +179,8 @@ def ui(port: Annotated[int, typer.Option(help="port of the UI")] = 5000,
     """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)."""
     configure(Path.cwd())
     store = os.environ["MLFLOW_TRACKING_URI"]
+    # the UI's background job runner (GenAI evaluation jobs, ~8 processes) serves nothing here
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     typer.echo(f"MLflow UI on http://{host}:{port} for {store}")
     # fixed arguments, no shell
     os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui",  # nosec B606

@@ -51,6 +51,8 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
                             "(use `dvc exp run -S key=value` to version an experiment)")
             links = {stage: tracking.run_link(project, summary["run_id"])
                      for stage, summary in summaries.items()}
-            links["pipeline"] = tracking.run_link(project, parent.run_id)
+            # a cached stage's run is an earlier one: listed with this run's all the same
+            links["pipeline"] = tracking.run_link(
+                project, parent.run_id, also=[summary["run_id"] for summary in summaries.values()])
             summary.publish_summary(project, summaries, links)
     return {"run_id": parent.run_id, "links": links, "stages": summaries}

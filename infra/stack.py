@@ -51,6 +51,13 @@ class StackError(RuntimeError):
     """A service could not start or stop; the message says which and why."""
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds a secret), from its creation on."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+
+
 def port_variable(service: str) -> str:
     return f"STACK_{service.upper()}_PORT"
 
@@ -93,8 +100,7 @@ class Settings:
         if not stored.is_file():
             self.home.mkdir(parents=True, exist_ok=True)
             keys = {"AWS_ACCESS_KEY_ID": "shrinkflow", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
-            stored.write_text(json.dumps(keys))
-            stored.chmod(0o600)
+            write_private(stored, json.dumps(keys))
         return json.loads(stored.read_text())
 
     def project_env(self) -> dict[str, str]:
@@ -411,9 +417,8 @@ def _owned(settings: Settings, name: str) -> bool:
 
 def write_env_file(settings: Settings) -> Path:
     lines = [f"{key}={value}" for key, value in settings.project_env().items()]
-    settings.env_file.write_text("# written by `make stack-up`: `set -a; . .stack/stack.env; set +a`\n"
-                                 + "\n".join(lines) + "\n")
-    settings.env_file.chmod(0o600)  # it holds the S3 secret
+    write_private(settings.env_file, "# written by `make stack-up`: `set -a; . .stack/stack.env; "
+                  "set +a`\n" + "\n".join(lines) + "\n")
     return settings.env_file
 
 

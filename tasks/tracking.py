@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,22 +136,27 @@ def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | No
         store.log_artifact(run_id, str(path), artifact_path)
 
 
-def run_link(root: Path, run_id: str) -> str:
+def run_link(root: Path, run_id: str, also: Sequence[str] = ()) -> str:
     """Where a person opens the run: the server's page, or the local UI started by `make ui`.
 
     A run with nested runs (a pipeline run, a stage with candidates or trials) opens the
     experiment's runs table filtered to it and everything nested under it, as one flat list by
     name, where candidates are selected and compared; a run without nested runs opens its own
-    page. (MLflow 3.17 opens an experiment's own link on a GenAI overview of traces and tokens.)"""
+    page. (MLflow 3.17 opens an experiment's own link on a GenAI overview of traces and tokens.)
+    `also`: runs listed with theirs though not nested in it, e.g. the stage runs a cached
+    pipeline run reuses."""
     store = client(root)
     run = store.get_run(run_id)
     uri = tracking_uri(root)
     base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
     experiment = run.info.experiment_id
-    nested = _nested_run_ids(store, run)
-    if not nested:
+    listed = [run_id, *_nested_run_ids(store, run)]
+    for other in also:
+        if other not in listed:
+            listed += [other, *_nested_run_ids(store, store.get_run(other))]
+    if len(listed) == 1:
         return f"{base}/#/experiments/{experiment}/runs/{run_id}"
-    ids = ", ".join(f"'{each}'" for each in [run_id, *nested])
+    ids = ", ".join(f"'{each}'" for each in listed)
     query = urlencode({
         "workflowType": "machine_learning",  # the training runs table, not the GenAI tabs
         "searchFilter": f"attributes.run_id IN ({ids})",  # tags cannot be searched against a list

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from urllib.parse import unquote
 
 import pytest
 
@@ -71,6 +72,9 @@ def test_pipeline__unchanged_rerun_is_cached(reference):
     # then: no stage ran again; the new parent run points at the cached stage runs
     assert _ran(before, second) == set()
     assert _children(second["run_id"]) == []
+    # and its link still lists those stage runs, to compare their candidates
+    link = unquote(second["links"]["pipeline"])
+    assert all(f"'{stage['run_id']}'" in link for stage in second["stages"].values())
 
 
 def test_pipeline__a_comment_deep_in_the_code_reruns_exactly_the_stages_importing_it(reference):

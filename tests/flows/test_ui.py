@@ -78,8 +78,7 @@ def mlflow_ui(reference, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     project = reference["project"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**service_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # no GenAI job runner
-           "MLFLOW_TRACKING_URI": tracking.tracking_uri(project)}  # the store the run logged to
+    env = {**service_env(), "MLFLOW_TRACKING_URI": tracking.tracking_uri(project)}  # the run's store
     command = [str(BIN / "shrinkflow"), "ui", "--host", "127.0.0.1", "--port", str(port)]
     with service(command, project, env, lambda: answers(f"{url}/health"),
                  tmp_path_factory.mktemp("mlflow-ui") / "ui.log"):
