@@ -146,18 +146,19 @@ BENCH_FIELDS = ("candidate", "file", "val_accuracy", "val_accuracy_drop_pp", "ac
                 "accuracy_drop_pp", "params_count", "size_bytes", "size_ratio",
                 "latency_ms_p50_b1", "throughput_sps_b256", "deployed", "pareto",
                 *INTERVALS, *(f"{key}_interval" for key in INTERVALS))
-KIND_BY_METHOD = {"fp32": "baseline", "fp32-eager": "baseline", "structured": "pruned",
-                  "unstructured": "pruned", "kd": "distilled", "scratch": "distilled",
-                  "average": "ensemble", "weighted": "ensemble", "vote": "ensemble",
-                  "recipe": "searched"}
+def stage_report(project: Path, stage: str) -> dict:
+    """Every candidate `stage` made or measured in `project`, with all its figures."""
+    from tasks import io
+    from tasks.catalog import Catalog
+
+    return io.read_candidates(Catalog.at(project), stage)
 
 
 def compression_rows(task: str, project: Path) -> tuple[list[dict], dict]:
-    """Every candidate the compare stage measured, with the fields of shared/BENCH.md, and the
-    control (the baseline file timed again)."""
-    report = json.loads((project / "metrics" / "compare.json").read_text())
-    rows = [{"task": task, **{key: row[key] for key in BENCH_FIELDS},
-             "kind": KIND_BY_METHOD.get(row["method"], "quantized")}
+    """Every candidate the compare stage measured, with the fields of shared/BENCH.md and its kind
+    (the models/ folder that lists it), and the control (the baseline file timed again)."""
+    report = stage_report(project, "compare")
+    rows = [{"task": task, **{key: row[key] for key in (*BENCH_FIELDS, "kind")}}
             for row in report["candidates"].values()]
     return rows, report["control"]
 
@@ -345,7 +346,7 @@ def compression(workdir: Path, tasks: list[str],
         kd_gain[task] = {key.removesuffix(".kd_gain_pp"): value for key, value in distill.items()
                          if key.endswith(".kd_gain_pp")}  # test; ".val_kd_gain_pp" is validation
         unlabeled[task] = distill.get("unlabeled_rows", 0)
-        ensembles[task] = json.loads((project / "metrics" / "ensemble.json").read_text())
+        ensembles[task] = stage_report(project, "ensemble")
     return rows, controls, kd_gain, unlabeled, ensembles
 
 
@@ -379,8 +380,7 @@ def search_section(projects: dict[str, Path], pipeline: dict) -> dict:
             "teacher": {name: {key: metrics[key] for key in ("val_accuracy", "accuracy",
                                                               "params_count")}
                         for name, metrics in teachers.items()},
-            "recipe_front": json.loads((recipes / "metrics" / "recipes.json").read_text())["front"]
-            if recipes else []}
+            "recipe_front": stage_report(recipes, "recipes")["front"] if recipes else []}
 
 
 def _confirmation(baseline: dict) -> str:
@@ -433,7 +433,7 @@ def serving_section(project: Path) -> dict:
     from bench.serving import serving
 
     print("serving: shrinkflow serve vs mlflow models serve ...", flush=True)
-    deployed = json.loads((project / "metrics" / "deploy.json").read_text())
+    deployed = json.loads((project / "models" / "deploy" / "deploy.json").read_text())
     if not deployed.get("champion"):
         return {}
     rows = np.load(project / "data" / "processed" / "test.npz")["raw"]

@@ -94,6 +94,17 @@ class Catalog:
         """reports/<stage>/: a stage's figures and human-readable summaries."""
         return self.root / "reports" / stage
 
+    def candidates_report(self, stage: str) -> Path:
+        """reports/<stage>/candidates.json: every candidate the stage made or measured, each with
+        all its figures (read it with `tasks.io.read_candidates`); metrics/<stage>.json holds
+        only the stage's headline numbers, so that `dvc metrics show` stays readable."""
+        return self.report_dir(stage) / "candidates.json"
+
+    @property
+    def candidates_table(self) -> Path:
+        """reports/compare/candidates.csv: one line per compared candidate (`dvc plots`)."""
+        return self.compare_dir / "candidates.csv"
+
     # -- metrics (read by `dvc metrics show` / `dvc plots show`) ---------------------------
     def metrics_file(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"

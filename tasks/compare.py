@@ -14,12 +14,16 @@ Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantiz
   on the Pareto front, the fastest, latencies inside the noise or within `compare.min_speedup`
   counting as ties.
 
-Writes metrics/compare.json (one row per candidate with the fields of the benchmark report, plus
-the control), reports/compare/candidates.md and reports/compare/pareto.png, and logs them to MLflow.
+Writes metrics/compare.json (the headline: the deployed candidate's accuracy, size ratio and
+speed-ups, the control's noise floor, how many candidates were compared) and reports/compare/:
+candidates.json (every candidate's row with the fields of the benchmark report, and the control:
+what deploy and the benchmark read, through `tasks.io.read_candidates`), candidates.csv (one row
+per candidate, for `dvc plots`), candidates.md and pareto.png; logs them to MLflow.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
+# the models/ folders listing candidates, in this order; a candidate's `kind` is its folder
 CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized", "ensemble", "searched")
 TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
 CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
@@ -46,14 +51,24 @@ TABLE = (("val_accuracy", "val acc", "{:.4f}"), ("val_accuracy_drop_pp", "val dr
          ("speedup_b1_vs_ort_fp32", "vs ORT fp32 b1", None),
          ("throughput_sps_b256", "samples/s b256", "{:,.0f}"),
          ("throughput_ratio_b256_vs_ort_fp32", "vs ORT fp32 b256", None))
+# the deployed candidate's figures in metrics/compare.json, named as in its row
+HEADLINE = ("val_accuracy", "accuracy", "accuracy_drop_pp", "size_bytes", "size_ratio",
+            "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32")
+# columns of candidates.csv (`dvc plots`): the scalar fields of a row; intervals stay in the JSON
+CSV_COLUMNS = ("candidate", "kind", "method", "parent", "val_accuracy", "accuracy",
+               "val_accuracy_drop_pp", "accuracy_drop_pp", "params_count", "size_bytes",
+               "size_ratio", "latency_ms_p50_b1", "throughput_sps_b256", "speedup_b1_vs_torch",
+               "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32", "pareto", "deployed")
 # what compare logs onto each candidate's own run (and the deployed one's onto compare's run)
 LOGGED = ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256", "size_ratio",
           "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32",
           "val_accuracy_drop_pp", "accuracy_drop_pp")
 
 
-def _candidates(catalog: Catalog) -> list[Candidate]:
-    found = read_manifests(catalog, CANDIDATE_STAGES)
+def _candidates(catalog: Catalog) -> list[tuple[str, Candidate]]:
+    """Every candidate listed under models/, with the folder that lists it (its kind)."""
+    found = [(kind, candidate) for kind in CANDIDATE_STAGES
+             for candidate in read_manifests(catalog, (kind,))]
     if not found:
         raise io.MissingInputError(f"no {MANIFEST} under {catalog.root / 'models'}: "
                                    "run the 'baseline' stage first")
@@ -86,6 +101,24 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
     return "\n".join(lines) + f"\n\n{verdict}\n\n{noise}\n"
 
 
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """candidates.csv: one line per candidate, `CSV_COLUMNS` wide."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def headline_metrics(chosen: dict[str, Any] | None, control: dict[str, Any],
+                     compared: int) -> dict[str, Any]:
+    """metrics/compare.json: the deployed candidate (none: null) and its figures, the noise floor
+    of the speed-ups, and how many candidates were compared."""
+    return {"deployed": chosen["candidate"] if chosen else None, "candidates": compared,
+            "control_speedup_b1": control["speedup_b1_vs_ort_fp32"],
+            **({key: chosen[key] for key in HEADLINE} if chosen else {})}
+
+
 def _accuracy_drops(scores: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
     """Teacher accuracy minus this one, in percentage points, on validation and on test."""
     return {f"{split}accuracy_drop_pp": 100.0 * (teacher[f"{split}accuracy"]
@@ -106,8 +139,8 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
     """The teacher in eager torch: its scores and sizes, and the module to time."""
     arch, model = load_torch(catalog.baseline_dir, produced_by="baseline")
     predict = measure.torch_predictor(model)
-    row = {"candidate": TORCH_BASELINE, "file": "models/baseline/model.pt", "parent": "baseline",
-           "method": "fp32-eager",
+    row = {"candidate": TORCH_BASELINE, "kind": "baseline", "file": "models/baseline/model.pt",
+           "parent": "baseline", "method": "fp32-eager",
            **measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
            **measure.torch_size(model, catalog.baseline_dir / "model.pt", arch.input_shape)}
     return row, model
@@ -136,12 +169,13 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
     catalog, cfg = Catalog.at(root), params.compare
     with tracking.stage_run("compare", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
-        candidates = _candidates(catalog)
+        found = _candidates(catalog)
+        candidates = [candidate for _, candidate in found]
         reference_onnx = candidates[0].name  # the baseline's manifest comes first
         torch_row, teacher = _torch_row(catalog, splits)
-        rows = [torch_row] + [{"candidate": c.name, "file": c.onnx, "parent": c.parent,
+        rows = [torch_row] + [{"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
                                "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)}
-                              for c in candidates]
+                              for kind, c in found]
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         for row in rows:
             row |= _speed(row["candidate"], timings, noise, reference_onnx)
@@ -162,23 +196,23 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
             row["deployed"] = row["candidate"] == chosen_name
             row["pareto"] = row["candidate"] in front
 
-        io.write_json(catalog.metrics_file("compare"),
-                      # keyed by name so `dvc metrics show/diff` lists candidates.<name>.<metric>
-                      {"task": spec.name, "deployed": chosen_name, "control": control,
-                       "candidates": {row["candidate"]: row for row in rows}})
         table = markdown_table(rows, control, chosen_name, cfg.max_accuracy_drop_pp)
         with io.atomic_dir(catalog.compare_dir) as staging:
+            io.write_json(staging / catalog.candidates_report("compare").name,
+                          {"task": spec.name, "deployed": chosen_name, "control": control,
+                           "candidates": {row["candidate"]: row for row in rows}})
+            write_csv(staging / catalog.candidates_table.name, rows)
             io.write_text(staging / "candidates.md", f"# Candidates on {spec.name}\n\n{table}")
             plots.pareto(rows, front, chosen_name, staging / "pareto.png",
                          f"{spec.name}: accuracy, size and latency of every candidate")
+        headline = headline_metrics(chosen, control, len(candidates))
+        io.write_json(catalog.metrics_file("compare"), headline)
 
         _log(catalog, candidates, rows, control, chosen, spec.name)
         log.info("deployable: %s", chosen_name or "none within tolerance")
-        summary_metrics = {key: float(chosen[key]) for key in (
-            "val_accuracy", "accuracy", "size_ratio", "speedup_b1_vs_torch",
-            "speedup_b1_vs_ort_fp32")} if chosen else {}
         return {"stage": "compare", "run_id": run.info.run_id, "dataset": spec.name,
-                "deployed": chosen_name, "metrics": summary_metrics, "table": table,
+                "deployed": chosen_name, "table": table,
+                "metrics": {key: float(value) for key, value in headline.items() if key != "deployed"},
                 "headline": _headline(chosen, cfg.max_accuracy_drop_pp)}
 
 

@@ -47,6 +47,18 @@ class Stage:
         return (*(out.path for out in self.outs), *self.metrics)
 
 
+@dataclass(frozen=True)
+class Plot:
+    """A `dvc plots` definition over columns of a CSV file."""
+
+    name: str
+    source: str  # the CSV file
+    y: tuple[str, ...]  # its columns drawn
+    x: str = "epoch"
+    template: str = "linear"  # DVC's plot templates: linear, scatter, ...
+    title: str = ""
+
+
 _CANDIDATES = ("models/baseline", "models/pruned", "models/distilled")
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", "tasks.prepare:run_prepare", ("prepare",), ("data/external",),
@@ -71,39 +83,49 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("prune", "baseline", "distill.temperature", "distill.alpha"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/pruned", "structured-* (smaller dense) and unstructured-* "
-                                        "(sparse) candidates"),),
+                                        "(sparse) candidates"),
+                Output("reports/prune/candidates.json", "each candidate's figures, the ratios "
+                                                        "the search tried", cache=False)),
           metrics=("metrics/prune.json",)),
     # students share baseline.train/augment
     Stage("distill", "tasks.distill:run_distill", ("distill", "baseline"),
           ("models/baseline", "data/processed"),
-          outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student"),),
+          outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student"),
+                Output("reports/distill/candidates.json", "each student's figures", cache=False)),
           metrics=("metrics/distill.json",)),
     # QAT reuses baseline.train/augment
     Stage("quantize", "tasks.quantize:run_quantize", ("quantize", "baseline"),
           (*_CANDIDATES, "data/processed"),
           outs=(Output("models/quantized", "<candidate>-<method>.onnx for every candidate "
-                                           "and method"),),
+                                           "and method"),
+                Output("reports/quantize/candidates.json", "each file's figures, every attempt "
+                                                           "of the fallback chain", cache=False)),
           metrics=("metrics/quantize.json",)),
     Stage("ensemble", "tasks.ensemble:run_ensemble", ("ensemble",),
           (*_CANDIDATES, "models/quantized", "data/processed"),
           outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
-                                          "combining head in one file"),),
+                                          "combining head in one file"),
+                Output("reports/ensemble/candidates.json", "members, weights, each ensemble's "
+                                                           "figures", cache=False)),
           metrics=("metrics/ensemble.json",)),
     # compression recipes searched on validation; the front joins the hand-set candidates
     Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),
-                Output("reports/recipes", "summary.md and the study's plots", cache=False)),
+                Output("reports/recipes", "candidates.json (every trial, the front), summary.md "
+                                          "and the study's plots", cache=False)),
           metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
           (*_CANDIDATES, "models/quantized", "models/ensemble", "models/searched", "data/processed"),
-          outs=(Output("reports/compare", "candidates.md and pareto.png", cache=False),),
+          outs=(Output("reports/compare", "candidates.json (every candidate's figures), "
+                                          "candidates.csv, candidates.md and pareto.png",
+                       cache=False),),
           metrics=("metrics/compare.json",)),
     # registers in the MLflow Model Registry (another store: run again); the gate reads the
     # registry's current champion
     Stage("deploy", "tasks.deploy:run_deploy",
           ("deploy", "project.experiment", "compare.max_accuracy_drop_pp", "serve.threads"),
-          ("metrics/compare.json", *_CANDIDATES, "models/quantized", "models/ensemble",
+          ("reports/compare/candidates.json", *_CANDIDATES, "models/quantized", "models/ensemble",
            "models/searched", "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
                                         "probabilities out, as registered"),),
@@ -112,8 +134,11 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 )}
 # what `dvc plots show` draws besides each stage's own plots files
 PLOTS = (
-    ("loss", "metrics/baseline_history.csv", ("train_loss", "val_loss")),
-    ("validation_accuracy", "metrics/baseline_history.csv", ("val_accuracy",)),
+    Plot("loss", "metrics/baseline_history.csv", ("train_loss", "val_loss")),
+    Plot("validation_accuracy", "metrics/baseline_history.csv", ("val_accuracy",)),
+    Plot("candidates", "reports/compare/candidates.csv", ("accuracy",), x="size_ratio",
+         template="scatter", title="Every candidate, test accuracy against size ratio (times "
+                                   "smaller than the fp32 torch teacher)"),
 )
 IMAGE_PLOTS = ("reports/baseline/confusion_matrix.png", "reports/baseline/training_curves.png",
                "reports/compare/pareto.png")
@@ -236,8 +261,11 @@ def dvc_yaml(root: Path = ROOT) -> str:
             lines += ["    plots:", *(line for path in item.plots for line in _uncached(path))]
         lines.append("")
     lines += ["# What `dvc plots show` / `dvc plots diff` draw.", "plots:"]
-    for name, source, columns in PLOTS:
-        shown = columns[0] if len(columns) == 1 else f"[{', '.join(columns)}]"
-        lines += [f"  - {name}:", "      x: epoch", "      y:", f"        {source}: {shown}"]
+    for plot in PLOTS:
+        shown = plot.y[0] if len(plot.y) == 1 else f"[{', '.join(plot.y)}]"
+        lines += [f"  - {plot.name}:", *([f"      template: {plot.template}"]
+                                         if plot.template != "linear" else []),
+                  *([f"      title: {plot.title}"] if plot.title else []),
+                  f"      x: {plot.x}", "      y:", f"        {plot.source}: {shown}"]
     lines += [f"  - {path}" for path in IMAGE_PLOTS]
     return "\n".join(lines) + "\n"

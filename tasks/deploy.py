@@ -1,7 +1,7 @@
 """Stage `deploy`: register the candidate `compare` chose and promote it through the gate.
 
-Reads metrics/compare.json (the choice, made on validation, and its measurements), the chosen
-candidate's ONNX file, data/processed/ and params.yaml `deploy`.
+Reads reports/compare/candidates.json (the choice, made on validation, and its measurements), the
+chosen candidate's ONNX file, data/processed/ and params.yaml `deploy`.
 
 1. The deployable graph (`shrinkflow.deployable`): the candidate behind normalization of raw
    feature rows and in front of the label lookup, written to models/deploy/model.onnx.
@@ -11,8 +11,9 @@ candidate's ONNX file, data/processed/ and params.yaml `deploy`.
 3. With `deploy.auto_promote`, the gate (`tasks.registry.checks`) decides whether it becomes
    `champion`. A refused challenger stays registered as `challenger`; the champion is untouched.
 
-When compare found nothing deployable, nothing is registered and metrics/deploy.json says why.
-Writes models/deploy/ and metrics/deploy.json.
+When compare found nothing deployable, nothing is registered and models/deploy/deploy.json says
+why. Writes models/deploy/ (model.onnx; deploy.json: what happened, each check of the gate) and
+metrics/deploy.json (its headline: registered, promoted, version, champion).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from tasks.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.deploy")
 MODEL_FILE = "model.onnx"
+REPORT_FILE = "deploy.json"  # in models/deploy/: what happened, the gate's checks
+HEADLINE = ("registered", "promoted", "version", "champion")  # of the report, in metrics/deploy.json
 
 
 def _deployable_file(catalog: Catalog, meta: dict[str, Any], candidate_file: str,
@@ -60,7 +63,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
     """Register compare's choice and gate its promotion; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.deploy
     with tracking.stage_run("deploy", params, catalog.root, parent_run_id, cfg) as run:
-        compared = io.read_json(catalog.metrics_file("compare"), produced_by="compare")
+        compared = io.read_candidates(catalog, "compare")
         chosen, name = compared["deployed"], registry.model_name(params, catalog.root)
         report: dict[str, Any] = {"registered_model": name, "candidate": chosen}
         with io.atomic_dir(catalog.stage_models("deploy")) as staging:
@@ -84,9 +87,10 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                     registry.mark_challenger(catalog.root, name, version)
                 report |= {"registered": True, "version": version,
                            **_gate(params, catalog.root, name, version)}
-            io.write_json(staging / "deploy.json", report)
-        io.write_json(catalog.metrics_file("deploy"), report)
-        tracking.log_artifact(catalog.metrics_file("deploy"))
+            io.write_json(staging / REPORT_FILE, report)
+        io.write_json(catalog.metrics_file("deploy"),
+                      {key: report[key] for key in HEADLINE if key in report})
+        tracking.log_artifact(catalog.stage_models("deploy") / REPORT_FILE)
         tracking.set_tags({"registered_model": name, "registered_version": report.get("version", "none"),
                            "champion": report.get("champion") or "none"})
         return {"stage": "deploy", "run_id": run.info.run_id, "dataset": compared["task"],

@@ -5,8 +5,9 @@ unlabeled inputs, when prepare wrote some: only the distilled students see them)
 `distill`, `baseline.train` / `baseline.augment` (the training loop and augmentation the students
 share with the teacher). For each student (`student`, then `extra_students` by name)
 writes models/distilled/{<name>-kd,<name>-scratch}/ (model.pt, architecture.json, model.onnx), with
-one candidates.json, and metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds
-over training the same student without a teacher. With `distill.seeds` > 1 the distilled student
+one candidates.json, reports/distill/candidates.json (each one's accuracy and size) and
+metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds over training the same
+student without a teacher. With `distill.seeds` > 1 the distilled student
 is trained again from each further seed, as <name>-kd-seed<k>/: ensemble members.
 """
 
@@ -52,20 +53,20 @@ def _variants(cfg: DistillConfig) -> list[Variant]:
     return variants
 
 
-def _kd_gains(cfg: DistillConfig, metrics: dict[str, float]) -> dict[str, float]:
+def _kd_gains(cfg: DistillConfig, measured: dict[str, dict[str, float]]) -> dict[str, float]:
     """'<student>.kd_gain_pp': test accuracy with the teacher minus without, in percentage points
     (reported); '<student>.val_kd_gain_pp' the same on validation."""
     gains = {}
     for name in cfg.students():
+        kd, scratch = measured.get(f"{name}-kd"), measured.get(f"{name}-scratch")
+        if kd is None or scratch is None:
+            continue
         for split in ("val_", ""):
-            kd = metrics.get(f"{name}-kd.{split}accuracy")
-            scratch = metrics.get(f"{name}-scratch.{split}accuracy")
-            if kd is not None and scratch is not None:
-                gains[f"{name}.{split}kd_gain_pp"] = 100 * (kd - scratch)
-        if f"{name}.kd_gain_pp" in gains:
-            log.info("distillation adds %.2f pp to %s over the same student alone (test; "
-                     "%.2f pp on validation)", gains[f"{name}.kd_gain_pp"], name,
-                     gains[f"{name}.val_kd_gain_pp"])
+            gains[f"{name}.{split}kd_gain_pp"] = 100 * (kd[f"{split}accuracy"]
+                                                        - scratch[f"{split}accuracy"])
+        log.info("distillation adds %.2f pp to %s over the same student alone (test; "
+                 "%.2f pp on validation)", gains[f"{name}.kd_gain_pp"], name,
+                 gains[f"{name}.val_kd_gain_pp"])
     return gains
 
 
@@ -78,7 +79,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
         unlabeled_x = load_unlabeled(catalog) if cfg.use_unlabeled else None
         _, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
 
-        candidates, metrics = [], {}
+        candidates, measured = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             for name, student_name, model_cfg, method, offset in _variants(cfg):
                 # a student starts from the same weights with and without the teacher (offset 0)
@@ -108,16 +109,19 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)
                     save_torch(student, arch, staging / name)
-                    measured = report_candidate(staging / name / "model.onnx", splits)
-                metrics |= {f"{name}.{key}": measured[key]
-                            for key in ("val_accuracy", "accuracy", "params_count")}
+                    measured[name] = report_candidate(staging / name / "model.onnx", splits)
                 candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
                                             "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
-        metrics |= _kd_gains(cfg, metrics)
-        metrics["unlabeled_rows"] = 0 if unlabeled_x is None else len(unlabeled_x)
-        io.write_json(catalog.metrics_file("distill"), metrics)
+        headline = {"candidates": len(candidates), **_kd_gains(cfg, measured),
+                    "unlabeled_rows": 0 if unlabeled_x is None else len(unlabeled_x)}
+        io.write_json(catalog.candidates_report("distill"), {"candidates": measured})
+        io.write_json(catalog.metrics_file("distill"), headline)
+        # the stage run also lists each candidate's accuracies and parameters (its own run has
+        # all its figures)
+        metrics = {**headline, **{f"{name}.{key}": row[key] for name, row in measured.items()
+                                  for key in ("val_accuracy", "accuracy", "params_count")}}
         tracking.log_metrics(metrics)
         return {"stage": "distill", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": metrics}

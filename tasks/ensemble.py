@@ -12,7 +12,8 @@ are fitted on the validation split (log-loss; as many free numbers as members le
 also judges the ensembles: the test split is only reported.
 
 Writes models/ensemble/ensemble-<method>.onnx with candidates.json (empty when no ensemble can be
-made: metrics/ensemble.json says why) and metrics/ensemble.json (members, weights, accuracies).
+made), reports/ensemble/candidates.json (members, weights, each ensemble's accuracies and size, or
+why there is none) and metrics/ensemble.json (how many ensembles, of how many members).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
     catalog, cfg = Catalog.at(root), params.ensemble
     with tracking.stage_run("ensemble", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
-        report: dict[str, Any] = {"members": [], "weights": {}, "ensembles": {}}
+        report: dict[str, Any] = {"members": [], "weights": {}, "candidates": {}}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             candidates: list[Candidate] = []
             if not cfg.enabled:
@@ -88,8 +89,10 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
                         candidates.append(_build(method, members, weights, pick.names, staging,
                                                  splits, report))
             write_manifest(staging, candidates)
-        io.write_json(catalog.metrics_file("ensemble"), report)
-        flat = {f"{name}.{key}": value for name, row in report["ensembles"].items()
+        io.write_json(catalog.candidates_report("ensemble"), report)
+        io.write_json(catalog.metrics_file("ensemble"), {"candidates": len(report["candidates"]),
+                                                         "member_count": len(report["members"])})
+        flat = {f"{name}.{key}": value for name, row in report["candidates"].items()
                 for key, value in row.items()}
         tracking.log_metrics(flat)
         tracking.set_tags({"members": ", ".join(report["members"]) or "none",
@@ -112,6 +115,6 @@ def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, nam
         tracking.set_tags({f"weight.{n}": f"{w:.4f}" for n, w in zip(names, weights, strict=True)}
                           if method == "weighted" else {})
         measured = report_candidate(path, splits)
-    report["ensembles"][name] = {key: measured[key] for key in
-                                 ("val_accuracy", "accuracy", "size_bytes")}
+    report["candidates"][name] = {key: measured[key] for key in
+                                  ("val_accuracy", "accuracy", "size_bytes")}
     return Candidate(name, f"models/{STAGE_DIR}/{name}.onnx", "+".join(names), method)

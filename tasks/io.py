@@ -149,6 +149,11 @@ def _arrays(path: Path, produced_by: str) -> dict[str, np.ndarray]:
                                   f"({error})") from None
 
 
+def read_candidates(catalog: Catalog, stage: str) -> dict[str, Any]:
+    """Every candidate `stage` made or measured, with all its figures (its candidates report)."""
+    return read_json(catalog.candidates_report(stage), produced_by=stage)
+
+
 def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dict[str, Any]]:
     """The splits written by `prepare`, with the data set's spec and metadata."""
     from shrinkflow import data  # imports torch: only stages that run need it, not the cache checks

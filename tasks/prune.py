@@ -6,8 +6,9 @@ Reads models/baseline/ (the teacher), data/processed/ and params.yaml `prune`, `
 model's soft labels at `distill.temperature` / `distill.alpha`). Writes one folder per candidate
 under models/pruned/ with candidates.json: `structured-<pct>` (channels removed: a smaller dense
 network) and `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
-highest structured ratio within that drop on the validation split is kept as `structured-auto`,
-and every ratio tried is recorded in metrics/prune.json.
+highest structured ratio within that drop on the validation split is kept as `structured-auto`.
+reports/prune/candidates.json holds each candidate's figures and every ratio the search tried;
+metrics/prune.json the headline: how many candidates, the ratio the search kept.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                                             "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
-        io.write_json(catalog.metrics_file("prune"), {"candidates": metrics, "search": search})
+        io.write_json(catalog.candidates_report("prune"), {"candidates": metrics, "search": search})
+        io.write_json(catalog.metrics_file("prune"), {
+            "candidates": len(candidates),
+            **({"structured_auto_ratio": search["ratio"]} if search else {})})
         flat = {f"{name}.{key}": value for name, row in metrics.items()
                 for key, value in row.items()
                 if key in ("val_accuracy", "accuracy", "size_bytes", "sparsity")}

@@ -3,9 +3,11 @@ every candidate.
 
 Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
 params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop).
-Writes models/quantized/<candidate>-<method>.onnx with candidates.json, and metrics/quantize.json
-with every fallback attempt. Unstructured-pruned candidates are quantized from a dense copy, and
-their zeros are stored sparse again afterwards, so they keep both savings.
+Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
+candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
+metrics/quantize.json (how many candidates, how many int8 static ones stayed beyond the drop).
+Unstructured-pruned candidates are quantized from a dense copy, and their zeros are stored sparse
+again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
 accuracy checks of the fallback chain use the validation split, never the test split.
@@ -85,12 +87,22 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}.onnx",
                                                 source.name, method))
             write_manifest(staging, candidates)
-        io.write_json(catalog.metrics_file("quantize"), report)
+        io.write_json(catalog.candidates_report("quantize"), {"candidates": report})
+        io.write_json(catalog.metrics_file("quantize"), _headline(report))
         flat = {f"{name}.{key}": value for name, row in report.items()
                 for key, value in row.items() if key in ("val_accuracy", "accuracy", "size_bytes")}
         tracking.log_metrics(flat)
         return {"stage": "quantize", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": flat}
+
+
+def _headline(report: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """metrics/quantize.json: how many candidates, and how many int8 static ones no attempt of the
+    fallback chain brought within `quantize.max_accuracy_drop_pp` on validation (the most accurate
+    attempt is kept)."""
+    return {"candidates": len(report),
+            "int8_static_beyond_drop": sum(not record["accepted"] for record in report.values()
+                                           if "accepted" in record)}
 
 
 def _made_by(cfg: QuantizeConfig, method: str, source: Candidate) -> dict[str, Any]:

@@ -11,10 +11,11 @@ Dask scheduler must share the project folder.
 The Pareto front's recipes, the most accurate first (at most `max_candidates`), become candidates
 `recipe-<trial>`, which `compare` measures side by side with the hand-set recipe's.
 
-Writes models/searched/recipe-<trial>.onnx with candidates.json (empty when the search is off)
-and metrics/recipes.json (every trial's recipe and objectives, the front). MLflow: the stage run
-is the study's parent; every trial is a nested candidate run (its recipe as params, objectives
-as metrics); the front's runs also hold the file's validation and test accuracy.
+Writes models/searched/recipe-<trial>.onnx with candidates.json (empty when the search is off),
+reports/recipes/ (candidates.json: every trial's recipe and objectives, the front; summary.md and
+the study's plots) and metrics/recipes.json (how many trials, how many candidates, seconds).
+MLflow: the stage run is the study's parent; every trial is a nested candidate run (its recipe as
+params, objectives as metrics); the front's runs also hold the file's validation and test accuracy.
 """
 
 from __future__ import annotations
@@ -144,10 +145,12 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                 report["study"] = name
             write_manifest(staging, candidates)
         studies.write_report(catalog.report_dir("recipes"), _report_markdown(opened, report),
-                             opened, recipe.OBJECTIVES)
-        io.write_json(catalog.metrics_file("recipes"), report)
+                             opened, recipe.OBJECTIVES,
+                             {catalog.candidates_report("recipes").name: report})
+        metrics = {"candidates": len(report["front"]), "trials": len(report["trials"]),
+                   **({"seconds": report["seconds"]} if "seconds" in report else {})}
+        io.write_json(catalog.metrics_file("recipes"), metrics)
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
-        metrics = {"front_size": float(len(report["front"])), "trials": float(len(report["trials"]))}
         tracking.log_metrics(metrics)
         return {"stage": "recipes", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": metrics, "front": report["front"]}

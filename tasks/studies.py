@@ -117,11 +117,14 @@ def trials_table(opened: Any, columns: Sequence[str],
     return lines
 
 
-def write_report(folder: Path, markdown: str, opened: Any, objectives: Sequence[str]) -> None:
-    """A study's report folder, swapped in whole: summary.md and (with a study) Optuna's plots;
-    logged on the active stage run."""
+def write_report(folder: Path, markdown: str, opened: Any, objectives: Sequence[str],
+                 json_files: dict[str, Any] | None = None) -> None:
+    """A study's report folder, swapped in whole: summary.md, the `json_files` (name: content)
+    and (with a study) Optuna's plots; logged on the active stage run."""
     with io.atomic_dir(folder) as staging:
         io.write_text(staging / "summary.md", markdown)
+        for name, content in (json_files or {}).items():
+            io.write_json(staging / name, content)
         if opened is not None:
             from shrinkflow.search import plots
 

@@ -3,7 +3,6 @@ one reference pipeline run in a git + DVC project that the flow tests share."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -91,9 +90,13 @@ def dvc_project(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference(prefect_api, tmp_path_factory) -> dict:
     """One uninterrupted pipeline run through Prefect on the tiny params.yaml of a git + DVC
-    project (so it records dvc.lock): the project, the flow's result and compare.json as the run
-    left it. Modules that change the project put it back as they found it."""
+    project (so it records dvc.lock): the project, the flow's result and compare's report (every
+    candidate's figures) as the run left it. Modules that change the project put it back as they
+    found it."""
+    from tasks import io
+    from tasks.catalog import Catalog
+
     project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
     result = pipeline(root=str(project))
     return {"project": project, "result": result,
-            "compare": json.loads((project / "metrics" / "compare.json").read_text())}
+            "compare": io.read_candidates(Catalog.at(project), "compare")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks import io
+from tasks.catalog import Catalog
 from tasks.lock import project_lock
 from tasks.tracking import PROJECT_TAG
 from tests.conftest import copy_project
@@ -88,7 +89,7 @@ def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):
 
 def test_the_finished_run_computes_what_an_uninterrupted_one_does(interrupted, reference):
     # then: same config and seed on the CPU, same numbers (the reference ran without a kill)
-    compare = json.loads((interrupted["project"] / "metrics" / "compare.json").read_text())
+    compare = io.read_candidates(Catalog.at(interrupted["project"]), "compare")
     assert _quality(compare) == _quality(reference["compare"])
 
 

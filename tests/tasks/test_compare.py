@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from torch import nn
 from shrinkflow.config import load_params
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
-from tasks import tracking
+from tasks import io, tracking
 from tasks.candidates import Candidate, load_torch, write_manifest
 from tasks.catalog import Catalog
 from tasks.compare import CONTROL, TORCH_BASELINE, run_compare
@@ -68,7 +72,7 @@ def compared(trained_tiny, tmp_path_factory):
 
 
 def _report(project) -> dict:
-    return json.loads(Catalog.at(project).metrics_file("compare").read_text())
+    return io.read_candidates(Catalog.at(project), "compare")
 
 
 def test_compare__deploys_the_candidate_that_is_accurate_fast_and_small(compared):
@@ -111,6 +115,43 @@ def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
     assert 0.5 < control["speedup_b1_vs_ort_fp32"] < 2.0, control
     low, high = control["speedup_b1_vs_ort_fp32_interval"]
     assert low <= control["speedup_b1_vs_ort_fp32"] <= high
+
+
+def test_compare__metrics_hold_the_deployed_candidates_headline_and_the_csv_every_row(compared):
+    project, _, _, _ = compared
+    catalog = Catalog.at(project)
+    rows = _report(project)["candidates"]
+    deployed = rows["baseline-fp32"]
+    # then: metrics/compare.json is a few numbers, named as in the rows, of the deployed one
+    metrics = json.loads(catalog.metrics_file("compare").read_text())
+    assert metrics["deployed"] == "baseline-fp32" and metrics["candidates"] == 3
+    for key in ("val_accuracy", "accuracy", "accuracy_drop_pp", "size_bytes", "size_ratio",
+                "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32"):
+        assert metrics[key] == deployed[key], f"metrics/compare.json should hold the deployed {key}"
+    assert len(metrics) <= 12 and all(not isinstance(value, (dict, list))
+                                       for value in metrics.values()), \
+        "no per-candidate detail in metrics/compare.json: `dvc metrics show` prints it all"
+    # and: candidates.csv has one line per row (the eager-torch teacher included), with its kind
+    with catalog.candidates_table.open() as handle:
+        table = {line["candidate"]: line for line in csv.DictReader(handle)}
+    assert table.keys() == rows.keys()
+    assert float(table["slow-twin"]["accuracy"]) == rows["slow-twin"]["accuracy"]
+    assert {line["kind"] for line in table.values()} == {"baseline", "distilled"}
+
+
+def test_compare__dvc_plots_draws_every_candidate_from_the_csv(compared):
+    project, _, _, _ = compared
+    dvc = str(Path(sys.executable).parent / "dvc")
+    # given: the project as a DVC repository (reading plots needs no git)
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=project, check=True)
+    # when
+    shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=project, capture_output=True,
+                           text=True)
+    # then: dvc.yaml's `candidates` scatter has one point per candidate
+    assert shown.returncode == 0, shown.stderr
+    plot = json.loads(shown.stdout)["data"]["candidates"][0]["content"]
+    assert plot["encoding"]["x"]["field"] == "size_ratio"
+    assert {point["candidate"] for point in plot["data"]["values"]} == set(_report(project)["candidates"])
 
 
 def test_compare__timings_reach_the_candidates_own_runs(compared):

@@ -52,7 +52,7 @@ def deployed(compared) -> dict:
 
 
 def _inject_untrained(project: Path) -> None:
-    """compare.json names an untrained model as its choice: a regression to be refused."""
+    """compare's report names an untrained model as its choice: a regression to be refused."""
     catalog = Catalog.at(project)
     arch, _ = load_torch(catalog.baseline_dir, "baseline")
     folder = catalog.stage_models("distilled")
@@ -60,13 +60,13 @@ def _inject_untrained(project: Path) -> None:
     export_onnx(build_model(arch).eval(), arch.input_shape, folder / "untrained.onnx")
     write_manifest(folder, [Candidate("untrained", "models/distilled/untrained.onnx", "baseline",
                                       "none")])
-    compared = io.read_json(catalog.metrics_file("compare"), "compare")
+    compared = io.read_candidates(catalog, "compare")
     splits, _, _ = io.load_processed(catalog)
     row = {**compared["candidates"][compared["deployed"]], "candidate": "untrained",
            "file": "models/distilled/untrained.onnx",
            **evaluate_onnx(folder / "untrained.onnx", splits)}
     compared["candidates"]["untrained"], compared["deployed"] = row, "untrained"
-    io.write_json(catalog.metrics_file("compare"), compared)
+    io.write_json(catalog.candidates_report("compare"), compared)
 
 
 def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed):
@@ -77,7 +77,7 @@ def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed)
                                                               "rollback", "integration"}
     info = registry.version_info(project, name, "1")
     assert set(info["aliases"]) == {registry.CHALLENGER, registry.CHAMPION}
-    compared = json.loads((project / "metrics" / "compare.json").read_text())
+    compared = io.read_candidates(Catalog.at(project), "compare")
     chosen = compared["candidates"][compared["deployed"]]
     dataset = json.loads((project / "data" / "processed" / "dataset.json").read_text())
     assert info["candidate"] == compared["deployed"]
@@ -85,7 +85,11 @@ def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed)
     assert float(info["latency_ms_p50_b1"]) == pytest.approx(chosen["latency_ms_p50_b1"])
     assert info["data_md5"] == dataset["raw_md5"]
     assert len(info["params_hash"]) == 16 and info["shrinkflow.moved_how"] == "auto"
-    assert json.loads((project / "metrics" / "deploy.json").read_text())["champion"] == "1"
+    # and: metrics/deploy.json is the headline; the gate's checks are in models/deploy/deploy.json
+    assert json.loads((project / "metrics" / "deploy.json").read_text()) == {
+        "registered": True, "promoted": True, "version": "1", "champion": "1"}
+    assert json.loads((project / "models" / "deploy" / "deploy.json").read_text())["checks"] == \
+        summary["checks"]
 
 
 def test_the_deployed_file_answers_raw_rows_in_label_names(deployed):
@@ -94,7 +98,7 @@ def test_the_deployed_file_answers_raw_rows_in_label_names(deployed):
     session = ort.InferenceSession(str(project / "models" / "deploy" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     labels, probabilities = session.run(None, {"features": rows.x})
-    compared = json.loads((project / "metrics" / "compare.json").read_text())
+    compared = io.read_candidates(Catalog.at(project), "compare")
     assert np.mean(labels == rows.labels) == pytest.approx(
         compared["candidates"][compared["deployed"]]["accuracy"])
     assert probabilities.shape == (len(rows.x), 10)
@@ -214,10 +218,11 @@ def test_mlflow_models_serve_answers_like_offline_evaluation(deployed, test_rows
 def test_nothing_deployable_registers_nothing_and_says_why(compared, tmp_path):
     project = copy_trained(compared, tmp_path / "project")
     catalog = Catalog.at(project)
-    report = io.read_json(catalog.metrics_file("compare"), "compare")
-    io.write_json(catalog.metrics_file("compare"), {**report, "deployed": None})
+    report = io.read_candidates(catalog, "compare")
+    io.write_json(catalog.candidates_report("compare"), {**report, "deployed": None})
     summary = run_deploy(_params(project, "digits-none"), project)
     assert not summary["registered"] and "no candidate within" in summary["reason"]
     assert "nothing registered" in summary["headline"]
+    assert json.loads(catalog.metrics_file("deploy").read_text()) == {"registered": False}
     with pytest.raises(registry.RegistryError, match="no registered model 'digits-none'"):
         registry.list_versions(project, "digits-none")

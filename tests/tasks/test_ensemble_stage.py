@@ -14,6 +14,7 @@ from shrinkflow.config import load_params
 from shrinkflow.ensemble import EnsembleError
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
+from tasks import io
 from tasks.candidates import Candidate, load_torch, read_manifest, write_manifest
 from tasks.catalog import Catalog
 from tasks.compare import run_compare
@@ -52,7 +53,7 @@ def with_students(trained_tiny, tmp_path_factory):
 def test_one_candidate_per_method_from_members_of_different_lineages(with_students):
     project = with_students
     summary = run_ensemble(_params(project), project)
-    report = json.loads((project / "metrics" / "ensemble.json").read_text())
+    report = io.read_candidates(Catalog.at(project), "ensemble")
     # the baseline is over the size budget; small-a and its int8 variant count as one lineage
     assert len(report["members"]) == 2 and "small-b" in report["members"]
     assert len({name.removesuffix("-int8_dynamic") for name in report["members"]}) == 2
@@ -66,9 +67,12 @@ def test_one_candidate_per_method_from_members_of_different_lineages(with_studen
                   .stat().st_size for m in report["members"])
     # one file holding every member's weights, and little else
     assert all(0.9 * members < size < members + 4096 for size in sizes.values())
+    assert report["candidates"].keys() == sizes.keys()
+    assert json.loads((project / "metrics" / "ensemble.json").read_text()) == {
+        "candidates": 3, "member_count": 2}
     # compare measures them like any other candidate
     run_compare(_params(project), project)
-    rows = json.loads((project / "metrics" / "compare.json").read_text())["candidates"]
+    rows = io.read_candidates(Catalog.at(project), "compare")["candidates"]
     assert {"ensemble-average", "ensemble-weighted", "ensemble-vote"} <= set(rows)
     assert all(np.isfinite(rows[name]["latency_ms_p50_b1"]) for name in sizes)
 
@@ -83,5 +87,5 @@ def test_disabled_or_impossible_ensembles_list_no_candidates(with_students, tmp_
     run_ensemble(_params(project, "ensemble.enabled=false"), project)
     assert read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble") == []
     run_ensemble(_params(project, "ensemble.max_size_fraction=0.001"), project)
-    report = json.loads((project / "metrics" / "ensemble.json").read_text())
+    report = io.read_candidates(Catalog.at(project), "ensemble")
     assert report["members"] == [] and "max_total_bytes" in report["reason"]

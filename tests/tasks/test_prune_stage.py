@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shrinkflow.measure import count_params
+from tasks import io
 from tasks.candidates import load_torch, read_manifest
 from tasks.catalog import Catalog
 from tasks.prune import run_prune
@@ -52,8 +53,7 @@ def test_prune__unstructured_files_are_stored_sparse(pruned):
 def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pruned):
     project, _ = pruned
     catalog = Catalog.at(project)
-    report = json.loads(catalog.metrics_file("prune").read_text())
-    search = report["search"]
+    search = io.read_candidates(catalog, "prune")["search"]
     tries = search["tries"]
     # then: ratios tried lowest first, stopping at the first one beyond the drop
     ratios = [t["ratio"] for t in tries]
@@ -69,6 +69,9 @@ def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pru
     assert search["ratio"] == (max(accepted) if accepted else None)
     names = [c.name for c in read_manifest(catalog.stage_models("pruned"), "prune")]
     assert ("structured-auto" in names) == bool(accepted)
+    # and: metrics/prune.json holds the headline: how many candidates, the ratio kept
+    assert json.loads(catalog.metrics_file("prune").read_text()) == {
+        "candidates": len(names), "structured_auto_ratio": search["ratio"]}
 
 
 def test_prune__candidate_runs_say_what_made_them_as_params(pruned):

@@ -9,6 +9,7 @@ import onnx
 from onnx import numpy_helper
 
 from shrinkflow.measure import file_size
+from tasks import io
 from tasks.candidates import read_manifest
 from tasks.catalog import Catalog
 from tasks.quantize import run_quantize
@@ -47,9 +48,12 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
              "int8 dense": file_size(folder / "baseline-fp32-int8_weights.onnx")}
     assert sizes["int8 sparse"] < min(sizes["fp32 sparse"], sizes["int8 dense"]), f"sizes {sizes}"
     # and its recorded test accuracy is within two test rows (of 360) of its fp32 source's
-    quantized = json.loads(catalog.metrics_file("quantize").read_text())
-    pruned = json.loads(catalog.metrics_file("prune").read_text())["candidates"]
+    quantized = io.read_candidates(catalog, "quantize")["candidates"]
+    pruned = io.read_candidates(catalog, "prune")["candidates"]
     int8_accuracy = quantized["unstructured-80-int8_weights"]["accuracy"]
     fp32_accuracy = pruned["unstructured-80"]["accuracy"]
     assert abs(int8_accuracy - fp32_accuracy) <= 2 / 360 + 1e-9, (
         f"int8 weights {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}")
+    # and: metrics/quantize.json counts them (no int8 static here: no fallback chain)
+    assert json.loads(catalog.metrics_file("quantize").read_text()) == {
+        "candidates": 4, "int8_static_beyond_drop": 0}

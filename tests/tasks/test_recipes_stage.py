@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from shrinkflow.config import load_params
+from tasks import io
 from tasks.candidates import read_manifest
 from tasks.catalog import Catalog
 from tasks.compare import run_compare
@@ -24,12 +25,14 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
     summary = run_recipes(params, trained_project)
     # then: every trial is recorded, the front's (at most 2) are candidates with files
     catalog = Catalog.at(trained_project)
-    report = json.loads(catalog.metrics_file("recipes").read_text())
+    report = io.read_candidates(catalog, "recipes")
     assert len(report["trials"]) == 3
     assert all({"val_accuracy", "size_bytes", "latency_ms", "recipe"} <= set(row)
                for row in report["trials"])
     candidates = read_manifest(catalog.stage_models("searched"), "recipes")
     assert 1 <= len(candidates) <= 2 and [c.name for c in candidates] == report["front"]
+    assert json.loads(catalog.metrics_file("recipes").read_text()) == {
+        "candidates": len(candidates), "trials": 3, "seconds": report["seconds"]}
     summary_md = (catalog.report_dir("recipes") / "summary.md").read_text()
     assert all(f"{name.removeprefix('recipe-')} (front)" in summary_md for name in report["front"])
     assert (catalog.report_dir("recipes") / "pareto_front.png").is_file()
@@ -43,7 +46,7 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
     assert all("method" in run.data.params and "size_bytes" in run.data.metrics for run in runs)
     # and: compare measures them beside the others
     compared = run_compare(params, trained_project)
-    rows = json.loads(catalog.metrics_file("compare").read_text())["candidates"]
+    rows = io.read_candidates(catalog, "compare")["candidates"]
     assert {c.name for c in candidates} <= set(rows), compared["headline"]
 
 
