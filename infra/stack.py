@@ -166,20 +166,24 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
-def _wait(name: str, ready: Callable[[], bool], settings: Settings, pid: int | None = None) -> None:
+def _wait(name: str, ready: Callable[[], bool], settings: Settings, pid: int,
+          crash: str | None = None) -> None:
+    """Until `ready()`; fails when the process exits, or its log shows `crash` (a server whose
+    worker process died while the parent lives on), or at the deadline."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    log = _log_file(settings, name)
     while not ready():
-        if pid is not None and not _alive(pid):
-            raise StackError(f"{name} exited while starting; its log "
-                             f"({_log_file(settings, name)}):\n{_tail(_log_file(settings, name))}")
+        crashed = crash is not None and log.is_file() and crash in log.read_text(errors="replace")
+        if not _alive(pid) or crashed:
+            raise StackError(f"{name} failed while starting; its log ({log}):\n{_tail(log)}")
         if time.monotonic() > deadline:
-            raise StackError(f"{name} not ready after {STARTUP_TIMEOUT_S} s; its log "
-                             f"({_log_file(settings, name)}):\n{_tail(_log_file(settings, name))}")
+            raise StackError(f"{name} not ready after {STARTUP_TIMEOUT_S} s; its log ({log}):\n"
+                             f"{_tail(log)}")
         time.sleep(0.25)
 
 
 def _spawn(settings: Settings, name: str, command: list[str], env: dict[str, str],
-           ready: Callable[[], bool]) -> None:
+           ready: Callable[[], bool], crash: str | None = None) -> None:
     """Start `command` detached in its own process group (it outlives this command), log to
     logs/<name>.log, record its pid, and wait until `ready()`."""
     if _running_pid(settings, name):
@@ -193,7 +197,7 @@ def _spawn(settings: Settings, name: str, command: list[str], env: dict[str, str
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     _pid_file(settings, name).write_text(str(process.pid))
-    _wait(name, ready, settings, process.pid)
+    _wait(name, ready, settings, process.pid, crash)
 
 
 def _stop(settings: Settings, name: str) -> bool:
@@ -319,7 +323,9 @@ def start_mlflow(settings: Settings) -> None:
                "--artifacts-destination", f"s3://{settings.bucket}/mlflow", "--serve-artifacts"]
     env = _env(settings, MLFLOW_S3_ENDPOINT_URL=settings.url("s3"), AWS_DEFAULT_REGION="us-east-1",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **settings.credentials())
-    _spawn(settings, "mlflow", command, env, lambda: answers(f"{settings.url('mlflow')}/health"))
+    # its uvicorn worker dies on a bad store while `mlflow server` itself keeps running
+    _spawn(settings, "mlflow", command, env, lambda: answers(f"{settings.url('mlflow')}/health"),
+           crash="Traceback (most recent call last)")
 
 
 def _prefect_env(settings: Settings) -> dict[str, str]:
