@@ -18,7 +18,7 @@ user's own stores and outputs are untouched):
   pruning      eager-torch batch-1 latency of params.yaml's digits teacher vs its 50%-channel
                pruning.
   distillation each student's test accuracy with the teacher minus without it
-               (metrics/distill.json), and how many unlabeled inputs the distilled students also
+               (reports/distill/metrics.json), and how many unlabeled inputs the distilled students also
                learned from.
   search       the default teacher search's cost (the direct calls with it and without it) and
                what it chose (from the pipeline run above), the recipe search's front; on a fixed
@@ -152,6 +152,14 @@ def stage_report(project: Path, stage: str) -> dict:
     from tasks.catalog import Catalog
 
     return io.read_candidates(Catalog.at(project), stage)
+
+
+def stage_metrics(project: Path, stage: str) -> dict:
+    """All the figures `stage` wrote in `project` (metrics/<stage>.json holds only a few)."""
+    from tasks import io
+    from tasks.catalog import Catalog
+
+    return io.read_metrics(Catalog.at(project), stage)
 
 
 def compression_rows(task: str, project: Path) -> tuple[list[dict], dict]:
@@ -342,7 +350,7 @@ def compression(workdir: Path, tasks: list[str],
             direct_calls(project, OVERLAYS[task])
         task_rows, controls[task] = compression_rows(task, project)
         rows += task_rows
-        distill = json.loads((project / "metrics" / "distill.json").read_text())
+        distill = stage_metrics(project, "distill")
         kd_gain[task] = {key.removesuffix(".kd_gain_pp"): value for key, value in distill.items()
                          if key.endswith(".kd_gain_pp")}  # test; ".val_kd_gain_pp" is validation
         unlabeled[task] = distill.get("unlabeled_rows", 0)
@@ -355,7 +363,7 @@ def search_section(projects: dict[str, Path], pipeline: dict) -> dict:
     with the search on, then off; and the search's own seconds: the study, and the training
     that confirmed its proposal at the full budget), then bench/search.py's studies."""
     project = projects["digits"]
-    default = json.loads((project / "metrics" / "search.json").read_text())
+    default = stage_metrics(project, "search")
     choice = json.loads((project / "models" / "search" / "choice.json").read_text())
     result = subprocess.run([sys.executable, str(REPO / "bench" / "search.py"), str(project)],
                             cwd=project, env=project_env(project), capture_output=True, text=True,
@@ -363,7 +371,7 @@ def search_section(projects: dict[str, Path], pipeline: dict) -> dict:
     if result.returncode != 0:
         sys.exit(f"bench/search.py failed:\n{result.stderr[-3000:]}")
     studies = json.loads(result.stdout.strip().splitlines()[-1])
-    teachers = {name: json.loads((projects[label] / "metrics" / "baseline.json").read_text())
+    teachers = {name: stage_metrics(projects[label], "baseline")
                 for name, label in (("searched", "digits"), ("params_yaml", UNSEARCHED))}
     confirm = teachers["searched"].get("search_confirm_seconds", 0.0)
     on, off = pipeline["direct_calls_s"], pipeline["direct_calls_unsearched_s"]
@@ -384,7 +392,7 @@ def search_section(projects: dict[str, Path], pipeline: dict) -> dict:
 
 
 def _confirmation(baseline: dict) -> str:
-    """What baseline's full-budget training of the search's proposal found (metrics/baseline.json)."""
+    """What baseline's full-budget training of the search's proposal found (its metrics)."""
     if "full_searched_params" not in baseline:
         return "nothing to confirm"
     kept = "searched" if baseline["search_confirmed"] else "params.yaml's"

@@ -5,8 +5,9 @@ search's choice (models/search/choice.json). A searched config is trained beside
 for the full budget and replaces it only if it still wins there on validation, by the search's
 own rule (`search.within_se`): its trials were short, and a full training can overturn them. Writes
 models/baseline/{model.pt (state_dict), architecture.json, model.onnx}, metrics/baseline.json
-(validation and test accuracy, size, parameters, FLOPs; its speed is measured by `compare`, side by
-side with every candidate), metrics/baseline_history.csv and reports/baseline/*.png; logs all of it
+(validation and test accuracy, parameters, size), reports/baseline/metrics.json (also FLOPs, the
+epochs, the search's confirmation; its speed is measured by `compare`, side by side with every
+candidate), metrics/baseline_history.csv and reports/baseline/*.png; logs all of it
 to an MLflow run, the ONNX file as an MLflow model with signature and input example.
 """
 
@@ -28,6 +29,7 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.baseline")
+HEADLINE = ("val_accuracy", "accuracy", "params_count", "size_bytes")  # in metrics/baseline.json
 
 
 def _write_history(history: list[train.EpochLog], path: Path) -> None:
@@ -36,14 +38,18 @@ def _write_history(history: list[train.EpochLog], path: Path) -> None:
     io.write_text(path, "\n".join([header, *rows]) + "\n")
 
 
-def _plots(history: list[train.EpochLog], model: torch.nn.Module, splits: data.Splits,
-           spec: data.DatasetSpec, catalog: Catalog) -> None:
+def _report(history: list[train.EpochLog], model: torch.nn.Module, splits: data.Splits,
+            spec: data.DatasetSpec, catalog: Catalog, metrics: dict[str, Any]) -> None:
+    """reports/baseline/ (the plots and all the metrics), swapped in whole, and the headline in
+    metrics/baseline.json."""
     predictions = measure.predict_batched(measure.torch_predictor(model), splits.test.x).argmax(1)
     matrix = measure.confusion(splits.test.y, predictions, len(spec.classes))
     with io.atomic_dir(catalog.baseline_plots_dir) as staging:
         plots.training_curves(history, staging / "training_curves.png", f"baseline on {spec.name}")
         plots.confusion_matrix(matrix, spec.classes, staging / "confusion_matrix.png",
                                f"baseline on {spec.name}: test confusion matrix")
+        io.write_metrics(catalog, "baseline", {key: metrics[key] for key in HEADLINE}, metrics,
+                         staging)
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,8 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
             "train_seconds": sum(epoch.seconds for epoch in result.history),
             **confirmation,
         }
-        io.write_json(catalog.metrics_file("baseline"), metrics)
         _write_history(result.history, catalog.history_file("baseline"))
-        _plots(result.history, model, splits, spec, catalog)
+        _report(result.history, model, splits, spec, catalog, metrics)
 
         tracking.log_metrics(metrics)
         tracking.set_tags({"dataset": spec.name, "dvc.raw_md5": meta["raw_md5"], "search": searched,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle  # nosec B403
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,3 +101,15 @@ def report_candidate(path: Path, splits: Splits, **extra: float) -> dict[str, fl
     tracking.log_metrics(measured)
     tracking.tag_model_file(path)
     return measured
+
+
+# a stage's best candidate in metrics/<stage>.json: the same names in every stage's file
+BEST_FIGURES = ("val_accuracy", "accuracy", "size_ratio")
+
+
+def best_on_validation(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`BEST_FIGURES` (those its row has) of the candidate most accurate on validation, the first
+    listed among equals; chosen on validation as every choice is: the test split is only
+    reported. {} without candidates."""
+    best = max(rows.values(), key=lambda row: row["val_accuracy"], default={})
+    return {key: best[key] for key in BEST_FIGURES if key in best}

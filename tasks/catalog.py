@@ -100,6 +100,12 @@ class Catalog:
         only the stage's headline numbers, so that `dvc metrics show` stays readable."""
         return self.report_dir(stage) / "candidates.json"
 
+    def metrics_report(self, stage: str, directory: Path | None = None) -> Path:
+        """reports/<stage>/metrics.json: all of the stage's figures, of which metrics/<stage>.json
+        shows a few (read it with `tasks.io.read_metrics`); `directory`: the staging folder of a
+        report folder written whole."""
+        return (directory or self.report_dir(stage)) / "metrics.json"
+
     @property
     def candidates_table(self) -> Path:
         """reports/compare/candidates.csv: one line per compared candidate (`dvc plots`)."""
@@ -107,6 +113,8 @@ class Catalog:
 
     # -- metrics (read by `dvc metrics show` / `dvc plots show`) ---------------------------
     def metrics_file(self, stage: str) -> Path:
+        """metrics/<stage>.json: a few headline numbers under names the stages share (`dvc
+        metrics show` prints one column per name in any file); the rest: `metrics_report`."""
         return self.root / "metrics" / f"{stage}.json"
 
     def history_file(self, stage: str) -> Path:

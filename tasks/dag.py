@@ -60,21 +60,32 @@ class Plot:
 
 
 _CANDIDATES = ("models/baseline", "models/pruned", "models/distilled")
+
+
+def _all_metrics(stage: str) -> Output:
+    """reports/<stage>/metrics.json, for a stage whose reports/<stage> is not one output folder."""
+    return Output(f"reports/{stage}/metrics.json", "all the stage's figures (metrics/: a few)",
+                  cache=False)
+
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", "tasks.prepare:run_prepare", ("prepare",), ("data/external",),
           outs=(Output("data/raw", "the raw table: versioned by DVC, pushed to the remote"),
-                Output("data/processed", "train/val/test splits + normalization statistics")),
+                Output("data/processed", "train/val/test splits + normalization statistics"),
+                _all_metrics("prepare")),
           metrics=("metrics/prepare.json",)),
     # searches the teacher's config on train/validation; baseline trains what it chose
     Stage("search", "tasks.search:run_search", ("search", "baseline"), ("data/processed",),
           outs=(Output("models/search", "choice.json: the searched baseline values (or none: "
                                         "params.yaml's stay) and why"),
-                Output("reports/search", "summary.md and the study's plots", cache=False)),
+                Output("reports/search", "metrics.json (all the figures), summary.md and the "
+                                         "study's plots", cache=False)),
           metrics=("metrics/search.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     # a searched config must win again at the full budget, by the search's rule
     Stage("baseline", "tasks.baseline:run_baseline", ("baseline", "search.within_se"),
           ("data/processed", "models/search"),
-          outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx"),),
+          outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx"),
+                _all_metrics("baseline")),
           metrics=("metrics/baseline.json",),
           plots=("metrics/baseline_history.csv", "reports/baseline/confusion_matrix.png",
                  "reports/baseline/training_curves.png")),
@@ -85,13 +96,15 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           outs=(Output("models/pruned", "structured-* (smaller dense) and unstructured-* "
                                         "(sparse) candidates"),
                 Output("reports/prune/candidates.json", "each candidate's figures, the ratios "
-                                                        "the search tried", cache=False)),
+                                                        "the search tried", cache=False),
+                _all_metrics("prune")),
           metrics=("metrics/prune.json",)),
     # students share baseline.train/augment
     Stage("distill", "tasks.distill:run_distill", ("distill", "baseline"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student"),
-                Output("reports/distill/candidates.json", "each student's figures", cache=False)),
+                Output("reports/distill/candidates.json", "each student's figures", cache=False),
+                _all_metrics("distill")),
           metrics=("metrics/distill.json",)),
     # QAT reuses baseline.train/augment
     Stage("quantize", "tasks.quantize:run_quantize", ("quantize", "baseline"),
@@ -99,26 +112,30 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           outs=(Output("models/quantized", "<candidate>-<method>.onnx for every candidate "
                                            "and method"),
                 Output("reports/quantize/candidates.json", "each file's figures, every attempt "
-                                                           "of the fallback chain", cache=False)),
+                                                           "of the fallback chain", cache=False),
+                _all_metrics("quantize")),
           metrics=("metrics/quantize.json",)),
     Stage("ensemble", "tasks.ensemble:run_ensemble", ("ensemble",),
           (*_CANDIDATES, "models/quantized", "data/processed"),
           outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
                                           "combining head in one file"),
                 Output("reports/ensemble/candidates.json", "members, weights, each ensemble's "
-                                                           "figures", cache=False)),
+                                                           "figures", cache=False),
+                _all_metrics("ensemble")),
           metrics=("metrics/ensemble.json",)),
     # compression recipes searched on validation; the front joins the hand-set candidates
     Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),
-                Output("reports/recipes", "candidates.json (every trial, the front), summary.md "
-                                          "and the study's plots", cache=False)),
+                Output("reports/recipes", "candidates.json (every trial, the front), metrics.json "
+                                          "(all the figures), summary.md and the study's plots",
+                       cache=False)),
           metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
           (*_CANDIDATES, "models/quantized", "models/ensemble", "models/searched", "data/processed"),
           outs=(Output("reports/compare", "candidates.json (every candidate's figures), "
-                                          "candidates.csv, candidates.md and pareto.png",
+                                          "metrics.json (all the figures), candidates.csv, "
+                                          "candidates.md and pareto.png",
                        cache=False),),
           metrics=("metrics/compare.json",)),
     # registers in the MLflow Model Registry (another store: run again); the gate reads the

@@ -12,8 +12,8 @@ chosen candidate's ONNX file, data/processed/ and params.yaml `deploy`.
    `champion`. A refused challenger stays registered as `challenger`; the champion is untouched.
 
 When compare found nothing deployable, nothing is registered and models/deploy/deploy.json says
-why. Writes models/deploy/ (model.onnx; deploy.json: what happened, each check of the gate) and
-metrics/deploy.json (its headline: registered, promoted, version, champion).
+why. Writes models/deploy/ (model.onnx; deploy.json: what happened, each check of the gate, the
+champion's version) and metrics/deploy.json (its headline as numbers: version, promoted 1 or 0).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from tasks.catalog import Catalog, file_md5
 log = logging.getLogger("shrinkflow.deploy")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "deploy.json"  # in models/deploy/: what happened, the gate's checks
-HEADLINE = ("registered", "promoted", "version", "champion")  # of the report, in metrics/deploy.json
 
 
 def _deployable_file(catalog: Catalog, meta: dict[str, Any], candidate_file: str,
@@ -88,8 +87,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                 report |= {"registered": True, "version": version,
                            **_gate(params, catalog.root, name, version)}
             io.write_json(staging / REPORT_FILE, report)
-        io.write_json(catalog.metrics_file("deploy"),
-                      {key: report[key] for key in HEADLINE if key in report})
+        io.write_json(catalog.metrics_file("deploy"), _metrics(report))
         tracking.log_artifact(catalog.stage_models("deploy") / REPORT_FILE)
         tracking.set_tags({"registered_model": name, "registered_version": report.get("version", "none"),
                            "champion": report.get("champion") or "none"})
@@ -114,6 +112,13 @@ def _gate(params: Params, root: Path, name: str, version: str) -> dict[str, Any]
                     check.detail)
     return {"promoted": done.promoted, "checks": [check.to_dict() for check in done.checks],
             "champion": done.champion}
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, int]:
+    """metrics/deploy.json: numbers only (`dvc metrics show` makes a column of any string too);
+    the rest of the report is in models/deploy/deploy.json."""
+    return {"promoted": int(bool(report.get("promoted"))),
+            **({"version": int(report["version"])} if report["registered"] else {})}
 
 
 def _headline(report: dict[str, Any]) -> str:

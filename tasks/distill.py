@@ -5,9 +5,10 @@ unlabeled inputs, when prepare wrote some: only the distilled students see them)
 `distill`, `baseline.train` / `baseline.augment` (the training loop and augmentation the students
 share with the teacher). For each student (`student`, then `extra_students` by name)
 writes models/distilled/{<name>-kd,<name>-scratch}/ (model.pt, architecture.json, model.onnx), with
-one candidates.json, reports/distill/candidates.json (each one's accuracy and size) and
-metrics/distill.json, whose `<name>.kd_gain_pp` is what distillation adds over training the same
-student without a teacher. With `distill.seeds` > 1 the distilled student
+one candidates.json, reports/distill/candidates.json (each one's accuracy and size),
+metrics/distill.json (how many candidates, the best one's accuracies on validation and test) and
+reports/distill/metrics.json, whose `<name>.kd_gain_pp` is what distillation adds over training the
+same student without a teacher. With `distill.seeds` > 1 the distilled student
 is trained again from each further seed, as <name>-kd-seed<k>/: ensemble members.
 """
 
@@ -21,7 +22,14 @@ from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
 from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
-from tasks.candidates import Candidate, load_torch, report_candidate, save_torch, write_manifest
+from tasks.candidates import (
+    Candidate,
+    best_on_validation,
+    load_torch,
+    report_candidate,
+    save_torch,
+    write_manifest,
+)
 from tasks.catalog import Catalog
 from tasks.io import load_processed, load_unlabeled
 
@@ -114,14 +122,15 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                             "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
             write_manifest(staging, candidates)
 
-        headline = {"candidates": len(candidates), **_kd_gains(cfg, measured),
-                    "unlabeled_rows": 0 if unlabeled_x is None else len(unlabeled_x)}
+        counts = {"candidates": len(candidates), **_kd_gains(cfg, measured),
+                  "unlabeled_rows": 0 if unlabeled_x is None else len(unlabeled_x)}
         io.write_json(catalog.candidates_report("distill"), {"candidates": measured})
-        io.write_json(catalog.metrics_file("distill"), headline)
+        io.write_metrics(catalog, "distill",
+                         {"candidates": len(candidates), **best_on_validation(measured)}, counts)
         # the stage run also lists each candidate's accuracies and parameters (its own run has
         # all its figures)
-        metrics = {**headline, **{f"{name}.{key}": row[key] for name, row in measured.items()
-                                  for key in ("val_accuracy", "accuracy", "params_count")}}
+        metrics = {**counts, **{f"{name}.{key}": row[key] for name, row in measured.items()
+                                for key in ("val_accuracy", "accuracy", "params_count")}}
         tracking.log_metrics(metrics)
         return {"stage": "distill", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": metrics}

@@ -13,7 +13,8 @@ also judges the ensembles: the test split is only reported.
 
 Writes models/ensemble/ensemble-<method>.onnx with candidates.json (empty when no ensemble can be
 made), reports/ensemble/candidates.json (members, weights, each ensemble's accuracies and size, or
-why there is none) and metrics/ensemble.json (how many ensembles, of how many members).
+why there is none), metrics/ensemble.json (how many ensembles, the best one's accuracies on
+validation and test) and reports/ensemble/metrics.json (how many ensembles, of how many members).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from shrinkflow import ensemble, measure
 from shrinkflow.config import Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.candidates import Candidate, read_manifest, read_manifests, report_candidate, write_manifest
+from tasks.candidates import (
+    Candidate,
+    best_on_validation,
+    read_manifest,
+    read_manifests,
+    report_candidate,
+    write_manifest,
+)
 from tasks.catalog import Catalog
 from tasks.io import load_processed
 
@@ -90,8 +98,10 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
                                                  splits, report))
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("ensemble"), report)
-        io.write_json(catalog.metrics_file("ensemble"), {"candidates": len(report["candidates"]),
-                                                         "member_count": len(report["members"])})
+        io.write_metrics(catalog, "ensemble", {"candidates": len(report["candidates"]),
+                                               **best_on_validation(report["candidates"])},
+                         {"candidates": len(report["candidates"]),
+                          "member_count": len(report["members"])})
         flat = {f"{name}.{key}": value for name, row in report["candidates"].items()
                 for key, value in row.items()}
         tracking.log_metrics(flat)

@@ -154,6 +154,20 @@ def read_candidates(catalog: Catalog, stage: str) -> dict[str, Any]:
     return read_json(catalog.candidates_report(stage), produced_by=stage)
 
 
+def write_metrics(catalog: Catalog, stage: str, headline: dict[str, Any], metrics: dict[str, Any],
+                  directory: Path | None = None) -> None:
+    """metrics/<stage>.json: `headline`, a few numbers under the names the stages share (what
+    `dvc metrics show` prints); reports/<stage>/metrics.json (in `directory`, the staging folder
+    of a report folder written whole): `metrics`, all of the stage's figures."""
+    write_json(catalog.metrics_file(stage), headline)
+    write_json(catalog.metrics_report(stage, directory), metrics)
+
+
+def read_metrics(catalog: Catalog, stage: str) -> dict[str, Any]:
+    """All of a stage's figures (its reports/<stage>/metrics.json), not only the headline."""
+    return read_json(catalog.metrics_report(stage), produced_by=stage)
+
+
 def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dict[str, Any]]:
     """The splits written by `prepare`, with the data set's spec and metadata."""
     from shrinkflow import data  # imports torch: only stages that run need it, not the cache checks

@@ -4,14 +4,15 @@ Reads params.yaml `prepare` (source, csv, mnist1d_samples, unlabeled_samples / u
 val/test fractions, seed, validation).
 Writes data/raw/<name>.csv (the raw table, versioned by DVC), data/processed/{train,val,test}.npz
 (plus unlabeled.npz, inputs only, when an unlabeled pool is configured) and
-dataset.json (spec, normalization fitted on train, class counts, raw md5), metrics/prepare.json,
-reports/validation.json and the Great Expectations Data Docs under reports/data_docs/.
+dataset.json (spec, normalization fitted on train, class counts, raw md5), metrics/prepare.json
+(the split sizes; every count in reports/prepare/metrics.json), reports/validation.json and the
+Great Expectations Data Docs under reports/data_docs/.
 
 Both the raw table and the processed splits are validated before anything is written: a failed
 expectation stops the stage with every failure listed, and the previous outputs stay as they were.
 So does a user CSV whose header repeats a column name, or whose label column holds a single class.
 Unlabeled rows identical to a validation or test row are left out of the pool (and counted in
-metrics/prepare.json as `unlabeled_rows_dropped`): students distilled on them would see the very
+reports/prepare/metrics.json as `unlabeled_rows_dropped`): students distilled on them would see the very
 inputs they are scored on.
 """
 
@@ -33,6 +34,7 @@ from tasks import io, tracking
 from tasks.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.prepare")
+HEADLINE = ("rows_train", "rows_val", "rows_test")  # of the metrics, in metrics/prepare.json
 
 
 def read_user_csv(path: Path, key: str = "prepare.csv.path") -> pd.DataFrame:
@@ -228,7 +230,7 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
             "expectations_evaluated": sum(report["evaluated"] for report in reports),
             "data_warnings": sum(len(report["warnings"]) for report in reports),
         }
-        io.write_json(catalog.metrics_file("prepare"), metrics)
+        io.write_metrics(catalog, "prepare", {key: metrics[key] for key in HEADLINE}, metrics)
         tracking.log_metrics(metrics)
         tracking.set_tags({"dataset": spec.name, "dvc.raw_md5": raw_md5})
         tracking.log_artifact(catalog.dataset_file())

@@ -8,7 +8,8 @@ under models/pruned/ with candidates.json: `structured-<pct>` (channels removed:
 network) and `unstructured-<pct>` (zeroed weights stored sparse). With `prune.max_accuracy_drop_pp` set, the
 highest structured ratio within that drop on the validation split is kept as `structured-auto`.
 reports/prune/candidates.json holds each candidate's figures and every ratio the search tried;
-metrics/prune.json the headline: how many candidates, the ratio the search kept.
+metrics/prune.json the headline: how many candidates, the best one's accuracies (on validation);
+reports/prune/metrics.json how many candidates and the ratio the search kept.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from shrinkflow import data, prune
 from shrinkflow.config import Params, PruneConfig
 from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
-from tasks.candidates import Candidate, load_torch, report_candidate, save_torch, write_manifest
+from tasks.candidates import (
+    Candidate,
+    best_on_validation,
+    load_torch,
+    report_candidate,
+    save_torch,
+    write_manifest,
+)
 from tasks.catalog import Catalog
 from tasks.io import load_processed
 
@@ -107,9 +115,10 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
             write_manifest(staging, candidates)
 
         io.write_json(catalog.candidates_report("prune"), {"candidates": metrics, "search": search})
-        io.write_json(catalog.metrics_file("prune"), {
-            "candidates": len(candidates),
-            **({"structured_auto_ratio": search["ratio"]} if search else {})})
+        io.write_metrics(catalog, "prune",
+                         {"candidates": len(candidates), **best_on_validation(metrics)},
+                         {"candidates": len(candidates),
+                          **({"structured_auto_ratio": search["ratio"]} if search else {})})
         flat = {f"{name}.{key}": value for name, row in metrics.items()
                 for key, value in row.items()
                 if key in ("val_accuracy", "accuracy", "size_bytes", "sparsity")}

@@ -5,7 +5,8 @@ Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data
 params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
 candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
-metrics/quantize.json (how many candidates, how many int8 static ones stayed beyond the drop).
+metrics/quantize.json (how many candidates, the best one's accuracies on validation and test) and
+reports/quantize/metrics.json (also how many int8 static ones stayed beyond the drop).
 Unstructured-pruned candidates are quantized from a dense copy, and their zeros are stored sparse
 again afterwards, so they keep both savings.
 
@@ -26,7 +27,14 @@ from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params, QuantizeConfig
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
-from tasks.candidates import Candidate, load_torch, read_manifests, report_candidate, write_manifest
+from tasks.candidates import (
+    Candidate,
+    best_on_validation,
+    load_torch,
+    read_manifests,
+    report_candidate,
+    write_manifest,
+)
 from tasks.catalog import Catalog
 from tasks.io import load_processed
 
@@ -88,7 +96,9 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                                                 source.name, method))
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("quantize"), {"candidates": report})
-        io.write_json(catalog.metrics_file("quantize"), _headline(report))
+        io.write_metrics(catalog, "quantize",
+                         {"candidates": len(report), **best_on_validation(report)},
+                         _counts(report))
         flat = {f"{name}.{key}": value for name, row in report.items()
                 for key, value in row.items() if key in ("val_accuracy", "accuracy", "size_bytes")}
         tracking.log_metrics(flat)
@@ -96,10 +106,10 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                 "metrics": flat}
 
 
-def _headline(report: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """metrics/quantize.json: how many candidates, and how many int8 static ones no attempt of the
-    fallback chain brought within `quantize.max_accuracy_drop_pp` on validation (the most accurate
-    attempt is kept)."""
+def _counts(report: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """reports/quantize/metrics.json: how many candidates, and how many int8 static ones no
+    attempt of the fallback chain brought within `quantize.max_accuracy_drop_pp` on validation
+    (the most accurate attempt is kept)."""
     return {"candidates": len(report),
             "int8_static_beyond_drop": sum(not record["accepted"] for record in report.values()
                                            if "accepted" in record)}

@@ -12,8 +12,10 @@ The Pareto front's recipes, the most accurate first (at most `max_candidates`), 
 `recipe-<trial>`, which `compare` measures side by side with the hand-set recipe's.
 
 Writes models/searched/recipe-<trial>.onnx with candidates.json (empty when the search is off),
-reports/recipes/ (candidates.json: every trial's recipe and objectives, the front; summary.md and
-the study's plots) and metrics/recipes.json (how many trials, how many candidates, seconds).
+reports/recipes/ (candidates.json: every trial's recipe and objectives, the front and its files'
+accuracies and size; metrics.json: how many trials, how many candidates, seconds; summary.md and
+the study's plots) and metrics/recipes.json (how many candidates, the best one's accuracies on
+validation and test).
 MLflow: the stage run is the study's parent; every trial is a nested candidate run (its recipe as
 params, objectives as metrics); the front's runs also hold the file's validation and test accuracy.
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 from shrinkflow.config import Params
 from tasks import io, studies, tracking
-from tasks.candidates import Candidate, load_torch, report_candidate, write_manifest
+from tasks.candidates import Candidate, best_on_validation, load_torch, report_candidate, write_manifest
 from tasks.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.recipes")
@@ -110,7 +112,7 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
     catalog, cfg = Catalog.at(root), params.search.compression
     with tracking.stage_run("recipes", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, meta = io.load_processed(catalog)
-        report: dict[str, Any] = {"trials": [], "front": []}
+        report: dict[str, Any] = {"trials": [], "front": [], "candidates": {}}
         opened = None
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             candidates: list[Candidate] = []
@@ -137,19 +139,21 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                             path = staging / f"{label}.onnx"
                             shutil.copyfile(catalog.search_trials_dir(name) /
                                             f"trial-{trial.number}.onnx", path)
-                            report_candidate(path, splits)
+                            report["candidates"][label] = report_candidate(path, splits)
                             candidates.append(Candidate(label, f"models/{STAGE_DIR}/{label}.onnx",
                                                         "baseline", "recipe"))
                     report["trials"].append(_trial_row(trial))
                 report["front"] = [candidate.name for candidate in candidates]
                 report["study"] = name
             write_manifest(staging, candidates)
-        studies.write_report(catalog.report_dir("recipes"), _report_markdown(opened, report),
-                             opened, recipe.OBJECTIVES,
-                             {catalog.candidates_report("recipes").name: report})
         metrics = {"candidates": len(report["front"]), "trials": len(report["trials"]),
                    **({"seconds": report["seconds"]} if "seconds" in report else {})}
-        io.write_json(catalog.metrics_file("recipes"), metrics)
+        studies.write_report(catalog.report_dir("recipes"), _report_markdown(opened, report),
+                             opened, recipe.OBJECTIVES,
+                             {catalog.candidates_report("recipes").name: report,
+                              catalog.metrics_report("recipes").name: metrics})
+        io.write_json(catalog.metrics_file("recipes"), {
+            "candidates": len(report["front"]), **best_on_validation(report["candidates"])})
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
         tracking.log_metrics(metrics)
         return {"stage": "recipes", "run_id": run.info.run_id, "dataset": spec.name,

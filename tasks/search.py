@@ -10,9 +10,11 @@ sampler's proposals, each trained for at most `search.epochs` while the pruner s
 killed search resumes where it stopped and several machines can work on one study.
 
 Writes models/search/choice.json (the values `baseline` confirms, or none: params.yaml's config
-stays, and why), metrics/search.json and reports/search/*.png. MLflow: the stage run is the
-study's parent run (study name and storage as tags, the choice's figures, the plots, the chosen
-trial's weights) with one nested run per trial (its values, per-epoch validation accuracy, state).
+stays, and why), metrics/search.json (completed trials, the chosen config's validation accuracy
+and parameters), reports/search/ (metrics.json: all the figures; summary.md, the study's plots).
+MLflow: the stage run is the study's parent run (study name and storage as tags, the choice's
+figures, the plots, the chosen trial's weights) with one nested run per trial (its values,
+per-epoch validation accuracy, state).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.search")
 STAGE_DIR = "search"
+# metrics/search.json: shared name <- the stage's own (all of them: reports/search/metrics.json)
+HEADLINE = {"trials": "trials_complete", "val_accuracy": "chosen_val_accuracy",
+            "params_count": "chosen_params"}
 
 
 def study_name(cfg: SearchConfig, baseline: BaselineConfig, dataset: str, data_md5: str) -> str:
@@ -88,6 +93,12 @@ def _summary(opened: Any, choice: Any, seconds: float) -> dict[str, Any]:
             "seconds": seconds, "searched": float(choice.trial is not None), **choice.figures}
 
 
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics/search.json: a few of the metrics under the names the stages share (those found:
+    none without a search, no chosen figures when the reference trial did not finish)."""
+    return {shared: metrics[own] for shared, own in HEADLINE.items() if own in metrics}
+
+
 def _log_trials(opened: Any, cfg: SearchConfig) -> None:
     """One nested MLflow run per trial of the study, under the active stage run."""
     for trial in opened.get_trials(deepcopy=False):
@@ -123,9 +134,9 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             io.write_json(staging / catalog.search_choice_file.name, choice)
         studies.write_report(catalog.report_dir("search"), report_markdown(opened, choice, cfg),
-                             opened, cfg.objectives)
+                             opened, cfg.objectives, {catalog.metrics_report("search").name: metrics})
         log.info("search: %s", choice["reason"])
-        io.write_json(catalog.metrics_file("search"), metrics)
+        io.write_json(catalog.metrics_file("search"), _headline(metrics))
         tracking.log_metrics(metrics)
         tracking.set_tags({"choice": choice["reason"]})
         return {"stage": "search", "run_id": run.info.run_id, "dataset": dataset,

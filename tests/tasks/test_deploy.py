@@ -85,11 +85,13 @@ def test_the_first_version_is_registered_with_its_lineage_and_promoted(deployed)
     assert float(info["latency_ms_p50_b1"]) == pytest.approx(chosen["latency_ms_p50_b1"])
     assert info["data_md5"] == dataset["raw_md5"]
     assert len(info["params_hash"]) == 16 and info["shrinkflow.moved_how"] == "auto"
-    # and: metrics/deploy.json is the headline; the gate's checks are in models/deploy/deploy.json
+    # and: metrics/deploy.json is the headline, numbers only; the gate's checks and the champion
+    # are in models/deploy/deploy.json
     assert json.loads((project / "metrics" / "deploy.json").read_text()) == {
-        "registered": True, "promoted": True, "version": "1", "champion": "1"}
-    assert json.loads((project / "models" / "deploy" / "deploy.json").read_text())["checks"] == \
-        summary["checks"]
+        "promoted": 1, "version": 1}
+    report = json.loads((project / "models" / "deploy" / "deploy.json").read_text())
+    assert report["checks"] == summary["checks"]
+    assert (report["registered"], report["champion"]) == (True, "1")
 
 
 def test_the_deployed_file_answers_raw_rows_in_label_names(deployed):
@@ -223,6 +225,6 @@ def test_nothing_deployable_registers_nothing_and_says_why(compared, tmp_path):
     summary = run_deploy(_params(project, "digits-none"), project)
     assert not summary["registered"] and "no candidate within" in summary["reason"]
     assert "nothing registered" in summary["headline"]
-    assert json.loads(catalog.metrics_file("deploy").read_text()) == {"registered": False}
+    assert json.loads(catalog.metrics_file("deploy").read_text()) == {"promoted": 0}
     with pytest.raises(registry.RegistryError, match="no registered model 'digits-none'"):
         registry.list_versions(project, "digits-none")

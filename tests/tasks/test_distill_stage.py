@@ -29,13 +29,17 @@ def test_distill__trains_both_students_and_records_the_gain(trained_project, tin
     assert [c.name for c in candidates] == ["student-kd", "student-scratch"]
     arch, _ = load_torch(folder / "student-kd", "distill")
     assert arch.widths == (4, 8), "the student should have distill.student's widths"
-    metrics = json.loads(Catalog.at(project).metrics_file("distill").read_text())
+    metrics = io.read_metrics(Catalog.at(project), "distill")
     rows = io.read_candidates(Catalog.at(project), "distill")["candidates"]
     for split in ("", "val_"):
         gain = rows["student-kd"][f"{split}accuracy"] - rows["student-scratch"][f"{split}accuracy"]
         assert abs(metrics[f"student.{split}kd_gain_pp"] - 100 * gain) < 1e-9
     assert metrics["unlabeled_rows"] == 0 and metrics["candidates"] == 2
     assert metrics.items() <= summary["metrics"].items()
+    # and: metrics/distill.json shows the count and the best student on validation
+    best = max(rows.values(), key=lambda row: row["val_accuracy"])
+    assert json.loads(Catalog.at(project).metrics_file("distill").read_text()) == {
+        "candidates": 2, "val_accuracy": best["val_accuracy"], "accuracy": best["accuracy"]}
     # and: each candidate's run sits in the project's experiment, under the stage's run
     client = MlflowClient()
     stage = client.get_run(summary["run_id"])
@@ -77,7 +81,7 @@ def test_distill__extra_students_and_the_unlabeled_pool(pooled):
         "student-kd", "student-scratch", "mlp-kd", "mlp-scratch"]
     arch, _ = load_torch(folder / "mlp-kd", "distill")
     assert arch.family == "mlp" and arch.widths == (32,)
-    metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())
+    metrics = io.read_metrics(Catalog.at(pooled), "distill")
     assert {"student.kd_gain_pp", "mlp.kd_gain_pp"} <= metrics.keys()
     assert metrics["unlabeled_rows"] == UNLABELED_ROWS, \
         "the distilled students learn from every unlabeled row prepare kept"
@@ -88,7 +92,7 @@ def test_distill__the_pool_can_be_left_out(pooled):
         *TINY, "distill.use_unlabeled=false", "distill.train_without_teacher=false"])
     run_distill(params, pooled)
     assert Catalog.at(pooled).unlabeled_file().is_file(), "prepare wrote the pool"
-    metrics = json.loads(Catalog.at(pooled).metrics_file("distill").read_text())
+    metrics = io.read_metrics(Catalog.at(pooled), "distill")
     assert metrics["unlabeled_rows"] == 0, "distill.use_unlabeled=false leaves it out"
     assert "student.kd_gain_pp" not in metrics, "no student alone, no gain"
 

@@ -68,8 +68,10 @@ def test_one_candidate_per_method_from_members_of_different_lineages(with_studen
     # one file holding every member's weights, and little else
     assert all(0.9 * members < size < members + 4096 for size in sizes.values())
     assert report["candidates"].keys() == sizes.keys()
-    assert json.loads((project / "metrics" / "ensemble.json").read_text()) == {
-        "candidates": 3, "member_count": 2}
+    assert io.read_metrics(Catalog.at(project), "ensemble") == {"candidates": 3, "member_count": 2}
+    best = max(report["candidates"].values(), key=lambda row: row["val_accuracy"])
+    assert json.loads(Catalog.at(project).metrics_file("ensemble").read_text()) == {
+        "candidates": 3, "val_accuracy": best["val_accuracy"], "accuracy": best["accuracy"]}
     # compare measures them like any other candidate
     run_compare(_params(project), project)
     rows = io.read_candidates(Catalog.at(project), "compare")["candidates"]

@@ -17,7 +17,7 @@ import pytest
 
 from shrinkflow.config import PrepareConfig, load_params
 from shrinkflow.data import DataError, builtin_table, csv_spec, stratified_split, table_to_arrays
-from tasks import dag
+from tasks import dag, io
 from tasks.catalog import Catalog, tree_digest
 from tasks.prepare import run_prepare
 from tasks.validation import DataValidationError
@@ -111,8 +111,10 @@ def test_run_prepare__writes_validated_splits_and_tracks_them(digits_run):
     assert meta["raw_md5"] == summary["raw_md5"]
     assert catalog.raw_table("digits").is_file(), "the raw table should be kept for DVC"
     assert (catalog.data_docs_dir / "index.html").is_file(), "Data Docs should be built"
-    metrics = json.loads(catalog.metrics_file("prepare").read_text())
+    metrics = io.read_metrics(catalog, "prepare")
     assert metrics == summary["metrics"] and metrics["unlabeled_rows_dropped"] == 0
+    assert json.loads(catalog.metrics_file("prepare").read_text()) == {
+        "rows_train": 1167, "rows_val": 270, "rows_test": 360}, "metrics/: the split sizes only"
     # and: the MLflow run holds params, metrics, the DVC digest and the validation report
     run = _mlflow_run(summary["run_id"])
     assert run.data.params["prepare.source"] == "digits"
@@ -272,10 +274,10 @@ def test_run_prepare__unlabeled_rows_identical_to_validation_or_test_rows_are_dr
     stored, meta = _stored_pool(project)
     kept = pd.concat([train.head(3), fresh])
     np.testing.assert_allclose(stored, _normalized(kept, meta), rtol=1e-6)
-    # and the count is logged, in metrics/prepare.json and MLflow
+    # and the count is logged, in reports/prepare/metrics.json and MLflow
     assert "prepare.unlabeled_csv: dropped 12 rows identical to validation or test rows" in (
         caplog.text)
-    metrics = json.loads(Catalog.at(project).metrics_file("prepare").read_text())
+    metrics = io.read_metrics(Catalog.at(project), "prepare")
     assert (metrics["unlabeled_rows_dropped"], metrics["rows_unlabeled"]) == (12, 43)
     assert _mlflow_run(summary["run_id"]).data.metrics["unlabeled_rows_dropped"] == 12
 

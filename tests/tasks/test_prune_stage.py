@@ -61,7 +61,7 @@ def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pru
     assert all(t["accepted"] for t in tries[:-1])
     assert all(t["accepted"] == (t["drop_pp"] <= MAX_DROP_PP + 1e-9) for t in tries)
     # and: drops are taken against the teacher's validation accuracy, not the test one
-    teacher = json.loads(catalog.metrics_file("baseline").read_text())
+    teacher = io.read_metrics(catalog, "baseline")
     for t in tries:
         assert t["accuracy"] + t["drop_pp"] / 100 == pytest.approx(teacher["val_accuracy"])
     # and: the highest accepted ratio is kept as structured-auto, or nothing when none was
@@ -69,8 +69,13 @@ def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pru
     assert search["ratio"] == (max(accepted) if accepted else None)
     names = [c.name for c in read_manifest(catalog.stage_models("pruned"), "prune")]
     assert ("structured-auto" in names) == bool(accepted)
-    # and: metrics/prune.json holds the headline: how many candidates, the ratio kept
+    # and: metrics/prune.json holds the headline: how many candidates, the best on validation;
+    # the ratio kept is in reports/prune/metrics.json
+    rows = io.read_candidates(catalog, "prune")["candidates"]
+    best = max(rows.values(), key=lambda row: row["val_accuracy"])
     assert json.loads(catalog.metrics_file("prune").read_text()) == {
+        "candidates": len(names), "val_accuracy": best["val_accuracy"], "accuracy": best["accuracy"]}
+    assert io.read_metrics(catalog, "prune") == {
         "candidates": len(names), "structured_auto_ratio": search["ratio"]}
 
 

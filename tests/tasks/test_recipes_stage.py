@@ -31,8 +31,14 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
                for row in report["trials"])
     candidates = read_manifest(catalog.stage_models("searched"), "recipes")
     assert 1 <= len(candidates) <= 2 and [c.name for c in candidates] == report["front"]
-    assert json.loads(catalog.metrics_file("recipes").read_text()) == {
+    assert io.read_metrics(catalog, "recipes") == {
         "candidates": len(candidates), "trials": 3, "seconds": report["seconds"]}
+    # and: metrics/recipes.json shows the count and the front's best file on validation
+    assert report["candidates"].keys() == set(report["front"])
+    best = max(report["candidates"].values(), key=lambda row: row["val_accuracy"])
+    assert json.loads(catalog.metrics_file("recipes").read_text()) == {
+        "candidates": len(candidates), "val_accuracy": best["val_accuracy"],
+        "accuracy": best["accuracy"]}
     summary_md = (catalog.report_dir("recipes") / "summary.md").read_text()
     assert all(f"{name.removeprefix('recipe-')} (front)" in summary_md for name in report["front"])
     assert (catalog.report_dir("recipes") / "pareto_front.png").is_file()
