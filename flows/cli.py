@@ -110,7 +110,8 @@ def _print_result(result: dict) -> None:
     typer.echo(f"MLflow run:  {result['links']['pipeline']}  (open the UI with `make ui`)")
     typer.echo("reports:     reports/summary.md, reports/search/, reports/baseline/, "
                "reports/data_docs/index.html")
-    typer.echo("metrics:     metrics/*.json  (`dvc metrics show`)")
+    typer.echo("metrics:     metrics/*.json  (`dvc metrics show`; every figure: "
+               "reports/<stage>/metrics.json; `dvc plots show` draws the candidates)")
 
 
 @app.command()
