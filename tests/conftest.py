@@ -53,7 +53,7 @@ SHARED_FIXTURE_FILES = {
                 "tests/tasks/test_deploy.py", "tests/tasks/test_distill_stage.py",
                 "tests/tasks/test_prune_stage.py", "tests/tasks/test_ensemble_stage.py",
                 "tests/tasks/test_quantize_stage.py", "tests/tasks/test_safe_loading.py",
-                "tests/tasks/test_search_stage.py", "tests/tasks/test_search_services.py",
+                "tests/tasks/test_search_stage.py",
                 "tests/tasks/test_recipes_stage.py"),
 }
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
@@ -70,12 +70,14 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Spread the tests one by one, except the files of a group, which go together."""
+    """Spread the tests file by file (a module-scoped fixture, such as a running server, is then
+    built once, not once per worker), and the files of a group together."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedFixtureScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _GROUP_OF_FILE.get(nodeid.split("::")[0], nodeid)
+            path = nodeid.split("::")[0]
+            return _GROUP_OF_FILE.get(path, path)
 
     return SharedFixtureScheduling(config, log)
 

@@ -38,10 +38,11 @@ def mlflow_client():
     return MlflowClient()
 
 
-def tiny_params_file(project: Path) -> None:
-    """Write the TINY overrides into the project's params.yaml (what DVC and dvc.lock see)."""
+def tiny_params_file(project: Path, *extra: str) -> None:
+    """Write the TINY overrides (then `extra` ones) into the project's params.yaml (what DVC and
+    dvc.lock see)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    for assignment in TINY:
+    for assignment in (*TINY, *extra):
         key, value = assignment.split("=")
         section = params
         *parents, leaf = key.split(".")
@@ -68,10 +69,11 @@ def command_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def make_dvc_project(destination: Path) -> Path:
-    """A git + DVC repository holding the project with tiny params and a local remote."""
+def make_dvc_project(destination: Path, *extra: str) -> Path:
+    """A git + DVC repository holding the project with tiny params (and `extra` overrides) and a
+    local remote."""
     project = copy_project(destination)
-    tiny_params_file(project)
+    tiny_params_file(project, *extra)
     shutil.copytree(REPO / ".dvc", project / ".dvc",
                     ignore=shutil.ignore_patterns("tmp", "cache", "site_cache", "config.local"))
     for name in (".dvcignore", ".gitignore"):
