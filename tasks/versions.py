@@ -19,7 +19,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -58,6 +58,9 @@ class Remote:
     name: str
     url: str  # as DVC resolves it: an absolute folder for a local remote
     endpoint: str | None = None  # an S3 server other than AWS's
+    # credentials .dvc/config gives the remote itself (a profile, keys), as boto3 session options;
+    # never printed
+    session: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def folder(self) -> Path | None:
@@ -88,7 +91,10 @@ def remote(root: Path) -> Remote | None:
     if name not in config["remote"]:
         raise RemoteError(f"DVC's default remote {name!r} is not defined in .dvc/config")
     section = config["remote"][name]
-    return Remote(name, section["url"], section.get("endpointurl"))
+    own = {"profile_name": section.get("profile"), "aws_access_key_id": section.get("access_key_id"),
+           "aws_secret_access_key": section.get("secret_access_key")}
+    return Remote(name, section["url"], section.get("endpointurl"),
+                  tuple((key, value) for key, value in own.items() if value))
 
 
 def check_s3(target: Remote) -> None:
@@ -99,7 +105,7 @@ def check_s3(target: Remote) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     bucket = urlparse(target.url).netloc
-    session = boto3.session.Session()
+    session = boto3.session.Session(**dict(target.session))
     if session.get_credentials() is None:
         raise RemoteError(f"{target}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
                           "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
