@@ -107,9 +107,9 @@ def report_candidate(path: Path, splits: Splits, **extra: float) -> dict[str, fl
 BEST_FIGURES = ("val_accuracy", "accuracy", "size_ratio")
 
 
-def best_on_validation(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`BEST_FIGURES` (those its row has) of the candidate most accurate on validation, the first
-    listed among equals; chosen on validation as every choice is: the test split is only
-    reported. {} without candidates."""
+def headline(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """metrics/<stage>.json of a stage that makes candidates (`rows`, by name): how many, and
+    `BEST_FIGURES` (those its row has) of the one most accurate on validation, the first listed
+    among equals; chosen on validation as every choice is: the test split is only reported."""
     best = max(rows.values(), key=lambda row: row["val_accuracy"], default={})
-    return {key: best[key] for key in BEST_FIGURES if key in best}
+    return {"candidates": len(rows), **{key: best[key] for key in BEST_FIGURES if key in best}}

@@ -24,7 +24,7 @@ from shrinkflow.distill import build_student, distill, student_train_config
 from tasks import io, tracking
 from tasks.candidates import (
     Candidate,
-    best_on_validation,
+    headline,
     load_torch,
     report_candidate,
     save_torch,
@@ -126,7 +126,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                   "unlabeled_rows": 0 if unlabeled_x is None else len(unlabeled_x)}
         io.write_json(catalog.candidates_report("distill"), {"candidates": measured})
         io.write_metrics(catalog, "distill",
-                         {"candidates": len(candidates), **best_on_validation(measured)}, counts)
+                         headline(measured), counts)
         # the stage run also lists each candidate's accuracies and parameters (its own run has
         # all its figures)
         metrics = {**counts, **{f"{name}.{key}": row[key] for name, row in measured.items()

@@ -32,7 +32,7 @@ from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
 from tasks.candidates import (
     Candidate,
-    best_on_validation,
+    headline,
     read_manifest,
     read_manifests,
     report_candidate,
@@ -98,8 +98,7 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
                                                  splits, report))
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("ensemble"), report)
-        io.write_metrics(catalog, "ensemble", {"candidates": len(report["candidates"]),
-                                               **best_on_validation(report["candidates"])},
+        io.write_metrics(catalog, "ensemble", headline(report["candidates"]),
                          {"candidates": len(report["candidates"]),
                           "member_count": len(report["members"])})
         flat = {f"{name}.{key}": value for name, row in report["candidates"].items()

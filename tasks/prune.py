@@ -27,7 +27,7 @@ from shrinkflow.distill import distillation_loss
 from tasks import io, tracking
 from tasks.candidates import (
     Candidate,
-    best_on_validation,
+    headline,
     load_torch,
     report_candidate,
     save_torch,
@@ -116,7 +116,7 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
 
         io.write_json(catalog.candidates_report("prune"), {"candidates": metrics, "search": search})
         io.write_metrics(catalog, "prune",
-                         {"candidates": len(candidates), **best_on_validation(metrics)},
+                         headline(metrics),
                          {"candidates": len(candidates),
                           **({"structured_auto_ratio": search["ratio"]} if search else {})})
         flat = {f"{name}.{key}": value for name, row in metrics.items()

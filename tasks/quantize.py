@@ -29,7 +29,7 @@ from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
 from tasks.candidates import (
     Candidate,
-    best_on_validation,
+    headline,
     load_torch,
     read_manifests,
     report_candidate,
@@ -97,7 +97,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("quantize"), {"candidates": report})
         io.write_metrics(catalog, "quantize",
-                         {"candidates": len(report), **best_on_validation(report)},
+                         headline(report),
                          _counts(report))
         flat = {f"{name}.{key}": value for name, row in report.items()
                 for key, value in row.items() if key in ("val_accuracy", "accuracy", "size_bytes")}

@@ -32,7 +32,7 @@ from typing import Any
 
 from shrinkflow.config import Params
 from tasks import io, studies, tracking
-from tasks.candidates import Candidate, best_on_validation, load_torch, report_candidate, write_manifest
+from tasks.candidates import Candidate, headline, load_torch, report_candidate, write_manifest
 from tasks.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.recipes")
@@ -152,8 +152,7 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                              opened, recipe.OBJECTIVES,
                              {catalog.candidates_report("recipes").name: report,
                               catalog.metrics_report("recipes").name: metrics})
-        io.write_json(catalog.metrics_file("recipes"), {
-            "candidates": len(report["front"]), **best_on_validation(report["candidates"])})
+        io.write_json(catalog.metrics_file("recipes"), headline(report["candidates"]))
         log.info("recipe front: %s", ", ".join(report["front"]) or "none (search off)")
         tracking.log_metrics(metrics)
         return {"stage": "recipes", "run_id": run.info.run_id, "dataset": spec.name,
