@@ -7,12 +7,23 @@ run adds: `trials` finished (complete or pruned) trials in all, so a restarted s
 the missing ones and never repeats a finished trial. Running trials send a heartbeat; a trial
 whose process died (no beat for three intervals) is marked failed by the next process to run a
 trial, and retried once with the same values.
+
+Several processes share one study safely. On SQLite, every transaction takes the write lock when
+it begins (BEGIN IMMEDIATE): otherwise two processes can both read a queued trial as waiting and
+both start it. And a trial that another process finished meanwhile (a worker starved past its
+heartbeat's grace period, whose trial was then failed and retried) is told with
+`skip_if_finished`: its result is dropped with a warning instead of ending the whole search with
+Optuna's "Cannot tell a COMPLETE trial".
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -22,6 +33,7 @@ from shrinkflow.config import Dimension, SearchConfig
 from shrinkflow.errors import UserError
 from shrinkflow.search import space
 
+log = logging.getLogger("shrinkflow.search")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DIRECTIONS = {"val_accuracy": "maximize", "params": "minimize", "latency_ms": "minimize"}
 REFERENCE_ATTR = "reference"  # user attr of the trial that trains the baseline config as it is
@@ -88,10 +100,13 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         # several worker processes write one SQLite file: wait for the lock instead of failing
         engine["connect_args"] = {"timeout": 60}
+        # pysqlite's own BEGIN is deferred and skipped before a SELECT: leave transactions to
+        # the listener below (SQLAlchemy's documented recipe for serializable SQLite)
+        engine["connect_args"]["isolation_level"] = None
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            opened = optuna.storages.RDBStorage(
                 with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat_s,
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -100,6 +115,20 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
         reason = str(exc).splitlines()[0]
         raise StorageError(f"cannot open the search storage {shown_url(url)} (set by "
                            f"SHRINKFLOW_SEARCH_STORAGE or search.storage): {reason}") from None
+    if url.startswith("sqlite"):
+        _begin_immediately(opened.engine)
+    return opened
+
+
+def _begin_immediately(engine: Any) -> None:
+    """Every transaction on `engine` takes SQLite's write lock as it begins, so a read and the
+    write that depends on it (a queued trial seen waiting, then started) are one atomic step
+    across processes."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create(url: str, name: str, directions: Sequence[str], chosen_sampler: optuna.samplers.BaseSampler,
@@ -133,14 +162,72 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+@contextmanager
+def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Beat for `trial_id` every heartbeat interval while the block runs (as Optuna's own
+    optimize loop does), so other processes see the trial alive."""
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    beating = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Mark trials whose process stopped beating as failed (their retry is queued)."""
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState | None) -> None:
+    """Record the trial's result, unless another process already finished it (then say so)."""
+    stored = study._storage.get_trial(trial._trial_id)  # Optuna keeps no public trial id
+    if stored.state.is_finished():
+        log.warning("trial %d was finished elsewhere (%s) while this process trained it: its "
+                    "result here is dropped", trial.number, stored.state.name.lower())
+    study.tell(trial, values, state, skip_if_finished=True)
+
+
+def _run_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any]) -> None:
+    _fail_stale(study)
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize":
+        warnings.filterwarnings("ignore", "Heartbeat", UserWarning)  # this loop beats itself
+        trial = study.ask()
+    with _heartbeat(study._storage, trial._trial_id):
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            _tell(study, trial, None, TrialState.PRUNED)
+            return
+        except BaseException:
+            _tell(study, trial, None, TrialState.FAIL)
+            raise
+    _tell(study, trial, values, None)
+
+
 def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], trials: int,
              timeout_s: float | None) -> None:
     """Run trials until the study holds `trials` finished ones (or `timeout_s` passes).
 
     Several processes may call this on one study at once: each stops when the shared count is
-    reached (a trial already started elsewhere may make it one or two more)."""
-    if finished(study) >= trials:
-        return
-    budget = optuna.study.MaxTrialsCallback(trials, states=FINISHED)
-    study.optimize(objective, n_trials=None if timeout_s else trials, timeout=timeout_s,
-                   callbacks=[budget], gc_after_trial=False, catch=())
+    reached (a trial already started elsewhere may make it one or two more). The loop is Optuna's
+    ask and tell with a heartbeat, rather than `Study.optimize`, which ends the whole search
+    when a trial it ran was finished by another process meanwhile."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while finished(study) < trials and (deadline is None or time.monotonic() < deadline):
+        _run_one(study, objective)
