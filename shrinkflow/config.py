@@ -7,6 +7,8 @@ baseline.train.lr=0.01` and `shrinkflow run --set baseline.train.lr=0.01` mean t
 
 The meaning of each key is documented twice on purpose: as a comment in params.yaml (for people
 editing the file) and as the `description` of the field here (for `--help` and error messages).
+The values are stated once: each field's default here is params.yaml's value, so `Params()` is
+the shipped configuration (tests/core/test_config.py fails naming any key where the two differ).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class ModelConfig(_Section):
         "auto", description="auto picks cnn for images/signals, mlp for tabular data"
     )
     depth: int = Field(2, ge=1, le=8, description="hidden layers (mlp) or conv blocks (cnn)")
-    width: int = Field(32, ge=1, le=4096, description="units (mlp) or channels of the first block")
+    width: int = Field(64, ge=1, le=4096, description="units (mlp) or channels of the first block")
     width_multiplier: float = Field(
         2.0, ge=1.0, le=4.0, description="cnn: each block has this many times the previous channels"
     )
@@ -309,11 +311,11 @@ class SearchConfig(_Section):
     pruner: Literal["none", "median", "sha", "hyperband"] = Field(
         "hyperband", description="how bad trials are stopped early, from their per-epoch "
         "validation accuracy (one objective only)")
-    trials: int = Field(12, ge=1, description="finished trials (complete or pruned) the study "
+    trials: int = Field(6, ge=1, description="finished trials (complete or pruned) the study "
                         "holds at the end; a resumed study only runs the missing ones")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock budget of one search run")
-    epochs: int = Field(15, ge=1, description="epochs of a trial that is not pruned")
-    min_epochs: int = Field(3, ge=1, description="pruners judge a trial from this epoch on")
+    epochs: int = Field(8, ge=1, description="epochs of a trial that is not pruned")
+    min_epochs: int = Field(2, ge=1, description="pruners judge a trial from this epoch on")
     objectives: tuple[Literal["val_accuracy", "params", "latency_ms"], ...] = Field(
         ("val_accuracy",), description="val_accuracy (maximised) first, optionally params or "
         "batch-1 latency_ms (minimised): two make a Pareto front")
@@ -336,7 +338,12 @@ class SearchConfig(_Section):
                              "3 beats was killed and is retried")
     seed: int = Field(0, description="sampler seed")
     space: dict[str, dict[str, Dimension]] = Field(
-        {}, description="baseline keys to vary, by section (model, train, augment): a list of "
+        default_factory=lambda: {
+            "model": {"width": (32, 48, 64), "width_multiplier": (1.0, 1.5, 2.0),
+                      "dropout": Range(low=0.0, high=0.3)},
+            "train": {"lr": Range(low=0.001, high=0.01, log=True),
+                      "weight_decay": Range(low=1e-5, high=1e-3, log=True)},
+        }, description="baseline keys to vary, by section (model, train, augment): a list of "
         "choices or a range {low, high, log, step}")
     compression: CompressionSearchConfig = CompressionSearchConfig()
 
@@ -386,16 +393,20 @@ class DistillConfig(_Section):
     """Stage `distill`: a smaller student trained from the teacher's soft labels (and features)."""
 
     enabled: bool = Field(True, description="train a distilled student")
-    student: StudentConfig = StudentConfig(width=16, dropout=0.0)
+    # smaller than the teacher (baseline.model), and without dropout: a small student underfits
+    student: StudentConfig = Field(default_factory=lambda: StudentConfig(width=16, dropout=0.0))
     temperature: float = Field(2.0, gt=0, description="softens both distributions; higher shares more")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD loss; 1 - alpha on the labels")
     feature_pairs: tuple[tuple[str, str], ...] = Field(
         (), description="(teacher layer, student layer) names whose outputs are matched by MSE"
     )
     feature_weight: float = Field(1.0, ge=0, description="weight of the feature-matching loss")
-    epochs: int | None = Field(None, ge=1, description="student epochs (default: baseline.train.epochs)")
+    epochs: int | None = Field(
+        150, ge=1, description="student epochs (null: baseline.train.epochs); small students keep "
+        "improving long after the teacher stops")
     patience: int | None = Field(
-        None, ge=1, description="student early-stopping patience (default: baseline.train.patience)"
+        150, ge=1, description="student early-stopping patience (null: baseline.train.patience; "
+        "as many as epochs: train them all, keep the best)"
     )
     train_without_teacher: bool = Field(
         True, description="also train the student alone, to measure what distillation adds"

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shrinkflow.config import (
     ConfigError,
     MeasureConfig,
     Params,
+    Range,
     TrainConfig,
     flatten,
     load_params,
@@ -53,26 +54,56 @@ def test_repo_params_yaml_loads_into_frozen_params():
     assert params.baseline.train.epochs >= 1, "params.yaml should set a positive epoch count"
 
 
-def _knob(key: str) -> str:
-    """One knob per searched dimension: search.space is a mapping whose keys are data (the
-    baseline keys it searches), and a range {low, high, log, step} is one value."""
-    if key.startswith("search.space."):
-        return "search.space"
-    if key.startswith("search.compression.space."):
-        return ".".join(key.split(".")[:4])
-    return key
+def _field_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every field of `model` as a dotted key, sections walked into; a range {low, high, ...}
+    and a mapping whose keys are data (search.space, distill.extra_students) are one value."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not Range:
+            keys |= _field_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
 
 
-def test_repo_params_yaml_names_every_configurable_key():
-    # given the raw YAML of params.yaml and the full set of keys the models accept
-    raw_keys = {_knob(key) for key in _flat_yaml(yaml.safe_load(PARAMS.read_text()))}
-    model_keys = {_knob(key) for key in flatten(Params())} | {"search.space"}
-    # then every knob appears in params.yaml (so `dvc exp run -S key=...` can reach it) and
-    # params.yaml holds nothing the models do not know
-    assert raw_keys == model_keys, (
-        f"params.yaml should list exactly the configurable keys; "
-        f"missing {sorted(model_keys - raw_keys)}, extra {sorted(raw_keys - model_keys)}"
-    )
+def _written_keys(data: dict, prefix: str = "") -> set[str]:
+    """Every key written in a YAML mapping as a dotted key, mappings (even empty ones) included."""
+    keys: set[str] = set()
+    for key, value in data.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= _written_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_params_yaml_states_the_code_defaults():
+    # given the all-defaults model and params.yaml, what users and DVC run
+    code, shipped = flatten(Params()), flatten(load_params(PARAMS))
+    # then every key holds the same value in both (the type too: a range of ints searches
+    # integers), so the defaults are stated once, in the code, and params.yaml shows them
+    absent = "<absent>"
+    differing = [f"{key}: code default {code.get(key, absent)!r}, params.yaml "
+                 f"{shipped.get(key, absent)!r}"
+                 for key in sorted(code.keys() | shipped.keys())
+                 if repr(code.get(key, absent)) != repr(shipped.get(key, absent))]
+    assert not differing, ("shrinkflow/config.py's defaults should be params.yaml's values; "
+                           "they differ at:\n  " + "\n  ".join(differing))
+    assert Params() == load_params(PARAMS), "Params() should equal the loaded params.yaml"
+
+
+def test_params_yaml_documents_every_field():
+    # given every field of the models and every key written in params.yaml
+    fields = _field_keys(Params)
+    written = _written_keys(yaml.safe_load(PARAMS.read_text()))
+    # then each field appears in params.yaml (where its comment says what it does, and where
+    # `dvc exp run -S key=...` can reach it), and params.yaml holds nothing the models do not know
+    missing = sorted(fields - written)
+    unknown = sorted(key for key in written  # a section, a field, or a key inside a field's value
+                     if not any(key == f or key.startswith(f"{f}.") or f.startswith(f"{key}.")
+                                for f in fields))
+    assert not missing, f"params.yaml should state every field of shrinkflow/config.py; missing {missing}"
+    assert not unknown, f"params.yaml should hold only keys the models accept; unknown {unknown}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=[path.name for path in OVERLAYS])

@@ -298,7 +298,8 @@ def test_distill_epochs_come_from_the_distill_config_when_set(monkeypatch, teach
     seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits,
                                 DistillConfig(epochs=3))
     assert seen["cfg"].epochs == 3, "distill.epochs should replace the training epochs"
-    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits, DistillConfig())
+    seen = _captured_fit_arguments(monkeypatch, teacher, build_model(STUDENT_ARCH), digits,
+                                DistillConfig(epochs=None))
     assert seen["cfg"].epochs == FAST.epochs, "without distill.epochs the training config's epochs apply"
 
 

