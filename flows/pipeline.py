@@ -13,9 +13,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.triggers import current_trigger
 from shrinkflow.config import load_params
-from tasks import stage_tasks, stages, summary, tracking, versions
+from tasks import stage_tasks, stages, summary, tracking, triggers, versions
 from tasks.dag import STAGES
 from tasks.lock import project_lock
 
@@ -36,7 +35,7 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
         recorded = versions.recordable(params_file, overlays, overrides)
         if recorded:
             versions.check_remote(project)
-        started_by = current_trigger()  # schedule, commit, CI or manual: a tag of both runs
+        started_by = triggers.current_trigger()  # schedule, commit, CI or manual: a tag of both runs
         log.info("pipeline run started by %s", started_by.label)
         with tracking.pipeline_run(params, project, project / params_file, started_by) as parent:
             for stage in STAGES:
@@ -51,8 +50,7 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
                             "(use `dvc exp run -S key=value` to version an experiment)")
             links = {stage: tracking.run_link(project, summary["run_id"])
                      for stage, summary in summaries.items()}
-            # a cached stage's run is an earlier one: listed with this run's all the same
-            links["pipeline"] = tracking.run_link(
-                project, parent.run_id, also=[summary["run_id"] for summary in summaries.values()])
+            # a cached stage's run is an earlier one: `parent.record` made it part of this one
+            links["pipeline"] = tracking.run_link(project, parent.run_id)
             summary.publish_summary(project, summaries, links)
     return {"run_id": parent.run_id, "links": links, "stages": summaries}

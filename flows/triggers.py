@@ -1,6 +1,6 @@
 """Unattended runs: a cron schedule (a Prefect deployment declared in prefect.yaml) and a git hook
-that starts a run when a commit changes the pipeline's inputs; and the Prefect side of recording
-what started a run (`tasks.triggers` decides it).
+that starts a run when a commit changes the pipeline's inputs (`tasks.triggers` decides what
+started a run, and records it on the running flow).
 
     shrinkflow schedule --cron "0 3 * * *"            serve the deployment from this machine
     shrinkflow schedule --cron "0 3 * * *" --pool P   register it with a Prefect server's work
@@ -25,23 +25,6 @@ from tasks import triggers
 DEPLOYMENTS_FILE = "prefect.yaml"
 HOOK_MARK = "# installed by `shrinkflow hooks install`"
 RUN_LOGS = Path(".shrinkflow") / "runs"  # where a hook's background runs write their output
-
-
-# ---------------------------------------------------------------------------------------------
-# Inside a flow run: was it made by a schedule, and its Prefect tag
-# ---------------------------------------------------------------------------------------------
-def current_trigger() -> triggers.Trigger:
-    """The trigger of the running flow, tagged `trigger:<kind>` on its Prefect flow run."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    if flow_run.id is None:
-        return triggers.current()
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)
-        trigger = triggers.current(scheduled=run.auto_scheduled)
-        client.update_flow_run(run.id, tags=sorted({*run.tags, f"trigger:{trigger.kind}"}))
-    return trigger
 
 
 # ---------------------------------------------------------------------------------------------

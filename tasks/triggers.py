@@ -74,6 +74,24 @@ def current(environ: Mapping[str, str] = os.environ, scheduled: bool = False) ->
     return Trigger("manual")
 
 
+def current_trigger() -> Trigger:
+    """The trigger of the running flow (`current`, scheduled when its deployment's scheduler
+    made it), tagged `trigger:<kind>` on its Prefect flow run; outside a flow run, `current()`.
+
+    Here, below flows/, so that flows/pipeline.py need not import flows/triggers.py, which
+    imports the pipeline to serve it: the import goes one way."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None:
+        return current()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        trigger = current(scheduled=run.auto_scheduled)
+        client.update_flow_run(run.id, tags=sorted({*run.tags, f"trigger:{trigger.kind}"}))
+    return trigger
+
+
 # ---------------------------------------------------------------------------------------------
 # Did a commit change the pipeline's inputs?
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""The project's imports point one way: no module of flows/ imports a module that imports it back.
+
+An import circle works only while every module of it imports the others' names late enough
+(inside a function, or after its own definitions); one innocent top-level import then breaks
+the whole circle with a half-initialised module. Imports are read from the source with `ast`,
+those inside functions included, so a late import cannot hide one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("flows", "tasks", "shrinkflow")  # the project's own code; the rest is third-party
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for package in PACKAGES
+            for path in sorted((REPO / package).rglob("*.py"))}
+
+
+def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports anywhere in its source (functions included):
+    `from a import b` counts as `a.b` when that is a module, else as `a`."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1 packages
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                         for alias in node.names)
+    return {module for module in found if module in modules and module != name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imported(name, path, modules) for name, path in modules.items()}
+
+
+def _path_back(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    """A chain of imports from `start` that leads back to it, or None."""
+    trail: dict[str, str] = {}
+    queue = [start]
+    while queue:
+        current = queue.pop(0)
+        for following in sorted(graph[current]):
+            if following == start:
+                chain = [current]
+                while chain[-1] != start:
+                    chain.append(trail[chain[-1]])
+                return [start, *reversed(chain[:-1]), start]
+            if following not in trail:
+                trail[following] = current
+                queue.append(following)
+    return None
+
+
+def test_import_graph_reads_imports_inside_functions():
+    # given flows/cli.py, which imports the pipeline only inside the `run` command
+    graph = _import_graph()
+    # then that late import is an edge of the graph all the same
+    assert "flows.pipeline" in graph["flows.cli"], "imports inside functions should be read"
+
+
+def test_path_back_finds_a_circle_through_several_modules():
+    # given a -> b -> c -> a, and d outside it
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    # then the circle is found from each of its modules, and none from d
+    assert _path_back(graph, "a") == ["a", "b", "c", "a"]
+    assert _path_back(graph, "c") == ["c", "a", "b", "c"]
+    assert _path_back(graph, "d") is None
+
+
+@pytest.mark.parametrize("module", sorted(name for name in _modules()
+                                          if name.split(".")[0] == "flows"))
+def test_no_flows_module_imports_a_module_that_imports_it_back(module: str):
+    # given the project's import graph, late imports included
+    circle = _path_back(_import_graph(), module)
+    # then no chain of imports leads from this module back to it
+    assert circle is None, (f"{module} is part of an import circle: {' -> '.join(circle)}; "
+                            "move what both sides need one layer down (tasks/) so the "
+                            "imports point one way")
