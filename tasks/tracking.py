@@ -4,6 +4,10 @@ One parent run per pipeline run and one nested run per stage. Run ids are passed
 (MLflow's active run is thread-local and Prefect runs tasks in worker threads). The store is
 `sqlite:///mlflow.db` in the project root unless MLFLOW_TRACKING_URI selects another (a server with
 a SQL backend and S3 artifacts needs no code change).
+
+Every run of a pipeline run (the parent, its stage runs, their candidates and trials) carries the
+parent's id in the tag `shrinkflow.pipeline_run`, and every stage run and its nested runs the
+stage run's id in `shrinkflow.stage_run`: the link a person opens is one short filter on a tag.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,12 @@ PIPELINE_TAG = "shrinkflow.kind"
 PROJECT_TAG = "shrinkflow.project"
 # the md5 of the model file a run made: how compare finds the run to log a file's timings on
 MODEL_FILE_TAG = "shrinkflow.model_md5"
+# the pipeline runs a run is part of, space-separated: the one that made it, then the cached
+# pipeline runs that reused it (a stage run outside a pipeline: itself)
+PIPELINE_RUN_TAG = "shrinkflow.pipeline_run"
+# the stage run a run belongs to: a stage run's own id, its candidates' and trials' stage run
+STAGE_RUN_TAG = "shrinkflow.stage_run"
+MAX_TAG_VALUE = 8000  # MLflow's limit on a tag's value (mlflow.utils.validation)
 
 
 def tracking_uri(root: Path) -> str:
@@ -93,6 +103,7 @@ def start_pipeline_run(params: Params, root: Path, params_file: Path | None = No
     name = f"pipeline ({started_by.label})" if started_by else "pipeline"
     run = client(root).create_run(experiment_id(root, params.project.experiment),
                                    run_name=name, tags=tags)
+    client(root).set_tag(run.info.run_id, PIPELINE_RUN_TAG, run.info.run_id)
     _log_params(run.info.run_id, root, flatten(params))
     if params_file is not None and params_file.is_file():
         client(root).log_artifact(run.info.run_id, str(params_file))
@@ -136,44 +147,45 @@ def log_artifact_to(root: Path, run_id: str, path: Path, artifact_path: str | No
         store.log_artifact(run_id, str(path), artifact_path)
 
 
-def run_link(root: Path, run_id: str, also: Sequence[str] = ()) -> str:
+def run_link(root: Path, run_id: str) -> str:
     """Where a person opens the run: the server's page, or the local UI started by `make ui`.
 
-    A run with nested runs (a pipeline run, a stage with candidates or trials) opens the
-    experiment's runs table filtered to it and everything nested under it, as one flat list by
-    name, where candidates are selected and compared; a run without nested runs opens its own
-    page. (MLflow 3.17 opens an experiment's own link on a GenAI overview of traces and tokens.)
-    `also`: runs listed with theirs though not nested in it, e.g. the stage runs a cached
-    pipeline run reuses."""
+    A pipeline run opens the experiment's runs table filtered on its tag, which its stage runs
+    and everything nested in them carry (and the runs of earlier pipeline runs that a cached
+    run reused: `PipelineRun.record` tags them); a stage run with candidates or trials opens the
+    table filtered on its own tag; both as one flat list by name, where candidates are selected
+    and compared. A run without nested runs opens its own page. (MLflow 3.17 opens an
+    experiment's own link on a GenAI overview of traces and tokens.)"""
     store = client(root)
     run = store.get_run(run_id)
     uri = tracking_uri(root)
     base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
     experiment = run.info.experiment_id
-    listed = [run_id, *_nested_run_ids(store, run)]
-    for other in also:
-        if other not in listed:
-            listed += [other, *_nested_run_ids(store, store.get_run(other))]
-    if len(listed) == 1:
+    if run.data.tags.get(PIPELINE_TAG) == "pipeline":
+        # a LIKE, not `=`: a reused run lists several pipeline runs, and MLflow searches a tag
+        # neither against a list (IN) nor with OR; ids are 32 hex digits, so one never matches
+        # across the space between two others
+        search = f"tags.`{PIPELINE_RUN_TAG}` LIKE '%{run_id}%'"
+    elif store.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'", max_results=1):
+        search = f"tags.`{STAGE_RUN_TAG}` = '{run_id}'"
+    else:
         return f"{base}/#/experiments/{experiment}/runs/{run_id}"
-    ids = ", ".join(f"'{each}'" for each in listed)
     query = urlencode({
         "workflowType": "machine_learning",  # the training runs table, not the GenAI tabs
-        "searchFilter": f"attributes.run_id IN ({ids})",  # tags cannot be searched against a list
+        "searchFilter": search,
         # any order but the default (by start time) lists nested runs as rows of their own,
         # instead of folding them under their parent's collapsed row
         "orderByKey": "tags.`mlflow.runName`", "orderByAsc": "true"}, quote_via=quote)
     return f"{base}/#/experiments/{experiment}/runs?{query}"
 
 
-def _nested_run_ids(store, run) -> list[str]:
-    """The ids of the runs nested under `run` at any depth, parents before children. One search
-    (MLflow cannot search a parent against a list): they all started in its experiment while it
-    ran."""
+def _nested_runs(store, run) -> list:
+    """The runs nested under `run` at any depth, parents before children. One search (MLflow
+    cannot search a parent against a list): they all started in its experiment while it ran."""
     during = f"attributes.start_time >= {run.info.start_time}"
     if run.info.end_time:
         during += f" and attributes.start_time <= {run.info.end_time}"
-    children: dict[str, list[str]] = {}
+    children: dict[str, list] = {}
     token = None
     while True:
         page = store.search_runs([run.info.experiment_id], filter_string=during,
@@ -181,15 +193,52 @@ def _nested_run_ids(store, run) -> list[str]:
         for later in page:
             parent = later.data.tags.get("mlflow.parentRunId")
             if parent:
-                children.setdefault(parent, []).append(later.info.run_id)
+                children.setdefault(parent, []).append(later)
         token = page.token
         if not token:
             break
-    nested, level = [], [run.info.run_id]
+    nested, level = [], [run]
     while level:
-        level = [child for parent in level for child in children.get(parent, [])]
+        level = [child for parent in level for child in children.get(parent.info.run_id, [])]
         nested += level
     return nested
+
+
+def _with_pipeline_run(listed: str, run_id: str) -> str:
+    """`listed` (a PIPELINE_RUN_TAG value) with `run_id` added. Past MLflow's limit on a tag's
+    value (some 240 reuses of one run) the oldest reusers give way: the maker stays first."""
+    ids = listed.split()
+    if run_id in ids:
+        return listed
+    ids.append(run_id)
+    while len(" ".join(ids)) > MAX_TAG_VALUE and len(ids) > 2:
+        del ids[1]
+    return " ".join(ids)
+
+
+def adopt_stage_run(root: Path, pipeline_run_id: str, stage_run_id: str) -> None:
+    """Make a stage run of an earlier pipeline run, and the runs nested in it, part of pipeline
+    run `pipeline_run_id` too (a cached stage reused it), so that run's link lists them; a run
+    the store no longer has (deleted, or made on another store) is skipped with a warning."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    store = client(root)
+    try:
+        stage = store.get_run(stage_run_id)
+        if pipeline_run_id in stage.data.tags.get(PIPELINE_RUN_TAG, "").split():
+            return
+        for run in [stage, *_nested_runs(store, stage)]:
+            tags = {PIPELINE_RUN_TAG: _with_pipeline_run(
+                run.data.tags.get(PIPELINE_RUN_TAG, ""), pipeline_run_id)}
+            if STAGE_RUN_TAG not in run.data.tags:  # a run made before stage runs were tagged
+                tags[STAGE_RUN_TAG] = stage_run_id
+            store.log_batch(run.info.run_id,
+                            tags=[RunTag(key, value) for key, value in tags.items()])
+    except MlflowException as error:
+        logging.getLogger("shrinkflow.tracking").warning(
+            "stage run %s not tagged as part of pipeline run %s: %s", stage_run_id,
+            pipeline_run_id, error.message)
 
 
 class PipelineRun:
@@ -201,7 +250,9 @@ class PipelineRun:
         self.tags: dict[str, str] = {}
 
     def record(self, summary: dict[str, Any]) -> None:
-        """Copy a stage's metrics (prefixed by stage) and its run id onto the parent run."""
+        """Copy a stage's metrics (prefixed by stage) and its run id onto the parent run; a stage
+        run an earlier pipeline run made (the stage came from the cache) joins this one."""
+        adopt_stage_run(self.root, self.run_id, summary["run_id"])
         stage = summary["stage"]
         self.metrics.update({f"{stage}.{key}": value for key, value in summary["metrics"].items()})
         self.tags[f"{stage}.run_id"] = summary["run_id"]
@@ -227,13 +278,18 @@ def pipeline_run(params: Params, root: Path, params_file: Path | None = None,
 @contextmanager
 def stage_run(stage: str, params: Params, root: Path, parent_run_id: str | None = None,
               section: Any = None) -> Iterator[Any]:
-    """A run for one stage, nested under `parent_run_id` when given; logs the stage's section."""
+    """A run for one stage, nested under `parent_run_id` (the pipeline run) when given; logs the
+    stage's section. Outside a pipeline run, the stage run is its own pipeline run (its tag)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(root))
+    tags = {**_base_tags(root, "stage"), **({PIPELINE_RUN_TAG: parent_run_id} if parent_run_id else {})}
     with mlflow.start_run(experiment_id=experiment_id(root, params.project.experiment),
                           run_name=stage, nested=True, parent_run_id=parent_run_id,
-                          tags=_base_tags(root, "stage")) as run:
+                          tags=tags) as run:
+        # its own id is known once it exists; candidate_run inherits what start_run was given
+        mlflow.set_tags({STAGE_RUN_TAG: run.info.run_id,
+                         **({} if parent_run_id else {PIPELINE_RUN_TAG: run.info.run_id})})
         if section is not None:
             log_section(stage, section)
         yield run
@@ -260,12 +316,16 @@ def log_epoch(epoch: Any) -> None:
 def candidate_run(name: str, tags: dict[str, Any] | None = None,
                   made_by: dict[str, Any] | None = None) -> Iterator[Any]:
     """A run for one candidate, nested under the active stage run (same thread), in the same
-    experiment and checkout as that run. `made_by` (method, ratio, precision, temperature, ...;
-    None values left out) becomes its params: what MLflow's compare view plots against."""
+    experiment, checkout, pipeline run and stage run as that run. `made_by` (method, ratio,
+    precision, temperature, ...; None values left out) becomes its params: what MLflow's compare
+    view plots against."""
     import mlflow
 
     stage = mlflow.active_run()
-    inherited = {PIPELINE_TAG: "candidate", PROJECT_TAG: stage.data.tags.get(PROJECT_TAG, "")}
+    known = stage.data.tags  # as it was started: a stage run's own id, set later, may be missing
+    inherited = {PIPELINE_TAG: "candidate", PROJECT_TAG: known.get(PROJECT_TAG, ""),
+                 PIPELINE_RUN_TAG: known.get(PIPELINE_RUN_TAG) or stage.info.run_id,
+                 STAGE_RUN_TAG: known.get(STAGE_RUN_TAG) or stage.info.run_id}
     # a tracking server takes strings only (a SQLite store converts on its own)
     tagged = {key: str(value) for key, value in {**inherited, **(tags or {})}.items()}
     with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
