@@ -445,11 +445,21 @@ class EnsembleConfig(_Section):
     enabled: bool = Field(True, description="build ensemble candidates")
     methods: tuple[Literal["average", "weighted", "vote"], ...] = Field(
         ("average", "weighted", "vote"), description="average: mean of the members' probabilities; "
-        "weighted: weights fitted on validation (log-loss); vote: majority of the members' labels",
+        "weighted: weights from validation (greedy: the times each member was added; top_k or "
+        "`members`: fitted by log-loss); vote: majority of the members' labels",
     )
     members: tuple[str, ...] = Field(
-        (), description="candidate names to combine; empty: the top_k by validation accuracy")
-    top_k: int = Field(3, ge=2, le=16, description="members picked when `members` is empty")
+        (), description="candidate names to combine; empty: picked as `selection` says")
+    selection: Literal["greedy", "top_k"] = Field(
+        "greedy", description="how members are picked when `members` is empty. greedy: forward "
+        "selection with replacement on validation log-loss (Caruana et al. 2004), each round "
+        "adding the candidate that most lowers the log-loss of the averaged probabilities; "
+        "top_k: the top_k by validation accuracy. Both take one per lineage, within "
+        "max_size_fraction")
+    greedy_rounds: int = Field(
+        20, ge=2, le=1000, description="greedy: at most this many additions (a member added 3 "
+        "times of 20 weighs 0.15); it stops sooner when no addition lowers the log-loss")
+    top_k: int = Field(3, ge=2, le=16, description="top_k: members picked by validation accuracy")
     max_size_fraction: float = Field(
         0.5, gt=0, description="the members' files together at most this share of the baseline's "
         "ONNX file (the size budget of the automatic pick)")

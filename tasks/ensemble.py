@@ -3,17 +3,23 @@
 Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized}/,
 data/processed/ and params.yaml `ensemble`.
 
-Members: the names in `ensemble.members`, or the `top_k` candidates by validation accuracy, at
-most one per lineage (a model and its quantized variants make the same mistakes) and all together
-within `max_size_fraction` of the baseline's ONNX file (`shrinkflow.ensemble.pick_members`).
-Each method in `ensemble.methods` gives one candidate, `ensemble-<method>`: the members' graphs
-and the combining head in one ONNX file (`shrinkflow.ensemble.compose`). The weights of `weighted`
-are fitted on the validation split (log-loss; as many free numbers as members less one), which
-also judges the ensembles: the test split is only reported.
+Members: the names in `ensemble.members` when it is not empty; else, by `ensemble.selection`,
+greedy forward selection with replacement on validation log-loss (`greedy`, the default:
+`shrinkflow.ensemble.select_greedy`, at most `greedy_rounds` additions) or the `top_k` candidates
+by validation accuracy (`top_k`: `shrinkflow.ensemble.pick_members`); both take at most one per
+lineage (a model and its quantized variants make the same mistakes), all together within
+`max_size_fraction` of the baseline's ONNX file. Each method in `ensemble.methods` gives one
+candidate, `ensemble-<method>`: the members' graphs and the combining head in one ONNX file
+(`shrinkflow.ensemble.compose`). `average` and `vote` treat the distinct members alike. The
+weights of `weighted` come from the validation split: greedy's are the times each member was
+added over the additions (the ensemble greedy scored); for `top_k` or named members they are
+fitted by log-loss (as many free numbers as members less one). The validation split also judges
+the ensembles: the test split is only reported.
 
 Writes models/ensemble/ensemble-<method>.onnx with candidates.json (empty when no ensemble can be
-made), reports/ensemble/candidates.json (members, weights, each ensemble's accuracies and size, or
-why there is none), metrics/ensemble.json (how many ensembles, the best one's accuracies on
+made), reports/ensemble/candidates.json (`selection`: members | greedy | top_k, `members`,
+`weights`, each ensemble's accuracies and size, and the `reason`: how they were chosen or why
+there is none), metrics/ensemble.json (how many ensembles, the best one's accuracies on
 validation and test) and reports/ensemble/metrics.json (how many ensembles, of how many members).
 """
 
@@ -27,7 +33,7 @@ import numpy as np
 import onnx
 
 from shrinkflow import ensemble, measure
-from shrinkflow.config import Params
+from shrinkflow.config import EnsembleConfig, Params
 from shrinkflow.export import onnx_predictor
 from tasks import io, tracking
 from tasks.candidates import (
@@ -71,27 +77,39 @@ def _budget(catalog: Catalog, rows: list[dict[str, Any]], fraction: float) -> in
     return int(fraction * next(row["size_bytes"] for row in rows if row["candidate"] == baseline.name))
 
 
+def _choose(cfg: EnsembleConfig, rows: list[dict[str, Any]], probabilities: dict[str, np.ndarray],
+            val_y: np.ndarray, max_total_bytes: int) -> tuple[ensemble.Pick, np.ndarray]:
+    """The members (`ensemble.members`, else as `ensemble.selection` says) and the weights of
+    `weighted`: greedy's counts, or fitted on validation for named or top_k members."""
+    if cfg.selection == "greedy" and not cfg.members:
+        chosen = ensemble.select_greedy(rows, probabilities, val_y, max_total_bytes,
+                                        cfg.greedy_rounds)
+        return chosen, np.asarray(chosen.weights)
+    pick = ensemble.pick_members(rows, cfg.top_k, max_total_bytes, cfg.members)
+    if not pick.names:
+        return pick, np.zeros(0)
+    return pick, ensemble.fit_weights([probabilities[name] for name in pick.names], val_y)
+
+
 def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Build one ensemble candidate per configured method; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.ensemble
     with tracking.stage_run("ensemble", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
-        report: dict[str, Any] = {"members": [], "weights": {}, "candidates": {}}
+        report: dict[str, Any] = {"selection": "members" if cfg.members else cfg.selection,
+                                  "members": [], "weights": {}, "candidates": {}}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             candidates: list[Candidate] = []
             if not cfg.enabled:
                 report["reason"] = "ensemble.enabled is false"
             else:
                 rows, probabilities, by_name = _member_rows(catalog, splits.val.x, splits.val.y)
-                pick = ensemble.pick_members(rows, cfg.top_k,
-                                             _budget(catalog, rows, cfg.max_size_fraction),
-                                             cfg.members)
+                pick, weights = _choose(cfg, rows, probabilities, splits.val.y,
+                                        _budget(catalog, rows, cfg.max_size_fraction))
                 report |= {"members": pick.names, "reason": pick.reason}
                 log.info("ensemble members: %s (%s)", ", ".join(pick.names) or "none", pick.reason)
                 if pick.names:
                     members = [onnx.load(str(catalog.path(by_name[name].onnx))) for name in pick.names]
-                    weights = ensemble.fit_weights([probabilities[n] for n in pick.names],
-                                                   splits.val.y)
                     report["weights"] = dict(zip(pick.names, weights.tolist(), strict=True))
                     for method in cfg.methods:
                         candidates.append(_build(method, members, weights, pick.names, staging,
@@ -105,7 +123,7 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
                 for key, value in row.items()}
         tracking.log_metrics(flat)
         tracking.set_tags({"members": ", ".join(report["members"]) or "none",
-                           "reason": report["reason"]})
+                           "reason": report["reason"], "selection": report["selection"]})
         return {"stage": "ensemble", "run_id": run.info.run_id, "dataset": spec.name,
                 "metrics": flat, "members": report["members"],
                 "weights": report["weights"]}

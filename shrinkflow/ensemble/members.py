@@ -7,6 +7,9 @@ shipped and all run for every prediction, so their total size is bounded too.
 
 The choice reads validation accuracy only (as `shrinkflow.gate` does): the ensemble's test
 accuracy, reported later, is not a figure it was picked on.
+
+This is `ensemble.selection: top_k` (and the names of `ensemble.members`); the default, greedy
+selection on validation log-loss under the same constraints, is `shrinkflow.ensemble.selection`.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ import numpy as np
 import scipy.special
 from scipy.optimize import minimize
 
-# probabilities are floored here before the log: a member sure of a wrong class (p = 0) would
-# otherwise make the loss infinite and its gradient undefined
-_FLOOR = 1e-12
+# probabilities are floored here (and in greedy selection) before the log: a member sure of a
+# wrong class (p = 0) would otherwise make the loss infinite and its gradient undefined
+LOSS_FLOOR = 1e-12
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def log_loss(probabilities: np.ndarray, y: np.ndarray) -> float:
     """Mean negative log-probability of the true classes `y` [N] under `probabilities` [N, K]."""
     true_class = probabilities[np.arange(len(y)), y]
-    return float(-np.mean(np.log(np.maximum(true_class, _FLOOR))))
+    return float(-np.mean(np.log(np.maximum(true_class, LOSS_FLOOR))))
 
 
 def _true_class_matrix(probabilities: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def _true_class_matrix(probabilities: Sequence[np.ndarray], y: np.ndarray) -> np
 
 def _loss_and_gradient(theta: np.ndarray, true_class: np.ndarray) -> tuple[float, np.ndarray]:
     weights = scipy.special.softmax(theta)
-    mixed = np.maximum(true_class @ weights, _FLOOR)
+    mixed = np.maximum(true_class @ weights, LOSS_FLOOR)
     loss = -np.mean(np.log(mixed))
     grad_weights = -(true_class / mixed[:, None]).mean(axis=0)
     # chain rule through the softmax: d w_j / d theta_i = w_j (delta_ij - w_i)

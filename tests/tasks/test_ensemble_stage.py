@@ -55,7 +55,8 @@ def test_one_candidate_per_method_from_members_of_different_lineages(with_studen
     summary = run_ensemble(_params(project), project)
     report = io.read_candidates(Catalog.at(project), "ensemble")
     # the baseline is over the size budget; small-a and its int8 variant count as one lineage
-    assert len(report["members"]) == 2 and "small-b" in report["members"]
+    assert report["selection"] == "greedy" and "validation log-loss" in report["reason"]
+    assert len(report["members"]) == 2 and "small-b" in report["members"], report["reason"]
     assert len({name.removesuffix("-int8_dynamic") for name in report["members"]}) == 2
     assert sum(report["weights"].values()) == pytest.approx(1.0)
     made = read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble")
@@ -77,6 +78,19 @@ def test_one_candidate_per_method_from_members_of_different_lineages(with_studen
     rows = io.read_candidates(Catalog.at(project), "compare")["candidates"]
     assert {"ensemble-average", "ensemble-weighted", "ensemble-vote"} <= set(rows)
     assert all(np.isfinite(rows[name]["latency_ms_p50_b1"]) for name in sizes)
+
+
+def test_selection_top_k_picks_by_validation_accuracy_and_fits_the_weights(with_students, tmp_path):
+    # given: the same candidates, and `selection: top_k` instead of the greedy default
+    project = copy_trained(with_students, tmp_path / "project")
+    run_ensemble(_params(project, "ensemble.selection=top_k", "ensemble.methods=[weighted]"), project)
+    report = io.read_candidates(Catalog.at(project), "ensemble")
+    # then the members are the most accurate on validation, one per lineage, within the budget
+    assert report["selection"] == "top_k" and "top_k=3 by validation accuracy" in report["reason"]
+    assert len(report["members"]) == 2 and "small-b" in report["members"], report["reason"]
+    assert sum(report["weights"].values()) == pytest.approx(1.0)
+    made = read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble")
+    assert [c.name for c in made] == ["ensemble-weighted"]
 
 
 def test_named_members_must_be_candidates(with_students):
