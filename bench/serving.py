@@ -125,12 +125,15 @@ async def _load(url: str, rows: np.ndarray, concurrency: int, seconds: float) ->
                     # awaited first: `errors += await ...` would read errors before the wait and
                     # write back over the other clients' counts
                     status = await asyncio.wait_for(_status(reader), RESPONSE_TIMEOUT_S)
-                    errors += status != 200
                 except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError):
                     errors += 1  # a dropped or stalled connection counts; the client reconnects
                     writer.close()
                     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-                latencies.append(time.perf_counter() - started)
+                else:
+                    if status == 200:  # only answered requests count as served
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        errors += 1
                 index += concurrency
         finally:
             writer.close()
@@ -138,7 +141,7 @@ async def _load(url: str, rows: np.ndarray, concurrency: int, seconds: float) ->
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
-    milliseconds = 1000 * np.asarray(latencies)
+    milliseconds = 1000 * np.asarray(latencies or [np.nan])  # nothing answered: no latency
     return {"rps": len(latencies) / elapsed, "p50_ms": float(np.percentile(milliseconds, 50)),
             "p99_ms": float(np.percentile(milliseconds, 99)), "requests": len(latencies),
             "errors": errors}

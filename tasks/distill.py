@@ -9,7 +9,10 @@ one candidates.json, reports/distill/candidates.json (each one's accuracy and si
 metrics/distill.json (how many candidates, the best one's accuracies on validation and test) and
 reports/distill/metrics.json, whose `<name>.kd_gain_pp` is what distillation adds over training the
 same student without a teacher. With `distill.seeds` > 1 the distilled student
-is trained again from each further seed, as <name>-kd-seed<k>/: ensemble members.
+is trained again from each further seed, as <name>-kd-seed<k>/: ensemble members. With unlabeled
+inputs, <name>-kd-labeled/ is the student distilled on the labeled rows alone, so that gain splits
+into `<name>.soft_label_gain_pp` (the teacher's answers on the same rows the student alone had) and
+`<name>.pool_gain_pp` (what the unlabeled inputs add on top).
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ class Variant(NamedTuple):
     candidate: str
     student: str
     model: ModelConfig
-    method: str  # "kd" | "scratch"
+    method: str  # "kd" | "kd-labeled" (the teacher's answers on the labeled rows only) | "scratch"
     seed_offset: int  # added to baseline.train.seed
 
 
-def _variants(cfg: DistillConfig) -> list[Variant]:
+def _variants(cfg: DistillConfig, pool: bool = False) -> list[Variant]:
     """Every model to train: per student, its `seeds` (or distill.seeds) distilled ones, then the
-    one trained alone."""
+    one trained alone. With an unlabeled `pool`, the student is also distilled on the labeled rows
+    alone: the same data as the one trained alone, so the two gains can be told apart."""
     if not cfg.enabled:
         return []
     variants = []
@@ -57,21 +61,33 @@ def _variants(cfg: DistillConfig) -> list[Variant]:
         variants += [Variant(f"{name}-kd" + (f"-seed{k}" if k else ""), name, model, "kd", k)
                      for k in range(model.seeds or cfg.seeds)]
         if cfg.train_without_teacher:
+            if pool:
+                variants.append(Variant(f"{name}-kd-labeled", name, model, "kd-labeled", 0))
             variants.append(Variant(f"{name}-scratch", name, model, "scratch", 0))
     return variants
 
 
+def _gain(better: dict[str, float], worse: dict[str, float], split: str) -> float:
+    return 100 * (better[f"{split}accuracy"] - worse[f"{split}accuracy"])
+
+
 def _kd_gains(cfg: DistillConfig, measured: dict[str, dict[str, float]]) -> dict[str, float]:
     """'<student>.kd_gain_pp': test accuracy with the teacher minus without, in percentage points
-    (reported); '<student>.val_kd_gain_pp' the same on validation."""
+    (reported); '<student>.val_kd_gain_pp' the same on validation. With an unlabeled pool, that
+    gain splits in two: '<student>.soft_label_gain_pp', the teacher's answers on the labeled rows
+    alone over the student alone, and '<student>.pool_gain_pp', what the pool adds on top (both
+    test, with `val_` twins)."""
     gains = {}
     for name in cfg.students():
         kd, scratch = measured.get(f"{name}-kd"), measured.get(f"{name}-scratch")
         if kd is None or scratch is None:
             continue
+        labeled = measured.get(f"{name}-kd-labeled")
         for split in ("val_", ""):
-            gains[f"{name}.{split}kd_gain_pp"] = 100 * (kd[f"{split}accuracy"]
-                                                        - scratch[f"{split}accuracy"])
+            gains[f"{name}.{split}kd_gain_pp"] = _gain(kd, scratch, split)
+            if labeled is not None:
+                gains[f"{name}.{split}soft_label_gain_pp"] = _gain(labeled, scratch, split)
+                gains[f"{name}.{split}pool_gain_pp"] = _gain(kd, labeled, split)
         log.info("distillation adds %.2f pp to %s over the same student alone (test; "
                  "%.2f pp on validation)", gains[f"{name}.kd_gain_pp"], name,
                  gains[f"{name}.val_kd_gain_pp"])
@@ -89,7 +105,8 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
 
         candidates, measured = [], {}
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
-            for name, student_name, model_cfg, method, offset in _variants(cfg):
+            for name, student_name, model_cfg, method, offset in _variants(
+                    cfg, unlabeled_x is not None):
                 # a student starts from the same weights with and without the teacher (offset 0)
                 seed = params.baseline.train.seed + offset
                 train.seed_everything(seed)
@@ -97,7 +114,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
                 log.info("training %s %s %s (seed %d)", name, arch.family, arch.widths, seed)
-                kd = method == "kd"
+                kd = method != "scratch"
                 with tracking.candidate_run(name, {"method": method, "student": student_name,
                                                    "seed": seed},
                                             {"method": method, "precision": "fp32",
@@ -108,11 +125,11 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                                                  student.parameters()),
                                              "temperature": cfg.temperature if kd else None,
                                              "alpha": cfg.alpha if kd else None, "seed": seed}):
-                    if method == "kd":
+                    if kd:
                         distill(teacher, student, splits.train, splits.val, cfg,
                                 params.baseline.train.model_copy(update={"seed": seed}), augment,
                                 on_epoch_end=tracking.log_epoch, progress=True,
-                                unlabeled_x=unlabeled_x)
+                                unlabeled_x=unlabeled_x if method == "kd" else None)
                     else:
                         train.fit(student, splits.train, splits.val, train_cfg, augment,
                                   on_epoch_end=tracking.log_epoch, description=name)

@@ -75,14 +75,23 @@ def test_distill__extra_students_and_the_unlabeled_pool(pooled):
         *TINY, "distill.extra_students={mlp: {family: mlp, depth: 1, width: 32}}"])
     # when
     run_distill(params, pooled)
-    # then every student is trained with and without the teacher, each gain recorded
+    # then every student is trained with and without the teacher, and with the teacher on the
+    # labeled rows alone; each gain recorded, split into the soft labels' and the pool's share
     folder = Catalog.at(pooled).stage_models("distilled")
     assert [c.name for c in read_manifest(folder, "distill")] == [
-        "student-kd", "student-scratch", "mlp-kd", "mlp-scratch"]
+        "student-kd", "student-kd-labeled", "student-scratch", "mlp-kd", "mlp-kd-labeled",
+        "mlp-scratch"]
     arch, _ = load_torch(folder / "mlp-kd", "distill")
     assert arch.family == "mlp" and arch.widths == (32,)
     metrics = io.read_metrics(Catalog.at(pooled), "distill")
-    assert {"student.kd_gain_pp", "mlp.kd_gain_pp"} <= metrics.keys()
+    rows = io.read_candidates(Catalog.at(pooled), "distill")["candidates"]
+    for student in ("student", "mlp"):
+        for split in ("val_", ""):
+            soft = metrics[f"{student}.{split}soft_label_gain_pp"]
+            assert soft == pytest.approx(100 * (rows[f"{student}-kd-labeled"][f"{split}accuracy"]
+                                                - rows[f"{student}-scratch"][f"{split}accuracy"]))
+            assert soft + metrics[f"{student}.{split}pool_gain_pp"] == pytest.approx(
+                metrics[f"{student}.{split}kd_gain_pp"]), "the two shares add up to the gain"
     assert metrics["unlabeled_rows"] == UNLABELED_ROWS, \
         "the distilled students learn from every unlabeled row prepare kept"
 

@@ -1,0 +1,165 @@
+"""The benchmark's checks: each one passes on figures that meet its target and fails on a case that
+must fail; a section that raises leaves the others' figures and fails the bench."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bench import checks
+from bench.report import markdown
+
+
+def _row(candidate: str, task: str = "mnist1d", **figures) -> dict:
+    return {"task": task, "candidate": candidate, "file": f"models/{candidate}/model.onnx",
+            "kind": "quantized", "deployed": False, "val_accuracy": 0.95, "accuracy": 0.95,
+            "size_bytes": 1000, "latency_ms_p50_b1": 0.1, **figures}
+
+
+def _teacher(**figures) -> dict:
+    return _row("baseline-fp32-onnx", file="models/baseline/model.onnx", kind="baseline",
+                val_accuracy=0.96, size_bytes=10_000, latency_ms_p50_b1=0.2, **figures)
+
+
+class TestHypervolume:
+    def test_one_point_dominates_its_box(self):
+        assert checks.hypervolume([(0.5, 0.5, 0.5)]) == pytest.approx(0.125)
+
+    def test_matches_a_brute_force_count_on_a_grid(self):
+        points = np.random.default_rng(0).uniform(0, 1, (7, 3))
+        grid = (np.arange(60) + 0.5) / 60
+        cells = np.array(list(itertools.product(grid, grid, grid)))
+        dominated = (cells[:, None, :] >= points[None, :, :]).all(axis=2).any(axis=1)
+        assert checks.hypervolume(points.tolist()) == pytest.approx(dominated.mean(), abs=0.01)
+
+    def test_points_beyond_the_reference_add_nothing(self):
+        assert checks.hypervolume([(1.2, 0.1, 0.1), (0.5, 0.5, 1.0)]) == 0.0
+
+
+class TestRecipeCheck:
+    def test_a_recipe_that_beats_the_hand_set_candidates_adds_hypervolume(self):
+        rows = [_teacher(), _row("pruned"), _row("recipe-3", kind="searched", size_bytes=500)]
+        check = checks.recipe_check(rows)
+        assert check["met"], check
+        assert check["hypervolume_with_recipes"] > check["hypervolume_without_recipes"] > 0
+
+    def test_recipes_dominated_by_the_hand_set_candidates_fail(self):
+        # the recipe is on no front of its own: worse on every objective than `pruned`
+        rows = [_teacher(), _row("pruned"),
+                _row("recipe-3", kind="searched", val_accuracy=0.94, size_bytes=2000,
+                     latency_ms_p50_b1=0.15)]
+        check = checks.recipe_check(rows)
+        assert not check["met"]
+        assert check["hypervolume_with_recipes"] == pytest.approx(check["hypervolume_without_recipes"])
+
+    def test_no_recipe_candidates_fail(self):
+        assert not checks.recipe_check([_teacher(), _row("pruned")])["met"]
+
+
+class TestDistillationCheck:
+    GAINS = {"wide.val_kd_gain_pp": 0.5, "wide.kd_gain_pp": 3.0,
+             "narrow.val_kd_gain_pp": 2.5, "narrow.kd_gain_pp": 1.0}
+
+    def test_the_student_is_picked_on_validation_not_on_test(self):
+        # wide gains most on test, narrow on validation: narrow is judged, and misses
+        check = checks.distillation_check("mnist1d", self.GAINS)
+        assert check["value"].startswith("narrow: +1.00 pp") and not check["met"]
+
+    def test_a_student_picked_on_validation_that_gains_on_test_passes(self):
+        gains = {**self.GAINS, "narrow.kd_gain_pp": 2.4, "narrow.soft_label_gain_pp": 1.5,
+                 "narrow.pool_gain_pp": 0.9}
+        check = checks.distillation_check("mnist1d", gains)
+        assert check["met"]
+        assert "soft labels on the labeled rows +1.50 pp, the unlabeled pool +0.90 pp" in check["value"]
+
+    def test_no_student_trained_both_ways_fails(self):
+        assert not checks.distillation_check("mnist1d", {"unlabeled_rows": 10})["met"]
+
+
+def _serving(**changes) -> dict:
+    measured = {"concurrency": 8, "rps_ratio": 3.0, "rps_ratio_range": [2.5, 3.5],
+                "shrinkflow_p99_ms": 2.0, "mlflow_p99_ms": 9.0, "shrinkflow_errors": 0,
+                "mlflow_errors": 0}
+    return {**measured, "c1": {**measured, "concurrency": 1}, **changes}
+
+
+class TestServingCheck:
+    def test_a_faster_server_without_errors_passes(self):
+        assert checks.serving_check(_serving())["met"]
+
+    @pytest.mark.parametrize("where", ["top", "c1"])
+    def test_one_failed_request_in_any_round_fails(self, where):
+        report = _serving()
+        (report if where == "top" else report["c1"])["mlflow_errors"] = 1
+        check = checks.serving_check(report)
+        assert not check["met"] and "1 failed requests" in check["value"]
+
+    def test_a_round_below_twice_the_rate_fails(self):
+        assert not checks.serving_check(_serving(rps_ratio_range=[1.9, 3.5]))["met"]
+
+
+class TestDeployedChecks:
+    def _deployed(self, **changes) -> dict:
+        return {**self._meeting(), **changes}
+
+    def _meeting(self) -> dict:
+        return _row("student-int8", task="digits", deployed=True, size_ratio=30,
+                    accuracy_drop_pp=0.28, speedup_b1_vs_torch=20.0,
+                    speedup_b1_vs_torch_interval=[19.0, 21.0], speedup_b1_vs_ort_fp32=2.5,
+                    speedup_b1_vs_ort_fp32_interval=[2.4, 2.6],
+                    retimed_speedup_b1_vs_torch=15.0, retimed_speedup_b1_vs_torch_interval=[13, 17],
+                    retimed_speedup_b1_vs_ort_fp32=2.2,
+                    retimed_speedup_b1_vs_ort_fp32_interval=[2.1, 2.3])
+
+    def test_targets_met_in_the_fresh_rounds_pass(self):
+        assert all(check["met"] for check in checks.deployed_checks([self._deployed()], "digits"))
+
+    def test_the_speed_targets_read_the_fresh_rounds_not_the_choosing_ones(self):
+        # compare's rounds (which chose it) clear 2x; timed again, the interval does not
+        row = self._deployed(retimed_speedup_b1_vs_ort_fp32_interval=[1.8, 2.3])
+        met = {check["target"]: check["met"] for check in checks.deployed_checks([row], "digits")}
+        assert [target for target, ok in met.items() if not ok] == [
+            "digits deployed: >= 2x faster than fp32 ONNX Runtime at batch 1 (timed again after "
+            "the choice)"]
+
+    def test_a_candidate_never_timed_again_fails_its_speed_targets(self):
+        row = {key: value for key, value in self._deployed().items()
+               if not key.startswith("retimed_")}
+        found = checks.deployed_checks([row], "digits")
+        assert [check["met"] for check in found] == [True, False, False, True]
+        assert found[1]["value"] == "not measured"
+
+    def test_nothing_deployed_fails_every_target(self):
+        assert not any(check["met"] for check in checks.deployed_checks([_row("x")], "digits"))
+
+
+def test_a_failed_section_keeps_the_others_and_fails_the_bench(tmp_path, monkeypatch, capsys):
+    from bench import run
+
+    # given a bench whose pipeline section measures and whose compression section raises
+    monkeypatch.setattr(sys, "argv", ["run.py", "--tasks", "breast_cancer", "--output",
+                                      str(tmp_path)])
+    monkeypatch.setattr(run, "pipeline_timings", lambda workdir: (
+        {"full_run_s": 100.0, "cached_rerun_s": 5.0, "direct_calls_s": 90.0,
+         "orchestration_overhead_pct": 11.1, "cached_rerun_pct": 5.0}, {}))
+
+    def broken(*args):
+        raise ValueError("Cannot tell a COMPLETE trial.")
+
+    monkeypatch.setattr(run, "compression", broken)
+    # when it runs, then it exits non-zero naming the section
+    with pytest.raises(SystemExit, match="sections failed: compression"):
+        run.main()
+    # and the report holds what was measured, with the failed section marked
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["pipeline"]["full_run_s"] == 100.0
+    assert report["sections_failed"] == [{"section": "compression",
+                                          "error": "ValueError: Cannot tell a COMPLETE trial."}]
+    assert report["targets"] == [checks.cached_rerun_check(report["pipeline"])]
+    assert "Sections that failed** (their figures are missing below): compression" in \
+        (tmp_path / "bench.md").read_text()
+    assert markdown(report) == (tmp_path / "bench.md").read_text()
