@@ -25,7 +25,16 @@ STARTUP_TIMEOUT_S = 60
 sys.path.insert(0, str(REPO / "infra"))
 from stack import answers  # noqa: E402  (infra/ holds scripts, not a package)
 
-__all__ = ["answers", "aws_test_credentials", "free_port", "s3_server", "service", "service_env"]
+__all__ = ["answers", "aws_test_credentials", "free_port", "s3_server", "service", "service_env",
+           "skip_or_fail"]
+
+
+def skip_or_fail(reason: str, variable: str) -> None:
+    """Skip the test for want of `reason`, or fail it where it must run: in CI (CI=true) or when
+    `variable` is 1."""
+    if os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get(variable) == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

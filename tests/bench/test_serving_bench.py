@@ -15,6 +15,8 @@ import pytest
 
 from bench.serving import free_port, load, running
 
+pytestmark = pytest.mark.integration  # real servers and a load generator
+
 CHATTY_SERVER = """
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer

@@ -19,6 +19,7 @@ import yaml
 from tasks.catalog import tree_digest
 from tests import postgres
 from tests.flows.conftest import make_dvc_project, run
+from tests.services import skip_or_fail
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def stack_env() -> Iterator[tuple[stack.Settings, dict[str, str]]]:
     """The whole stack on free ports, in a folder the postgres user may enter; stopped after."""
     reason = postgres.missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason, "SHRINKFLOW_REQUIRE_STACK")
     with tempfile.TemporaryDirectory(prefix="shrinkflow-stack-") as name:
         Path(name).chmod(0o755)
         settings = stack.Settings(Path(name), dict(zip(stack.DEFAULT_PORTS, _free_ports(5),

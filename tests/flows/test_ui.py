@@ -16,7 +16,6 @@ page go to the reference project's reports/ui/ and are copied to this checkout's
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tasks import tracking
-from tests.services import answers, free_port, service, service_env
+from tests.services import answers, free_port, service, service_env, skip_or_fail
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +42,8 @@ def _browser() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if binary and driver:
         return binary, driver
-    reason = f"no {' or '.join(BROWSERS)} with chromedriver on PATH (install them: make browser)"
-    required = os.environ.get("CI", "").lower() in ("true", "1") or \
-        os.environ.get("SHRINKFLOW_REQUIRE_BROWSER") == "1"
-    if required:
-        pytest.fail(reason)
-    pytest.skip(reason)
+    skip_or_fail(f"no {' or '.join(BROWSERS)} with chromedriver on PATH (install them: make "
+                 "browser)", "SHRINKFLOW_REQUIRE_BROWSER")
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,7 @@ def test_compare__metrics_hold_the_deployed_candidates_headline_and_the_csv_ever
     assert {line["kind"] for line in table.values()} == {"baseline", "distilled"}
 
 
+@pytest.mark.integration  # runs dvc commands
 def test_compare__dvc_plots_draws_every_candidate_from_the_csv(compared):
     project, _, _, _ = compared
     dvc = str(Path(sys.executable).parent / "dvc")

@@ -195,6 +195,7 @@ def test_rows(deployed):
     return rows, list(session.run(None, {"features": rows.x})[0])
 
 
+@pytest.mark.integration  # starts a server
 def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
     port = free_port()
@@ -206,6 +207,7 @@ def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
     assert model["version"] == "1" and model["candidate"] and model["alias"] == "champion"
 
 
+@pytest.mark.integration  # starts a server
 def test_mlflow_models_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
     port = free_port()

@@ -6,9 +6,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tasks.catalog import Catalog
 from tasks.lock import describe_holder, project_lock
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration  # contending runs are other processes
 
 HOLD = """
 import sys, time

@@ -152,6 +152,7 @@ def _wait_for(study_of, condition, timeout=180):
     raise AssertionError(f"the search never reached the expected state: {trials}")
 
 
+@pytest.mark.integration  # a search in a subprocess, killed
 def test_a_killed_search_resumes_without_repeating_trials(trained_project):
     overrides = [*TINY, "search.trials=4", "search.epochs=25", "search.pruner=none",
                  "search.sampler=random", "search.heartbeat_s=1",
