@@ -203,11 +203,22 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialSta
     study.tell(trial, values, state, skip_if_finished=True)
 
 
+@contextmanager
+def _optimize_loop(study: optuna.Study) -> Iterator[None]:
+    """This thread runs an optimize loop, as within `Study.optimize`: a sampler may then call
+    `study.stop()` (the grid sampler does once its grid is used up), which ends the loop. Optuna
+    keeps both flags private; the grid cases of tests/core/search/test_study.py cover them."""
+    study._thread_local.in_optimize_loop = True
+    study._stop_flag = False
+    try:
+        yield
+    finally:
+        study._thread_local.in_optimize_loop = False
+
+
 def _run_one(study: optuna.Study, objective: Callable[[optuna.Trial], Any]) -> None:
     _fail_stale(study)
-    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize":
-        warnings.filterwarnings("ignore", "Heartbeat", UserWarning)  # this loop beats itself
-        trial = study.ask()
+    trial = study.ask()
     with _heartbeat(study._storage, trial._trial_id):
         try:
             values = objective(trial)
@@ -229,5 +240,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], tria
     ask and tell with a heartbeat, rather than `Study.optimize`, which ends the whole search
     when a trial it ran was finished by another process meanwhile."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
-    while finished(study) < trials and (deadline is None or time.monotonic() < deadline):
-        _run_one(study, objective)
+    with _optimize_loop(study):
+        while finished(study) < trials and not study._stop_flag and (
+                deadline is None or time.monotonic() < deadline):
+            _run_one(study, objective)

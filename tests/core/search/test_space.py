@@ -18,11 +18,11 @@ def test_baseline_values_are_always_in_the_space():
     params = _params(space={"model": {"width": [16, 48], "dropout": {"low": 0.2, "high": 0.3}},
                             "train": {"lr": {"low": 0.01, "high": 0.1, "log": True}}})
     dims = space.dimensions(params.search, params.baseline)
-    assert dims["model.width"] == (32, 16, 48)  # the baseline's 32 comes first
+    assert dims["model.width"] == (64, 16, 48)  # the baseline's 64 comes first
     assert dims["model.dropout"].low == params.baseline.model.dropout  # 0.1 widens the range
     assert dims["train.lr"].low == params.baseline.train.lr
     assert space.current(dims, params.baseline) == {
-        "model.width": 32, "model.dropout": 0.1, "train.lr": 0.003}
+        "model.width": 64, "model.dropout": 0.1, "train.lr": 0.003}
 
 
 def test_grid_spreads_ranges_and_keeps_integers_whole():
@@ -44,7 +44,7 @@ def test_apply_sets_dotted_keys_and_train_overrides():
     params = _params()
     applied = space.apply(params.baseline, {"model.width": 8, "augment.noise_std": 0.0}, epochs=3)
     assert (applied.model.width, applied.augment.noise_std, applied.train.epochs) == (8, 0.0, 3)
-    assert params.baseline.model.width == 32  # the original is untouched (frozen)
+    assert params.baseline.model.width == 64  # the original is untouched (frozen)
 
 
 @pytest.mark.parametrize(("override", "named"), [
