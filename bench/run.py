@@ -300,6 +300,13 @@ def serving_section(project: Path) -> dict:
             "candidate": deployed["candidate"]}
 
 
+def _shortened(error: Exception, keep: int = 3000) -> str:
+    """The error's first line (what failed) and the end of the rest (where it failed)."""
+    text = f"{type(error).__name__}: {error}"
+    head = text.splitlines()[0][:keep // 4]
+    return text if len(text) <= keep else f"{head}\n...\n{text[len(head) - keep:]}"
+
+
 class Sections:
     """The bench's sections, run one after the other: one that raises is recorded in
     `sections_failed` with its error and the rest still run; the report measured so far is
@@ -315,8 +322,7 @@ class Sections:
             found = measure(*args)
         except Exception as exc:  # one section's failure must not lose the others' figures
             traceback.print_exc()
-            self.report["sections_failed"].append(
-                {"section": name, "error": f"{type(exc).__name__}: {exc}"[-3000:]})
+            self.report["sections_failed"].append({"section": name, "error": _shortened(exc)})
             found = default
         self.write()
         return found
