@@ -44,7 +44,7 @@ test-slow: $(STAMP)  ## the accuracy targets: the default configs trained until 
 
 lint: $(STAMP)  ## ruff (style, imports, bugbear) and bandit (security) on the code
 	$(BIN)/ruff check .
-	$(BIN)/bandit -q -c pyproject.toml -r shrinkflow tasks flows bench infra
+	$(BIN)/bandit -q -c pyproject.toml -r shrinkflow serving tasks flows bench infra
 
 ui: $(STAMP)  ## open the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(BIN)/shrinkflow ui

@@ -278,7 +278,7 @@ def serve(name: NameOption = None,
     loaded = _setup(params, None, set_, debug)
     import uvicorn
 
-    from shrinkflow.serving.app import create_app
+    from serving.app import create_app
     from tasks import registry
 
     cfg, root = loaded.serve, Path.cwd().resolve()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
-PROJECT_SOURCES = ("shrinkflow", "tasks", "flows", "configs", "data/external",
+PROJECT_SOURCES = ("shrinkflow", "serving", "tasks", "flows", "configs", "data/external",
                    "params.yaml", "dvc.yaml", "prefect.yaml")
 
 

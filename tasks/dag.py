@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-PROJECT_PACKAGES = ("shrinkflow", "tasks")  # whose modules count as a stage's code
+PROJECT_PACKAGES = ("shrinkflow", "serving", "tasks")  # whose modules count as a stage's code
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -54,8 +54,8 @@ def _open(params: Params, url: str, name: str) -> Any:
     from shrinkflow.search import recipe, study
 
     cfg = params.search
-    return study.create(url, name, recipe.DIRECTIONS, recipe.sampler(cfg.compression, cfg.seed),
-                        cfg.heartbeat_s)
+    return study.create(studies.storage(url, cfg.heartbeat_s), name, recipe.DIRECTIONS,
+                        recipe.sampler(cfg.compression, cfg.seed))
 
 
 def run_recipe_trials(root: Path, params: Params, url: str, name: str,
@@ -107,7 +107,6 @@ def _report_markdown(opened: Any, report: dict[str, Any]) -> str:
 def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run (or resume) the recipe study and hand its front to compare; returns a JSON summary."""
     from shrinkflow.search import recipe
-    from shrinkflow.search.study import shown_url
 
     catalog, cfg = Catalog.at(root), params.search.compression
     with tracking.stage_run("recipes", params, catalog.root, parent_run_id, cfg) as run:
@@ -121,7 +120,7 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                 name = study_name(params, spec.name, file_md5(catalog.baseline_dir / "model.onnx"),
                                   meta["raw_md5"])
                 log.info("recipe study %s: %d trials, sampler %s", name, cfg.trials, cfg.sampler)
-                tracking.set_tags({"study": name, "storage": shown_url(url)})
+                tracking.set_tags({"study": name, "storage": studies.shown_url(url)})
                 started = time.perf_counter()
                 opened = _open(params, url, name)
                 if studies.parallel(params.search):

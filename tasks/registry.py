@@ -147,7 +147,7 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
     """Log the deployable ONNX file on the active run, register it as a new version of `name`
     with its lineage as tags, and point `challenger` at it; returns the version. `threads`:
     ONNX Runtime intra-op threads of the sessions `mlflow.pyfunc` opens for it."""
-    from shrinkflow.serving.model import ServedModel
+    from serving.model import ServedModel
 
     model = ServedModel.from_onnx(model_file.read_bytes(), version="new", info={})
     labels, probabilities = model.predict(example)
@@ -193,7 +193,7 @@ def _tag(tags: dict[str, str], key: str, name: str, version: str) -> str:
 def _accuracy_check(root: Path, name: str, version: str, champion: str | None,
                     cfg: DeployConfig) -> gate.Check:
     """Both versions re-evaluated now on the current validation rows."""
-    from shrinkflow.serving.model import ServedModel
+    from serving.model import ServedModel
 
     if champion == version:
         return gate.Check("accuracy", True, f"version {version} is the champion")
@@ -349,7 +349,7 @@ def mark_challenger(root: Path, name: str, version: str) -> None:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RegistrySource:
-    """The version an alias points to, for `shrinkflow.serving` (its ModelSource)."""
+    """The version an alias points to, for the server in `serving/` (its ModelSource)."""
 
     root: Path
     name: str
@@ -360,7 +360,7 @@ class RegistrySource:
         return version_of(self.root, self.name, self.alias)
 
     def load(self, version: str) -> Any:
-        from shrinkflow.serving.model import ServedModel
+        from serving.model import ServedModel
 
         info = {**version_info(self.root, self.name, version), "alias": self.alias}
         return ServedModel.from_onnx(model_bytes(self.root, self.name, version), version=version,

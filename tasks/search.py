@@ -78,7 +78,8 @@ def open_search(params: Params, url: str, name: str) -> Any:
     from shrinkflow.search import space
 
     dims = space.dimensions(params.search, params.baseline)
-    return study.open_study(params.search, dims, space.current(dims, params.baseline), url, name)
+    return study.open_study(params.search, dims, space.current(dims, params.baseline),
+                            studies.storage(url, params.search.heartbeat_s), name)
 
 
 def _summary(opened: Any, choice: Any, seconds: float) -> dict[str, Any]:
@@ -118,8 +119,8 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
             url = studies.storage_url(cfg, catalog)
             name = study_name(cfg, params.baseline, dataset, meta["raw_md5"])
             log.info("search study %s in %s: %d trials, sampler %s, pruner %s", name,
-                     study.shown_url(url), cfg.trials, cfg.sampler, cfg.pruner)
-            tracking.set_tags({"study": name, "storage": study.shown_url(url)})
+                     studies.shown_url(url), cfg.trials, cfg.sampler, cfg.pruner)
+            tracking.set_tags({"study": name, "storage": studies.shown_url(url)})
             started = time.perf_counter()
             opened = open_search(params, url, name)
             if studies.parallel(cfg):
@@ -129,7 +130,7 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
             chosen = choose.choose(opened, cfg)
             metrics = _summary(opened, chosen, time.perf_counter() - started)
             choice = {"values": chosen.values, "reason": chosen.reason, "trial": chosen.trial,
-                      "study": name, "storage": study.shown_url(url)}
+                      "study": name, "storage": studies.shown_url(url)}
             _track(opened, chosen, cfg, catalog, name)
         with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
             io.write_json(staging / catalog.search_choice_file.name, choice)

@@ -1,22 +1,28 @@
 """Where studies live and how their trials run and are tracked: shared by `search` and `recipes`.
 
 A study's database: SHRINKFLOW_SEARCH_STORAGE (shared services), else `search.storage`, else
-optuna.db in the project. Trials run in the stage's process, or on Dask workers through
-prefect-dask (`search.workers` > 1, or a scheduler in DASK_SCHEDULER_ADDRESS). Each trial is
-logged as a nested MLflow run.
+optuna.db in the project; `storage` opens it for Optuna through SQLAlchemy (the core's
+`shrinkflow.search.study` takes the opened storage, never a URL). Trials run in the stage's
+process, or on Dask workers through prefect-dask (`search.workers` > 1, or a scheduler in
+DASK_SCHEDULER_ADDRESS). Each trial is logged as a nested MLflow run.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shrinkflow.config import Params, SearchConfig
+from shrinkflow.errors import UserError
 from tasks import io, tracking
 from tasks.catalog import Catalog
+
+if TYPE_CHECKING:
+    import optuna
 
 STORAGE_VARIABLE = "SHRINKFLOW_SEARCH_STORAGE"
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
@@ -26,6 +32,68 @@ def storage_url(cfg: SearchConfig, catalog: Catalog) -> str:
     """Where the study lives: the environment wins (shared services), then params, then a SQLite
     file in the project."""
     return os.environ.get(STORAGE_VARIABLE) or cfg.storage or f"sqlite:///{catalog.search_db}"
+
+
+class StorageError(UserError, RuntimeError):
+    """The study database cannot be opened (a malformed URL, no server, no driver)."""
+
+
+def shown_url(url: str) -> str:
+    """A storage URL without its password (for logs, tags and messages)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<not a database URL>"
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://...` on the installed driver, psycopg 3 (SQLAlchemy 2.0 would look for
+    psycopg2); other URLs as they are."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] \
+        if url.startswith("postgresql://") else url
+
+
+def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    """The study database, with heartbeats and a retry of trials whose process died."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # several worker processes write one SQLite file: wait for the lock instead of failing
+        engine["connect_args"] = {"timeout": 60}
+        # pysqlite's own BEGIN is deferred and skipped before a SELECT: leave transactions to
+        # the listener below (SQLAlchemy's documented recipe for serializable SQLite)
+        engine["connect_args"]["isolation_level"] = None
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            opened = optuna.storages.RDBStorage(
+                with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1))
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise StorageError(f"cannot open the search storage {shown_url(url)} (set by "
+                           f"SHRINKFLOW_SEARCH_STORAGE or search.storage): {reason}") from None
+    if url.startswith("sqlite"):
+        _begin_immediately(opened.engine)
+    return opened
+
+
+def _begin_immediately(engine: Any) -> None:
+    """Every transaction on `engine` takes SQLite's write lock as it begins, so a read and the
+    write that depends on it (a queued trial seen waiting, then started) are one atomic step
+    across processes."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def parallel(cfg: SearchConfig) -> bool:

@@ -1,4 +1,5 @@
-"""The project's imports point one way: no module of flows/ imports a module that imports it back.
+"""The project's imports point one way: no module of flows/ imports a module that imports it back,
+and the core (shrinkflow/) imports no orchestration, tracking or service library.
 
 An import circle works only while every module of it imports the others' names late enough
 (inside a function, or after its own definitions); one innocent top-level import then breaks
@@ -14,7 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("flows", "tasks", "shrinkflow")  # the project's own code; the rest is third-party
+PACKAGES = ("flows", "tasks", "serving", "shrinkflow")  # the project's own code; the rest is third-party
+# what the core must not import (DESIGN.md, Layers): they belong to tasks/, serving/ and flows/
+ADAPTER_LIBRARIES = ("prefect", "mlflow", "dvc", "great_expectations", "sqlalchemy", "fastapi",
+                     "starlette", "uvicorn", "boto3")
 
 
 def _module_name(path: Path) -> str:
@@ -93,3 +97,43 @@ def test_no_flows_module_imports_a_module_that_imports_it_back(module: str):
     assert circle is None, (f"{module} is part of an import circle: {' -> '.join(circle)}; "
                             "move what both sides need one layer down (tasks/) so the "
                             "imports point one way")
+
+
+def _adapter_imports(path: Path) -> list[str]:
+    """Each import of an ADAPTER_LIBRARIES package in the file (functions included), as
+    "line N: the statement"."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name.split(".")[0] in ADAPTER_LIBRARIES for name in names):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_adapter_imports_are_found_inside_functions_too(tmp_path):
+    # given a module that imports sqlalchemy late, and one that only has a name alike
+    late = tmp_path / "late.py"
+    late.write_text("import os\n\ndef engine():\n    from sqlalchemy.engine import make_url\n"
+                    "    import mlflow.tracking as tracking\n    return make_url, tracking\n")
+    alike = tmp_path / "alike.py"
+    alike.write_text("import prefecture\nfrom . import mlflow\nfrom .dvc import lock\n")
+    # then both library imports of the first are found, with their lines, and nothing in the other
+    assert _adapter_imports(late) == ["line 4: from sqlalchemy.engine import make_url",
+                                      "line 5: import mlflow.tracking as tracking"]
+    assert _adapter_imports(alike) == []
+
+
+def test_the_core_imports_no_orchestration_tracking_or_service_library():
+    # given every module of the core, its imports inside functions included
+    offending = [f"{_module_name(path)} {found}" for path in sorted((REPO / "shrinkflow").rglob("*.py"))
+                 for found in _adapter_imports(path)]
+    # then none imports prefect, mlflow, dvc, great_expectations or a service adapter
+    assert not offending, ("the core (shrinkflow/) should import none of "
+                           f"{', '.join(ADAPTER_LIBRARIES)}; move the code that needs them to "
+                           "tasks/ (tracking, orchestration, storages) or serving/ (HTTP):\n  "
+                           + "\n  ".join(offending))

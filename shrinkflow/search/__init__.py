@@ -1,7 +1,7 @@
 """Search: Optuna studies over the teacher's architecture and training.
 
   space     the searched baseline keys (choices and ranges), grids, applying a trial's values
-  study     sampler, pruner, storage (SQLite or any SQLAlchemy URL), resumable budgeted runs
+  study     sampler, pruner, resumable budgeted runs on an Optuna storage (`tasks.studies` opens it)
   teacher   the objective: train a trial's config, report each epoch to the pruner
   choose    the one-standard-error rule: the trial the study proposes over params.yaml's config
             (and, in `baseline`, the config kept after both trained for the full budget)

@@ -1,19 +1,20 @@
-"""The Optuna study: sampler, pruner, storage, and running trials until the budget is spent.
+"""The Optuna study: sampler, pruner, and running trials until the budget is spent.
 
-A study lives in a database (SQLite by default, any SQLAlchemy URL such as PostgreSQL), so a
-search is resumable and shareable: a killed run, or another process or machine, opens the same
-study by name and continues it. The budget counts the trials the study holds, not the trials this
-run adds: `trials` finished (complete or pruned) trials in all, so a restarted search only runs
-the missing ones and never repeats a finished trial. Running trials send a heartbeat; a trial
-whose process died (no beat for three intervals) is marked failed by the next process to run a
-trial, and retried once with the same values.
+A study lives in a database, so a search is resumable and shareable: a killed run, or another
+process or machine, opens the same study by name and continues it. The caller passes the opened
+Optuna storage (`tasks.studies.storage` builds it from a URL: SQLite by default, any SQLAlchemy
+URL such as PostgreSQL, with heartbeats and a retry of trials whose process died); this module
+only needs Optuna. The budget counts the trials the study holds, not the trials this run adds:
+`trials` finished (complete or pruned) trials in all, so a restarted search only runs the missing
+ones and never repeats a finished trial. Running trials send a heartbeat when the storage has
+one; a trial whose process died (no beat for three intervals) is marked failed by the next
+process to run a trial, and retried once with the same values.
 
-Several processes share one study safely. On SQLite, every transaction takes the write lock when
-it begins (BEGIN IMMEDIATE): otherwise two processes can both read a queued trial as waiting and
-both start it. And a trial that another process finished meanwhile (a worker starved past its
-heartbeat's grace period, whose trial was then failed and retried) is told with
-`skip_if_finished`: its result is dropped with a warning instead of ending the whole search with
-Optuna's "Cannot tell a COMPLETE trial".
+Several processes share one study safely: the storage makes starting a queued trial atomic (on
+SQLite every transaction begins IMMEDIATE, see `tasks.studies.storage`), and a trial that another
+process finished meanwhile (a worker starved past its heartbeat's grace period, whose trial was
+then failed and retried) is told with `skip_if_finished`: its result is dropped with a warning
+instead of ending the whole search with Optuna's "Cannot tell a COMPLETE trial".
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from shrinkflow.config import Dimension, SearchConfig
-from shrinkflow.errors import UserError
 from shrinkflow.search import space
 
 log = logging.getLogger("shrinkflow.search")
@@ -70,83 +70,23 @@ def pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-class StorageError(UserError, RuntimeError):
-    """The study database cannot be opened (a malformed URL, no server, no driver)."""
-
-
-def shown_url(url: str) -> str:
-    """A storage URL without its password (for logs, tags and messages)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<not a database URL>"
-
-
-def with_driver(url: str) -> str:
-    """`postgresql://...` on the installed driver, psycopg 3 (SQLAlchemy 2.0 would look for
-    psycopg2); other URLs as they are."""
-    return "postgresql+psycopg://" + url[len("postgresql://"):] \
-        if url.startswith("postgresql://") else url
-
-
-def storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
-    """The study database, with heartbeats and a retry of trials whose process died."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        # several worker processes write one SQLite file: wait for the lock instead of failing
-        engine["connect_args"] = {"timeout": 60}
-        # pysqlite's own BEGIN is deferred and skipped before a SELECT: leave transactions to
-        # the listener below (SQLAlchemy's documented recipe for serializable SQLite)
-        engine["connect_args"]["isolation_level"] = None
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            opened = optuna.storages.RDBStorage(
-                with_driver(url), engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-                grace_period=3 * heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1))
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise StorageError(f"cannot open the search storage {shown_url(url)} (set by "
-                           f"SHRINKFLOW_SEARCH_STORAGE or search.storage): {reason}") from None
-    if url.startswith("sqlite"):
-        _begin_immediately(opened.engine)
-    return opened
-
-
-def _begin_immediately(engine: Any) -> None:
-    """Every transaction on `engine` takes SQLite's write lock as it begins, so a read and the
-    write that depends on it (a queued trial seen waiting, then started) are one atomic step
-    across processes."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def create(url: str, name: str, directions: Sequence[str], chosen_sampler: optuna.samplers.BaseSampler,
-           heartbeat_s: int, chosen_pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study `name` in the database at `url`, or load it when it exists (a resumed
-    or shared search)."""
+def create(storage: optuna.storages.BaseStorage, name: str, directions: Sequence[str],
+           chosen_sampler: optuna.samplers.BaseSampler,
+           chosen_pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study `name` in `storage`, or load it when it exists (a resumed or shared
+    search). The storage (a database, its heartbeat and retries) is built by the caller:
+    `tasks.studies.storage` for a URL."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage(url, heartbeat_s), sampler=chosen_sampler,
-                               pruner=chosen_pruner, study_name=name, load_if_exists=True,
-                               directions=list(directions))
+    return optuna.create_study(storage=storage, sampler=chosen_sampler, pruner=chosen_pruner,
+                               study_name=name, load_if_exists=True, directions=list(directions))
 
 
 def open_study(cfg: SearchConfig, dims: Mapping[str, Dimension], reference: space.Values,
-               url: str, name: str) -> optuna.Study:
+               storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     """The teacher study (see `create`); the trial of the `reference` values (params.yaml's
     config) is queued first, once per study: it is what the search must beat."""
-    study = create(url, name, [DIRECTIONS[objective] for objective in cfg.objectives],
-                   sampler(cfg, dims, reference), cfg.heartbeat_s, pruner(cfg))
+    study = create(storage, name, [DIRECTIONS[objective] for objective in cfg.objectives],
+                   sampler(cfg, dims, reference), pruner(cfg))
     study.enqueue_trial(dict(reference), user_attrs={REFERENCE_ATTR: True}, skip_if_exists=True)
     return study
 

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from serving.model import ServedModel
 from shrinkflow.deployable import FEATURES, deployable
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.models import Architecture, build_model
-from shrinkflow.serving.model import ServedModel
 
 ARCHITECTURES = {
     "table": Architecture("mlp", (6,), 3, (8,)),

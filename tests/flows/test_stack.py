@@ -6,10 +6,12 @@ empty clone."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from tests import postgres
 from tests.flows.conftest import make_dvc_project, run
 from tests.services import skip_or_fail
 
-pytestmark = pytest.mark.integration
+# the service stack (about 3 minutes on 2 cores) runs with the accuracy targets, in make test-slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "infra"))
 import stack  # noqa: E402  (infra/ is scripts, not a package)
@@ -108,7 +111,7 @@ def test_study_in_postgresql_with_trials_on_the_stack_workers(stacked_run):
     import optuna
     from distributed import Client
 
-    from shrinkflow.search.study import with_driver
+    from tasks.studies import with_driver
 
     env = stacked_run["env"]
     summaries = optuna.get_all_study_summaries(with_driver(env["SHRINKFLOW_SEARCH_STORAGE"]))
@@ -174,3 +177,40 @@ def test_a_missing_bucket_stops_the_run_before_any_stage(stack_env, tmp_path):
            "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (project / "dvc.lock").exists() and not (project / "models").exists()
+
+
+def _finished_flow_run(api: str, flow_run_id: str, timeout: float, log: Path) -> dict:
+    """The flow run once it reaches a final state (waiting on the server's word for it)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        if found["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return found
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout:.0f} s\n"
+                         f"{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+def test_a_deployment_on_the_stack_pool_is_run_by_its_worker(stack_env, tmp_path):
+    import httpx
+
+    settings, env = stack_env
+    project = make_dvc_project(tmp_path / "project", "search.enabled=false",
+                               "prune.structured.enabled=false", "prune.unstructured.enabled=false",
+                               "distill.enabled=false", "quantize.methods=[fp16]")
+    # given: the pipeline registered as a deployment of the stack's work pool
+    made = _project_run(["shrinkflow", "schedule", "--cron", "0 3 * * *", "--pool", stack.POOL],
+                        project, env)
+    deployment = re.search(r"deployment (\S+) registered", made.stdout).group(1)
+    api = env["PREFECT_API_URL"]
+    # when: a run of it is asked for now
+    flow_run = httpx.post(f"{api}/deployments/{deployment}/create_flow_run", json={},
+                          timeout=30).json()
+    # then: the stack's own worker picks it up and runs it to the end
+    worker_log = settings.home / "logs" / "prefect-worker.log"
+    finished = _finished_flow_run(api, flow_run["id"], 600, worker_log)
+    assert finished["state_type"] == "COMPLETED", finished["state"]
+    assert finished["work_pool_name"] == stack.POOL
+    assert (project / "models" / "deploy" / "deploy.json").is_file(), "the worker ran it here"

@@ -90,7 +90,8 @@ def test_every_variable_compose_reads_is_in_env_example():
 
 
 def test_every_variable_the_code_reads_is_declared_and_in_env_example():
-    sources = [path for folder in ("shrinkflow", "tasks", "flows") for path in (REPO / folder).rglob("*.py")]
+    sources = [path for folder in ("shrinkflow", "serving", "tasks", "flows")
+               for path in (REPO / folder).rglob("*.py")]
     read = {name for path in sources for match in READS.findall(path.read_text())
             for name in match if name}
     assert {"MLFLOW_TRACKING_URI", "SHRINKFLOW_DVC_REMOTE", "SHRINKFLOW_TRIGGER"} <= read, \

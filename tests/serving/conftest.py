@@ -27,7 +27,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from onnx import TensorProto, helper, numpy_helper
 
-from shrinkflow.serving.model import ServedModel
+from serving.model import ServedModel
 
 FEATURES = ("height", "width", "depth", "weight")
 CLASSES = ("cat", "dog", "fox")

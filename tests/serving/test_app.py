@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from shrinkflow.serving.app import create_app
+from serving.app import create_app
 from tests.serving.conftest import (
     CLASSES,
     FEATURES,

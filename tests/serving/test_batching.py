@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from shrinkflow.serving.batching import BatcherStopped, MicroBatcher, ModelChanged
-from shrinkflow.serving.model import ServedModel
+from serving.batching import BatcherStopped, MicroBatcher, ModelChanged
+from serving.model import ServedModel
 from tests.serving.conftest import ROWS, ort_outputs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shrinkflow.serving.model import ModelFileError, ServedModel
+from serving.model import ModelFileError, ServedModel
 from tests.serving.conftest import CLASSES, FEATURES, ROWS, make_onnx, ort_outputs, weights
 
 

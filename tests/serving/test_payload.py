@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from shrinkflow.serving.payload import BadRequest, parse_body
+from serving.payload import BadRequest, parse_body
 from tests.serving.conftest import FEATURES, ROWS
 
 ROW = [0.5, -1.0, 2.0, 0.25]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from shrinkflow.serving.model import ModelSource, ServedModel
+from serving.model import ModelSource, ServedModel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"shrinkflow.{__name__}")  # under "shrinkflow": the CLI logs it at INFO
 
 
 class NoModel(RuntimeError):

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shrinkflow.serving.model import ServedModel
+from serving.model import ServedModel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"shrinkflow.{__name__}")  # under "shrinkflow": the CLI logs it at INFO
 Result = tuple[ServedModel, list[str], np.ndarray]  # (model used, labels, probabilities [n, K])
 
 

@@ -10,7 +10,7 @@ Endpoints:
 
 The lifespan loads the version the source points to (the app also starts without one, and is not
 ready until the source has one), starts the batcher and a poller that follows the source's alias
-(`shrinkflow.serving.reload`). Bodies are read here, not by FastAPI, so their size is checked
+(`serving.reload`). Bodies are read here, not by FastAPI, so their size is checked
 before a byte is parsed. Every answer, errors included, is JSON: a client mistake is a 4xx with
 {"error": message}; a 500 only ever means a bug.
 
@@ -30,12 +30,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shrinkflow.serving.batching import BatcherStopped, MicroBatcher, ModelChanged, Result
-from shrinkflow.serving.model import ModelSource
-from shrinkflow.serving.payload import BadRequest, parse_body
-from shrinkflow.serving.reload import LiveModel, NoModel
+from serving.batching import BatcherStopped, MicroBatcher, ModelChanged, Result
+from serving.model import ModelSource
+from serving.payload import BadRequest, parse_body
+from serving.reload import LiveModel, NoModel
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"shrinkflow.{__name__}")  # under "shrinkflow": the CLI logs it at INFO
 
 
 def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float = 2.0,

@@ -3,6 +3,8 @@
 Regression tests of a search that ended with Optuna's "Cannot tell a COMPLETE trial" on a loaded
 2-core machine: two workers started the same queued trial (SQLite let both read it as waiting),
 and a worker starved past its heartbeat's grace period had its trial failed and retried under it.
+The storage is the stage's (`tasks.studies.storage`: BEGIN IMMEDIATE on SQLite, heartbeats); the
+loop that runs and tells the trials is the core's (`shrinkflow.search.study.optimize`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import pytest
 from optuna.trial import TrialState
 
 from shrinkflow.search import study
+from tasks import studies
 
 QUEUED = 200
 
 
 def _open(url: str, heartbeat_s: int = 10) -> optuna.Study:
-    return study.create(url, "shared", ["maximize"], optuna.samplers.RandomSampler(seed=0),
-                        heartbeat_s)
+    return study.create(studies.storage(url, heartbeat_s), "shared", ["maximize"],
+                        optuna.samplers.RandomSampler(seed=0))
 
 
 def test_two_workers_never_start_the_same_queued_trial(tmp_path):
@@ -82,9 +85,10 @@ import sys, time
 from pathlib import Path
 import optuna
 from shrinkflow.search import study
+from tasks import studies
 folder = Path(sys.argv[1])
-opened = study.create(f"sqlite:///{folder / 'study.db'}", "shared", ["maximize"],
-                      optuna.samplers.RandomSampler(seed=0), 1)
+opened = study.create(studies.storage(f"sqlite:///{folder / 'study.db'}", 1), "shared", ["maximize"],
+                      optuna.samplers.RandomSampler(seed=0))
 def objective(trial):
     (folder / "started").touch()
     while not (folder / "go").exists():
@@ -125,7 +129,7 @@ def test_a_starved_worker_whose_trial_was_retried_finishes_cleanly(tmp_path):
     # given a worker (heartbeat 1 s) stopped by the OS in the middle of its trial
     url = f"sqlite:///{tmp_path / 'study.db'}"
     opened = _open(url, heartbeat_s=1)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     worker = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)], env=env,
                               stderr=subprocess.PIPE, text=True)
     try:
