@@ -130,7 +130,7 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         log.info("saving and exporting to ONNX")
         with io.atomic_dir(catalog.baseline_dir) as staging:
             save_torch(model, arch, staging)
-            folder = str(catalog.baseline_dir.relative_to(catalog.root))
+            folder = catalog.relative(catalog.baseline_dir)
             write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx",
                                                "baseline", "fp32", torch=folder)])
             onnx_bytes = measure.file_size(staging / "model.onnx")

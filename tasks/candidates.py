@@ -78,10 +78,11 @@ def read_manifest(folder: Path, produced_by: str) -> list[Candidate]:
 
 
 def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]:
-    """Candidates listed under models/<stage>/ for each stage that has written its manifest."""
+    """Candidates listed in the models/ folder of each of `stages` (names, as `tasks.dag`
+    declares them) that has written its manifest."""
     found = []
     for stage in stages:
-        folder = catalog.stage_models(stage)
+        folder = catalog.models_dir(stage)
         if (folder / MANIFEST).is_file():
             found += read_manifest(folder, produced_by=stage)
     return found

@@ -1,7 +1,8 @@
 """Where every artifact lives, declared once (like a Kedro catalog).
 
 Stage functions ask the catalog for paths instead of building them, so tests point a whole pipeline
-at a temporary root. Which stage reads and writes what is declared in `tasks.dag`.
+at a temporary root. Which stage reads and writes what is declared in `tasks.dag`: the folder under
+models/ each stage writes comes from there (`models_dir`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from tasks import dag
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
 PROJECT_SOURCES = ("shrinkflow", "serving", "tasks", "flows", "configs", "data/external",
@@ -40,6 +43,10 @@ class Catalog:
 
     def path(self, relative: str) -> Path:
         return self.root / relative
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the project root, as manifests and reports record files."""
+        return path.relative_to(self.root).as_posix()
 
     # -- prepare --------------------------------------------------------------------------
     @property
@@ -75,16 +82,24 @@ class Catalog:
     # -- baseline -------------------------------------------------------------------------
     @property
     def baseline_dir(self) -> Path:
-        return self.stage_models("baseline")
+        return self.models_dir("baseline")
 
     @property
     def baseline_plots_dir(self) -> Path:
         return self.report_dir("baseline")
 
     # -- compression stages ----------------------------------------------------------------
-    def stage_models(self, stage: str) -> Path:
-        """models/<stage>/: one folder per candidate plus the stage's candidates.json."""
-        return self.root / "models" / stage
+    def models_dir(self, stage: str) -> Path:
+        """The folder under models/ that `stage` writes, as `tasks.dag` declares it: one folder
+        or file per candidate plus the stage's candidates.json, where it makes candidates."""
+        folder = dag.stage(stage).models_dir
+        if folder is None:
+            raise KeyError(f"stage {stage!r} writes no folder under {dag.MODELS}/")
+        return self.path(folder)
+
+    def stage_models(self, folder: str) -> Path:
+        """models/<folder>/ by the folder's name ("pruned"); a stage's own: `models_dir`."""
+        return self.root / dag.MODELS / folder
 
     @property
     def compare_dir(self) -> Path:
@@ -133,7 +148,7 @@ class Catalog:
     @property
     def search_choice_file(self) -> Path:
         """The config `baseline` trains, as the search chose it (see tasks.search)."""
-        return self.stage_models("search") / "choice.json"
+        return self.models_dir("search") / "choice.json"
 
 
     # -- run summary ----------------------------------------------------------------------

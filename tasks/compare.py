@@ -1,7 +1,8 @@
 """Stage `compare`: every candidate timed side by side, the Pareto front, the deployable pick.
 
-Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized,ensemble}/
-(those that exist), data/processed/ and params.yaml `compare` and `measure`.
+Reads the candidates.json manifests of every stage declared before it in `tasks.dag` that
+makes candidates (models/{baseline,pruned,distilled,quantized,ensemble,searched}/, those that
+exist), data/processed/ and params.yaml `compare` and `measure`.
 
 - Accuracy: every candidate on the validation split (what the choice reads) and on the test split
   (reported only), with the drop against the teacher on each.
@@ -33,14 +34,12 @@ from shrinkflow import gate, measure, plots
 from shrinkflow.config import MeasureConfig, Params
 from shrinkflow.data import Splits
 from shrinkflow.export import onnx_predictor
-from tasks import io, tracking
+from tasks import dag, io, tracking
 from tasks.candidates import MANIFEST, Candidate, evaluate_onnx, load_torch, read_manifests
 from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
-# the models/ folders listing candidates, in this order; a candidate's `kind` is its folder
-CANDIDATE_STAGES = ("baseline", "pruned", "distilled", "quantized", "ensemble", "searched")
 TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
 CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
 # (column, header, format) of candidates.md
@@ -72,10 +71,15 @@ LOGGED = ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256", "size
           "val_accuracy_drop_pp", "accuracy_drop_pp")
 
 
+def _kind(catalog: Catalog, stage: str) -> str:
+    """A candidate's kind: the name of the models/ folder listing it ("pruned")."""
+    return catalog.models_dir(stage).name
+
+
 def _candidates(catalog: Catalog) -> list[tuple[str, Candidate]]:
-    """Every candidate listed under models/, with the folder that lists it (its kind)."""
-    found = [(kind, candidate) for kind in CANDIDATE_STAGES
-             for candidate in read_manifests(catalog, (kind,))]
+    """Every candidate listed under models/, in the stages' order, with its kind."""
+    found = [(_kind(catalog, stage), candidate) for stage in dag.candidate_stages("compare")
+             for candidate in read_manifests(catalog, (stage,))]
     if not found:
         raise io.MissingInputError(f"no {MANIFEST} under {catalog.root / 'models'}: "
                                    "run the 'baseline' stage first")
@@ -152,7 +156,8 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
     """The teacher in eager torch: its scores and sizes, and the module to time."""
     arch, model = load_torch(catalog.baseline_dir, produced_by="baseline")
     predict = measure.torch_predictor(model)
-    row = {"candidate": TORCH_BASELINE, "kind": "baseline", "file": "models/baseline/model.pt",
+    row = {"candidate": TORCH_BASELINE, "kind": _kind(catalog, "baseline"),
+           "file": catalog.relative(catalog.baseline_dir / "model.pt"),
            "parent": "baseline", "method": "fp32-eager",
            **measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
            **measure.torch_size(model, catalog.baseline_dir / "model.pt", arch.input_shape)}

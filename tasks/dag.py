@@ -1,8 +1,13 @@
 """The pipeline's stages, declared once: what each runs, reads and writes.
 
-Everything else is derived from `STAGES`: the Prefect flow's order, each stage's cache key, the
-`shrinkflow stage NAME` commands and dvc.yaml (`shrinkflow dvc-yaml` writes it; a test fails when
-the committed file differs). A stage's code dependencies are not listed by hand: they are the
+Everything else is derived from `STAGES`: which stages each one waits for (`upstream`: those whose
+outputs it reads) and so which run at once in the Prefect flow, each stage's cache key, the
+`shrinkflow stage NAME` commands, dvc.yaml (`shrinkflow dvc-yaml` writes it; a test fails when
+the committed file differs), the folder under models/ each stage writes (`Stage.models_dir`,
+what `Catalog.models_dir` returns) and the candidate folders a stage reads (`CANDIDATES` in its
+inputs: those of every stage declared before it that makes candidates). The declared order is
+a topological order (a test checks it): dvc.yaml lists the stages in it, and stages that may
+run at once start in it. A stage's code dependencies are not listed by hand: they are the
 import closure of its stage function's module within the project's packages (`code_deps`), so
 editing any module a stage imports, however deeply, re-runs that stage in both Prefect and DVC.
 """
@@ -10,12 +15,17 @@ editing any module a stage imports, however deeply, re-runs that stage in both P
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
 PROJECT_PACKAGES = ("shrinkflow", "serving", "tasks")  # whose modules count as a stage's code
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = "models"  # each stage that writes models writes one folder in it
+# what the stages read that none of them writes (params.yaml aside: a stage's `params`)
+EXTERNAL = ("data/external",)
+# in a stage's inputs: the candidate folders of every stage declared before it
+CANDIDATES = "<candidates of the stages before>"
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,9 @@ class Output:
     path: str  # relative to the project root
     note: str = ""  # what it holds (a comment in dvc.yaml)
     cache: bool = True  # False: tracked by DVC but not stored in its cache (small text files)
+    # a models/ folder of candidates, listed in its candidates.json (`tasks.candidates`): what
+    # the stages with CANDIDATES in their inputs read
+    candidates: bool = False
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,9 @@ class Stage:
     name: str
     function: str  # "module:function", imported only when the stage really runs
     params: tuple[str, ...]  # params.yaml sections or keys it reads (dvc.yaml `params`)
-    inputs: tuple[str, ...]  # data it reads, files or folders (dvc.yaml `deps` besides code)
+    # data it reads, files or folders (dvc.yaml `deps` besides code); CANDIDATES: the candidate
+    # folders of the stages declared before it
+    inputs: tuple[str, ...]
     outs: tuple[Output, ...] = ()  # what it writes (dvc.yaml `outs`)
     metrics: tuple[str, ...] = ()  # JSON metrics (dvc.yaml `metrics`, not cached)
     plots: tuple[str, ...] = ()  # CSV/PNG plots (dvc.yaml `plots`, not cached)
@@ -46,6 +61,17 @@ class Stage:
         """Everything the stage leaves behind; a missing one forces it to run again."""
         return (*(out.path for out in self.outs), *self.metrics)
 
+    @property
+    def models_dir(self) -> str | None:
+        """Its folder under models/ (relative to the project root), None if it writes none."""
+        return next((out.path for out in self.outs if Path(out.path).parent == Path(MODELS)),
+                    None)
+
+    @property
+    def candidates_dir(self) -> str | None:
+        """Its folder of candidates, None if it makes none."""
+        return next((out.path for out in self.outs if out.candidates), None)
+
 
 @dataclass(frozen=True)
 class Plot:
@@ -59,16 +85,25 @@ class Plot:
     title: str = ""
 
 
-_CANDIDATES = ("models/baseline", "models/pruned", "models/distilled")
-
-
 def _all_metrics(stage: str) -> Output:
     """reports/<stage>/metrics.json, for a stage whose reports/<stage> is not one output folder."""
     return Output(f"reports/{stage}/metrics.json", "all the stage's figures (metrics/: a few)",
                   cache=False)
 
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+def _declared(stages: tuple[Stage, ...]) -> dict[str, Stage]:
+    """The stages by name, CANDIDATES in a stage's inputs replaced by the candidate folders of
+    the stages declared before it, in their order."""
+    declared: dict[str, Stage] = {}
+    for item in stages:
+        earlier = [other.candidates_dir for other in declared.values() if other.candidates_dir]
+        inputs = [path for entry in item.inputs
+                  for path in (earlier if entry == CANDIDATES else [entry])]
+        declared[item.name] = replace(item, inputs=tuple(inputs))
+    return declared
+
+
+STAGES: dict[str, Stage] = _declared((
     Stage("prepare", "tasks.prepare:run_prepare", ("prepare",), ("data/external",),
           outs=(Output("data/raw", "the raw table: versioned by DVC, pushed to the remote"),
                 Output("data/processed", "train/val/test splits + normalization statistics"),
@@ -84,7 +119,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # a searched config must win again at the full budget, by the search's rule
     Stage("baseline", "tasks.baseline:run_baseline", ("baseline", "search.within_se"),
           ("data/processed", "models/search"),
-          outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx"),
+          outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx",
+                       candidates=True),
                 _all_metrics("baseline")),
           metrics=("metrics/baseline.json",),
           plots=("metrics/baseline_history.csv", "reports/baseline/confusion_matrix.png",
@@ -94,7 +130,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           ("prune", "baseline", "distill.temperature", "distill.alpha"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/pruned", "structured-* (smaller dense) and unstructured-* "
-                                        "(sparse) candidates"),
+                                        "(sparse) candidates", candidates=True),
                 Output("reports/prune/candidates.json", "each candidate's figures, the ratios "
                                                         "the search tried", cache=False),
                 _all_metrics("prune")),
@@ -102,23 +138,24 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # students share baseline.train/augment
     Stage("distill", "tasks.distill:run_distill", ("distill", "baseline"),
           ("models/baseline", "data/processed"),
-          outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student"),
+          outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student",
+                       candidates=True),
                 Output("reports/distill/candidates.json", "each student's figures", cache=False),
                 _all_metrics("distill")),
           metrics=("metrics/distill.json",)),
     # QAT reuses baseline.train/augment
     Stage("quantize", "tasks.quantize:run_quantize", ("quantize", "baseline"),
-          (*_CANDIDATES, "data/processed"),
+          (CANDIDATES, "data/processed"),
           outs=(Output("models/quantized", "<candidate>-<method>.onnx for every candidate "
-                                           "and method"),
+                                           "and method", candidates=True),
                 Output("reports/quantize/candidates.json", "each file's figures, every attempt "
                                                            "of the fallback chain", cache=False),
                 _all_metrics("quantize")),
           metrics=("metrics/quantize.json",)),
     Stage("ensemble", "tasks.ensemble:run_ensemble", ("ensemble",),
-          (*_CANDIDATES, "models/quantized", "data/processed"),
+          (CANDIDATES, "data/processed"),
           outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
-                                          "combining head in one file"),
+                                          "combining head in one file", candidates=True),
                 Output("reports/ensemble/candidates.json", "members, weights, each ensemble's "
                                                            "figures", cache=False),
                 _all_metrics("ensemble")),
@@ -126,13 +163,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # compression recipes searched on validation; the front joins the hand-set candidates
     Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
           ("models/baseline", "data/processed"),
-          outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front"),
+          outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front",
+                       candidates=True),
                 Output("reports/recipes", "candidates.json (every trial, the front), metrics.json "
                                           "(all the figures), summary.md and the study's plots",
                        cache=False)),
           metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
-          (*_CANDIDATES, "models/quantized", "models/ensemble", "models/searched", "data/processed"),
+          (CANDIDATES, "data/processed"),
           outs=(Output("reports/compare", "candidates.json (every candidate's figures), "
                                           "metrics.json (all the figures), candidates.csv, "
                                           "candidates.md and pareto.png",
@@ -142,13 +180,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     # registry's current champion
     Stage("deploy", "tasks.deploy:run_deploy",
           ("deploy", "project.experiment", "compare.max_accuracy_drop_pp", "serve.threads"),
-          ("reports/compare/candidates.json", *_CANDIDATES, "models/quantized", "models/ensemble",
-           "models/searched", "data/processed"),
+          ("reports/compare/candidates.json", CANDIDATES, "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
                                         "probabilities out, as registered"),),
           metrics=("metrics/deploy.json",), subprocesses=("tasks.registry_check",),
           services=("MLFLOW_TRACKING_URI",)),
-)}
+))
 # what `dvc plots show` draws besides each stage's own plots files
 PLOTS = (
     Plot("loss", "metrics/baseline_history.csv", ("train_loss", "val_loss")),
@@ -168,11 +205,83 @@ def stage(name: str) -> Stage:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dependencies between stages: from what they read and write (`STAGES` is fixed: each answer is
+# worked out once)
+# ---------------------------------------------------------------------------------------------
+def _overlap(first: str, second: str) -> bool:
+    """Is one path the other, or inside it (a file of an output folder, a folder of outputs)?"""
+    first_path, second_path = Path(first), Path(second)
+    return (first_path == second_path or first_path in second_path.parents
+            or second_path in first_path.parents)
+
+
+def reads_from(name: str, other: str) -> bool:
+    """Does stage `name` read something stage `other` writes?"""
+    return other != name and any(_overlap(path, out) for path in stage(name).inputs
+                                 for out in stage(other).outputs)
+
+
+@cache
+def upstream(name: str) -> tuple[str, ...]:
+    """The stages whose outputs stage `name` reads, in declared order: it starts once they are
+    done."""
+    return tuple(other for other in STAGES if reads_from(name, other))
+
+
+@cache
+def _before(name: str) -> frozenset[str]:
+    """Every stage `name` waits for, directly or through others."""
+    found, pending = set(), list(upstream(name))
+    while pending:
+        other = pending.pop()
+        if other not in found:
+            found.add(other)
+            pending.extend(upstream(other))
+    return frozenset(found)
+
+
+@cache
+def independent(name: str) -> tuple[str, ...]:
+    """The stages that may run while stage `name` runs: neither before nor after it."""
+    return tuple(other for other in STAGES if other != name and other not in _before(name)
+                 and name not in _before(other))
+
+
+@cache
+def _most_independent(names: tuple[str, ...]) -> int:
+    """The size of the largest group of `names` in which no stage waits for another."""
+    if not names:
+        return 0
+    first, rest = names[0], names[1:]
+    return max(_most_independent(rest),
+               1 + _most_independent(tuple(other for other in rest if other in independent(first))))
+
+
+@cache
+def width(name: str | None = None) -> int:
+    """The most stages that can run at once (beside stage `name`, itself included)."""
+    if name is None:
+        return _most_independent(tuple(STAGES))
+    return 1 + _most_independent(independent(name))
+
+
+def candidate_stages(name: str) -> tuple[str, ...]:
+    """The stages whose candidate folders stage `name` reads, in declared order."""
+    return tuple(other.name for other in STAGES.values()
+                 if other.candidates_dir and other.candidates_dir in stage(name).inputs)
+
+
+# ---------------------------------------------------------------------------------------------
 # Code dependencies: the import closure of a stage's module
 # ---------------------------------------------------------------------------------------------
 def module_file(module: str, root: Path = ROOT) -> Path | None:
-    """The project file defining `module` (a package's __init__.py), None if it is not ours."""
-    if module.split(".")[0] not in PROJECT_PACKAGES:
+    """The project file defining `module` (a package's __init__.py), None if it is not ours.
+
+    This module is not code a stage computes with, though stages ask it where their folders
+    are: what a stage takes from it (its function, params, inputs and outputs) is in its cache
+    key and its dvc.yaml entry already, so a change to another stage's declaration (or to the
+    writing of dvc.yaml) re-runs nothing."""
+    if module.split(".")[0] not in PROJECT_PACKAGES or module == __name__:
         return None
     base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):

@@ -65,7 +65,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
         compared = io.read_candidates(catalog, "compare")
         chosen, name = compared["deployed"], registry.model_name(params, catalog.root)
         report: dict[str, Any] = {"registered_model": name, "candidate": chosen}
-        with io.atomic_dir(catalog.stage_models("deploy")) as staging:
+        with io.atomic_dir(catalog.models_dir("deploy")) as staging:
             if chosen is None:
                 report |= {"registered": False, "reason": "compare found no candidate within "
                            f"{params.compare.max_accuracy_drop_pp} pp of the teacher on validation"}
@@ -88,7 +88,7 @@ def run_deploy(params: Params, root: Path, parent_run_id: str | None = None) -> 
                            **_gate(params, catalog.root, name, version)}
             io.write_json(staging / REPORT_FILE, report)
         io.write_json(catalog.metrics_file("deploy"), _metrics(report))
-        tracking.log_artifact(catalog.stage_models("deploy") / REPORT_FILE)
+        tracking.log_artifact(catalog.models_dir("deploy") / REPORT_FILE)
         tracking.set_tags({"registered_model": name, "registered_version": report.get("version", "none"),
                            "champion": report.get("champion") or "none"})
         return {"stage": "deploy", "run_id": run.info.run_id, "dataset": compared["task"],

@@ -37,7 +37,6 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed, load_unlabeled
 
 log = logging.getLogger("shrinkflow.distill")
-STAGE_DIR = "distilled"
 
 
 class Variant(NamedTuple):
@@ -104,7 +103,8 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
         _, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
 
         candidates, measured = [], {}
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+        folder = catalog.models_dir("distill")
+        with io.atomic_dir(folder) as staging:
             for name, student_name, model_cfg, method, offset in _variants(
                     cfg, unlabeled_x is not None):
                 # a student starts from the same weights with and without the teacher (offset 0)
@@ -135,8 +135,8 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                   on_epoch_end=tracking.log_epoch, description=name)
                     save_torch(student, arch, staging / name)
                     measured[name] = report_candidate(staging / name / "model.onnx", splits)
-                candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
+                candidates.append(Candidate(name, catalog.relative(folder / name / "model.onnx"),
+                                            "baseline", method, torch=catalog.relative(folder / name)))
             write_manifest(staging, candidates)
 
         counts = {"candidates": len(candidates), **_kd_gains(cfg, measured),

@@ -1,7 +1,8 @@
 """Stage `ensemble`: candidates combined into one ONNX graph each, measured like any other.
 
-Reads the candidates.json manifests of models/{baseline,pruned,distilled,quantized}/,
-data/processed/ and params.yaml `ensemble`.
+Reads the candidates.json manifests of the stages declared before it in `tasks.dag` that make
+candidates (models/{baseline,pruned,distilled,quantized}/), data/processed/ and params.yaml
+`ensemble`.
 
 Members: the names in `ensemble.members` when it is not empty; else, by `ensemble.selection`,
 greedy forward selection with replacement on validation log-loss (`greedy`, the default:
@@ -35,7 +36,7 @@ import onnx
 from shrinkflow import ensemble, measure
 from shrinkflow.config import EnsembleConfig, Params
 from shrinkflow.export import onnx_predictor
-from tasks import io, tracking
+from tasks import dag, io, tracking
 from tasks.candidates import (
     Candidate,
     headline,
@@ -48,9 +49,7 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.ensemble")
-STAGE_DIR = "ensemble"
-SOURCE_STAGES = ("baseline", "pruned", "distilled", "quantized")
-VARIANT_STAGES = ("quantized",)  # their candidates are variants of their parent: same lineage
+VARIANT_STAGES = ("quantize",)  # their candidates are variants of their parent: same lineage
 
 
 def _member_rows(catalog: Catalog, val_x: np.ndarray, val_y: np.ndarray
@@ -58,7 +57,7 @@ def _member_rows(catalog: Catalog, val_x: np.ndarray, val_y: np.ndarray
     """Every candidate's validation accuracy, size and lineage, and its validation
     probabilities (what the weights are fitted on)."""
     rows, probabilities, by_name = [], {}, {}
-    for stage in SOURCE_STAGES:
+    for stage in dag.candidate_stages("ensemble"):
         for candidate in read_manifests(catalog, (stage,)):
             path = catalog.path(candidate.onnx)
             logits = measure.predict_batched(onnx_predictor(path), val_x)
@@ -98,7 +97,7 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
         splits, spec, _ = load_processed(catalog)
         report: dict[str, Any] = {"selection": "members" if cfg.members else cfg.selection,
                                   "members": [], "weights": {}, "candidates": {}}
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+        with io.atomic_dir(catalog.models_dir("ensemble")) as staging:
             candidates: list[Candidate] = []
             if not cfg.enabled:
                 report["reason"] = "ensemble.enabled is false"
@@ -113,7 +112,7 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
                     report["weights"] = dict(zip(pick.names, weights.tolist(), strict=True))
                     for method in cfg.methods:
                         candidates.append(_build(method, members, weights, pick.names, staging,
-                                                 splits, report))
+                                                 catalog, splits, report))
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("ensemble"), report)
         io.write_metrics(catalog, "ensemble", headline(report["candidates"]),
@@ -130,9 +129,9 @@ def run_ensemble(params: Params, root: Path, parent_run_id: str | None = None) -
 
 
 def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, names: list[str],
-           staging: Path, splits: Any, report: dict[str, Any]) -> Candidate:
+           staging: Path, catalog: Catalog, splits: Any, report: dict[str, Any]) -> Candidate:
     """Compose, save and report one ensemble candidate."""
-    name = f"{STAGE_DIR}-{method}"
+    name = f"ensemble-{method}"
     path = staging / f"{name}.onnx"
     log.info("composing %s of %s", name, ", ".join(names))
     onnx.save(ensemble.compose(members, method, weights if method == "weighted" else None), str(path))
@@ -144,4 +143,5 @@ def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, nam
         measured = report_candidate(path, splits)
     report["candidates"][name] = {key: measured[key] for key in
                                   ("val_accuracy", "accuracy", "size_bytes")}
-    return Candidate(name, f"models/{STAGE_DIR}/{name}.onnx", "+".join(names), method)
+    return Candidate(name, catalog.relative(catalog.models_dir("ensemble") / path.name),
+                     "+".join(names), method)

@@ -37,7 +37,6 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.prune")
-STAGE_DIR = "pruned"
 
 
 def _percent(value: float) -> str:
@@ -98,7 +97,8 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                 jobs.append(("structured-auto", "structured", found.ratio, lambda: found.model))
 
         candidates, metrics = [], {}
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+        folder = catalog.models_dir("prune")
+        with io.atomic_dir(folder) as staging:
             for name, method, ratio, make in jobs:
                 log.info("making %s", name)
                 with tracking.candidate_run(name, {"method": method},
@@ -110,8 +110,8 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
                     measured = report_candidate(staging / name / "model.onnx", splits,
                                                 sparsity=prune.weight_sparsity(model))
                 metrics[name] = {**measured, "widths": list(pruned_arch.widths)}
-                candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}/model.onnx",
-                                            "baseline", method, torch=f"models/{STAGE_DIR}/{name}"))
+                candidates.append(Candidate(name, catalog.relative(folder / name / "model.onnx"),
+                                            "baseline", method, torch=catalog.relative(folder / name)))
             write_manifest(staging, candidates)
 
         io.write_json(catalog.candidates_report("prune"), {"candidates": metrics, "search": search})

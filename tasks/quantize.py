@@ -1,8 +1,9 @@
 """Stage `quantize`: fp16, int8 weight-only, dynamic and static (with fallback) and QAT of
 every candidate.
 
-Reads the candidates.json manifests of models/{baseline,pruned,distilled}/, data/processed/ and
-params.yaml `quantize`, `baseline.train` / `baseline.augment` (QAT reuses the training loop).
+Reads the candidates.json manifests of the stages declared before it in `tasks.dag` that make
+candidates (models/{baseline,pruned,distilled}/), data/processed/ and params.yaml `quantize`,
+`baseline.train` / `baseline.augment` (QAT reuses the training loop).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
 candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
 metrics/quantize.json (how many candidates, the best one's accuracies on validation and test) and
@@ -26,7 +27,7 @@ import numpy as np
 from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params, QuantizeConfig
 from shrinkflow.export import onnx_predictor
-from tasks import io, tracking
+from tasks import dag, io, tracking
 from tasks.candidates import (
     Candidate,
     headline,
@@ -39,8 +40,6 @@ from tasks.catalog import Catalog
 from tasks.io import load_processed
 
 log = logging.getLogger("shrinkflow.quantize")
-STAGE_DIR = "quantized"
-SOURCE_STAGES = ("baseline", "pruned", "distilled")
 # methods that only convert the file: no data, no fallback
 # the numbers a method's file computes with
 PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int8_dynamic": "int8",
@@ -72,9 +71,10 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
         calibration = splits.train.x[-cfg.calibration_samples:]
         evaluate = _accuracy_on(splits.val)
         candidates, report = [], {}
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging, \
+        folder = catalog.models_dir("quantize")
+        with io.atomic_dir(folder) as staging, \
                 tempfile.TemporaryDirectory(prefix="shrinkflow-quantize-") as scratch:
-            for source in read_manifests(catalog, SOURCE_STAGES):
+            for source in read_manifests(catalog, dag.candidate_stages("quantize")):
                 src = _dense_source(source, catalog.path(source.onnx), Path(scratch))
                 reference = evaluate(src)
                 for method in cfg.methods:
@@ -92,7 +92,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     report[name] = {**record, "val_accuracy_fp32": reference,
                                     **{key: measured[key] for key in
                                        ("val_accuracy", "accuracy", "size_bytes")}}
-                    candidates.append(Candidate(name, f"models/{STAGE_DIR}/{name}.onnx",
+                    candidates.append(Candidate(name, catalog.relative(folder / dst.name),
                                                 source.name, method))
             write_manifest(staging, candidates)
         io.write_json(catalog.candidates_report("quantize"), {"candidates": report})

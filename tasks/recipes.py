@@ -36,7 +36,6 @@ from tasks.candidates import Candidate, headline, load_torch, report_candidate, 
 from tasks.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.recipes")
-STAGE_DIR = "searched"
 
 
 def study_name(params: Params, dataset: str, teacher_md5: str, data_md5: str) -> str:
@@ -113,7 +112,8 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
         splits, spec, meta = io.load_processed(catalog)
         report: dict[str, Any] = {"trials": [], "front": [], "candidates": {}}
         opened = None
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+        folder = catalog.models_dir("recipes")
+        with io.atomic_dir(folder) as staging:
             candidates: list[Candidate] = []
             if cfg.enabled:
                 url = studies.storage_url(params.search, catalog)
@@ -139,8 +139,8 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                             shutil.copyfile(catalog.search_trials_dir(name) /
                                             f"trial-{trial.number}.onnx", path)
                             report["candidates"][label] = report_candidate(path, splits)
-                            candidates.append(Candidate(label, f"models/{STAGE_DIR}/{label}.onnx",
-                                                        "baseline", "recipe"))
+                            candidates.append(Candidate(
+                                label, catalog.relative(folder / path.name), "baseline", "recipe"))
                     report["trials"].append(_trial_row(trial))
                 report["front"] = [candidate.name for candidate in candidates]
                 report["study"] = name

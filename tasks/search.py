@@ -32,7 +32,6 @@ from tasks import io, studies, tracking
 from tasks.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.search")
-STAGE_DIR = "search"
 # metrics/search.json: shared name <- the stage's own (all of them: reports/search/metrics.json)
 HEADLINE = {"trials": "trials_complete", "val_accuracy": "chosen_val_accuracy",
             "params_count": "chosen_params"}
@@ -132,7 +131,7 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
             choice = {"values": chosen.values, "reason": chosen.reason, "trial": chosen.trial,
                       "study": name, "storage": studies.shown_url(url)}
             _track(opened, chosen, cfg, catalog, name)
-        with io.atomic_dir(catalog.stage_models(STAGE_DIR)) as staging:
+        with io.atomic_dir(catalog.models_dir("search")) as staging:
             io.write_json(staging / catalog.search_choice_file.name, choice)
         studies.write_report(catalog.report_dir("search"), report_markdown(opened, choice, cfg),
                              opened, cfg.objectives, {catalog.metrics_report("search").name: metrics})

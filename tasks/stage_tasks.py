@@ -41,8 +41,10 @@ STAGE_TASKS: dict[str, Task] = {
 }
 
 
-def stage_task(stage: str, params: Params, root: Path) -> Task:
+def stage_task(stage: str, params: Params, root: Path, current: bool | None = None) -> Task:
     """The stage's task, told to refresh its cache when the outputs on disk are not the ones the
-    cache entry describes: missing, made from other params or inputs, or half-written."""
-    current = is_current(stage, params, root)
+    cache entry describes: missing, made from other params or inputs, or half-written
+    (`current`: whether they are, when the caller has asked `tasks.stages.is_current`)."""
+    if current is None:
+        current = is_current(stage, params, root)
     return STAGE_TASKS[stage] if current else STAGE_TASKS[stage].with_options(refresh_cache=True)

@@ -69,14 +69,23 @@ def recover_outputs(root: Path) -> None:
             io.recover(catalog.path(path))
 
 
-def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None = None
-              ) -> dict[str, Any]:
+def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None = None,
+              threads: int | None = None) -> dict[str, Any]:
     """Run one stage function (the same one `shrinkflow stage NAME` and dvc.yaml call), then
-    stamp its outputs with the key they were made from."""
+    stamp its outputs with the key they were made from. `threads`: torch's intra-op threads
+    while it runs (None: as they are), for a stage sharing the cores with others; they are
+    the process's, so concurrent stages run in processes of their own (`flows.pipeline`)."""
     key = stage_key(stage, params, Path(root))
     stamp = Catalog.at(root).stamp_file(stage)
     stamp.unlink(missing_ok=True)  # from here until the end the outputs match no key
     module, function = dag.stage(stage).function.split(":")
-    summary = getattr(importlib.import_module(module), function)(params, Path(root), parent_run_id)
+    run = getattr(importlib.import_module(module), function)
+    if threads is None:
+        summary = run(params, Path(root), parent_run_id)
+    else:
+        from shrinkflow.measure import torch_threads  # imports torch: only a stage that runs
+
+        with torch_threads(threads):
+            summary = run(params, Path(root), parent_run_id)
     io.write_text(stamp, key + "\n")
     return summary

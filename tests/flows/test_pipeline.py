@@ -82,6 +82,91 @@ def test_pipeline__summary_is_a_prefect_artifact(reference):
     assert artifacts and artifacts[0].type == "markdown"
 
 
+def _stage_runs(project) -> dict[str, tuple]:
+    """(start, end) of each stage's Prefect task run in the first flow run on `project`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = next(run for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_ASC)
+                        if run.parameters.get("root") == str(project))
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    return {run.name.rsplit("-", 1)[0]: (run.start_time, run.end_time) for run in task_runs
+            if run.name.rsplit("-", 1)[0] in STAGES}
+
+
+def _after_their_upstream_stages(runs: dict[str, tuple]) -> None:
+    from tasks import dag
+
+    assert set(runs) == set(STAGES)
+    for name in STAGES:
+        for other in dag.upstream(name):
+            assert runs[name][0] >= runs[other][1], f"{name} started before {other} finished"
+
+
+def _quality(compare: dict) -> dict:
+    """What a run computes, timings aside: each candidate's accuracies and size."""
+    return {name: {key: row[key] for key in ("val_accuracy", "accuracy", "size_bytes")}
+            for name, row in compare["candidates"].items()}
+
+
+def test_pipeline__every_stage_starts_after_the_stages_it_reads_from(reference):
+    # then: every stage started after the stages whose outputs it reads had finished
+    _after_their_upstream_stages(_stage_runs(reference["project"]))
+
+
+def test_pipeline__independent_stages_run_at_once_and_compute_the_same(reference, tmp_path,
+                                                                       monkeypatch):
+    import flows.pipeline
+    from tasks import dag, io
+    from tests.conftest import copy_project
+    from tests.flows.conftest import tiny_params_file
+
+    # given: the reference's configuration in a new project, and cores for two stages at once
+    # (this machine may have fewer: the reference ran one stage at a time)
+    project = copy_project(tmp_path / "project")
+    tiny_params_file(project)
+    monkeypatch.setattr(flows.pipeline, "at_once", lambda cores=None: 2)
+    # when
+    result = pipeline(root=str(project))
+    # then: stages that do not wait for each other ran at once, each in a process of its own,
+    # and each stage after those it reads from
+    runs = _stage_runs(project)
+    _after_their_upstream_stages(runs)
+    overlapping = [(name, other) for name in STAGES for other in dag.independent(name)
+                   if runs[name][0] < runs[other][1] and runs[other][0] < runs[name][1]]
+    assert overlapping, runs
+    # and: the same numbers as one stage at a time, and a summary of every stage
+    assert _quality(io.read_candidates(Catalog.at(project), "compare")) == \
+        _quality(reference["compare"])
+    assert list(result["stages"]) == list(STAGES) and set(result["links"]) == {*STAGES, "pipeline"}
+
+
+def test_pipeline__stages_running_at_once_never_ask_for_more_than_all_cores():
+    from itertools import combinations
+
+    from flows.pipeline import at_once, stage_threads
+    from tasks import dag
+
+    # given: every group of stages that may run at once (none of them waits for another)
+    groups = [group for size in range(1, len(STAGES) + 1) for group in combinations(STAGES, size)
+              if all(b in dag.independent(a) for a, b in combinations(group, 2))]
+    assert max(len(group) for group in groups) == dag.width() == 3
+    for cores in (1, 2, 3, 4, 6, 16):
+        # then: stages run at once only with two cores each, and those that do have their
+        # torch threads fit the cores
+        assert at_once(cores) == max(1, min(3, cores // 2))
+        for group in groups:
+            if at_once(cores) == 1:
+                assert stage_threads(group[0], cores) is None, "one at a time: as they are"
+            elif len(group) <= at_once(cores):
+                assert sum(stage_threads(name, cores) for name in group) <= cores, (cores, group)
+    # and: a stage that runs alone has them all
+    assert stage_threads("compare", 16) == 16 and stage_threads("prune", 16) == 5
+
+
 def test_pipeline__unchanged_rerun_is_cached(reference):
     # given: the project as the modules before left it (DVC may have run stages since)
     before = pipeline(root=str(reference["project"]))

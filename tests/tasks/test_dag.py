@@ -67,3 +67,72 @@ def test_stage_key_changes_with_a_data_input_and_a_declared_param(project):
     assert stage_key("prepare", other, project) == stage_key("prepare", params, project)
     own = load_params(project / "params.yaml", overrides=[*TINY, "prepare.seed=3"])
     assert stage_key("prepare", own, project) != stage_key("prepare", params, project)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def test_every_input_is_made_by_an_earlier_stage_or_is_external():
+    # then: each stage reads only what a stage declared before it writes (a file of an output
+    # folder, or a folder of outputs), or what comes from outside the pipeline
+    made: list[str] = []
+    for name, item in dag.STAGES.items():
+        for path in item.inputs:
+            assert any(_inside(path, out) or _inside(out, path) for out in made) or \
+                any(_inside(path, external) for external in dag.EXTERNAL), \
+                f"{name} reads {path}, which no stage before it writes and which is not external"
+        made += item.outputs
+
+
+def test_each_candidate_folder_is_written_by_exactly_one_stage():
+    writers: dict[str, list[str]] = {}
+    for name, item in dag.STAGES.items():
+        for path in item.outputs:
+            writers.setdefault(path, []).append(name)
+    folders = [item.candidates_dir for item in dag.STAGES.values() if item.candidates_dir]
+    # then: six stages make candidates, each in a models/ folder of its own
+    assert folders == ["models/baseline", "models/pruned", "models/distilled", "models/quantized",
+                       "models/ensemble", "models/searched"]
+    assert all(len(writers[folder]) == 1 for folder in folders), writers
+    models = [item.models_dir for item in dag.STAGES.values() if item.models_dir]
+    assert len(models) == len(set(models)), "a models/ folder should have one writer"
+    # and: no output of one stage is inside another's
+    outputs = [path for item in dag.STAGES.values() for path in item.outputs]
+    assert not [(a, b) for a in outputs for b in outputs if a != b and _inside(a, b)]
+
+
+def test_stages_read_the_candidate_folders_of_the_stages_before_them():
+    # then: quantize, ensemble, compare and deploy read every candidate folder declared before
+    # them, in the declared order (what compare's `kind` column and dvc.yaml list)
+    assert dag.candidate_stages("quantize") == ("baseline", "prune", "distill")
+    assert dag.candidate_stages("ensemble") == ("baseline", "prune", "distill", "quantize")
+    assert dag.candidate_stages("compare") == dag.candidate_stages("deploy") == (
+        "baseline", "prune", "distill", "quantize", "ensemble", "recipes")
+    assert dag.STAGES["quantize"].inputs == ("models/baseline", "models/pruned",
+                                             "models/distilled", "data/processed")
+    # and: a stage's folder is asked of the declarations
+    from tasks.catalog import Catalog
+
+    assert Catalog.at(REPO).models_dir("recipes") == REPO / "models" / "searched"
+    with pytest.raises(KeyError, match="compare"):
+        Catalog.at(REPO).models_dir("compare")
+
+
+def test_dependencies_are_derived_from_what_the_stages_read():
+    # then: a stage waits for the stages whose outputs it reads (prepare: data/processed)
+    for branch in ("prune", "distill", "recipes"):
+        assert dag.upstream(branch) == ("prepare", "baseline"), branch
+    assert dag.upstream("baseline") == ("prepare", "search")
+    assert dag.upstream("quantize") == ("prepare", "baseline", "prune", "distill")
+    assert dag.upstream("ensemble") == ("prepare", "baseline", "prune", "distill", "quantize")
+    assert set(dag.upstream("deploy")) == set(dag.STAGES) - {"search", "deploy"}
+    # and: prune, distill and recipes may run at once, as quantize and ensemble beside recipes
+    assert set(dag.independent("prune")) == {"distill", "recipes"}
+    assert set(dag.independent("recipes")) == {"prune", "distill", "quantize", "ensemble"}
+    assert dag.independent("compare") == ()
+    assert dag.width() == 3 and dag.width("quantize") == 2 and dag.width("baseline") == 1
+    # and: the declared order is a topological one: every stage comes after those it waits for
+    order = list(dag.STAGES)
+    assert all(order.index(other) < order.index(name)
+               for name in dag.STAGES for other in dag.upstream(name))
