@@ -77,10 +77,12 @@ def registered(v1: bytes, v2: bytes, tmp_path: Path) -> tuple[CountingLoads, dic
     from tasks import registry
 
     name, runs = f"tiny-classifier-{tmp_path.name}", {}
+    # its own experiment: the default one keeps artifacts in ./mlruns of the working folder
+    experiment = mlflow.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
     for version, model in (("1", v1), ("2", v2)):
         file = tmp_path / f"v{version}.onnx"
         file.write_bytes(model)
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             assert registry.register(tmp_path, name, file, ROWS, {"run_id": run.info.run_id}) == version
         runs[version] = run.info.run_id
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
