@@ -290,7 +290,7 @@ def module_file(module: str, root: Path = ROOT) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, module: str) -> frozenset[str]:
+def imported_modules(path: Path, module: str) -> frozenset[str]:
     """Every module an `import` anywhere in the file names (inside functions too: lazy imports
     are still code the stage runs). `from package import name` counts `package.name` when that
     is a module, and `package` itself either way."""
@@ -333,7 +333,7 @@ def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
             if path is None or candidate in seen:
                 continue
             seen[candidate] = path
-            pending.extend(_imported_modules(path, candidate))
+            pending.extend(imported_modules(path, candidate))
     # an empty package __init__ runs no code
     return tuple(sorted(str(path.relative_to(root)) for path in seen.values()
                         if path.name != "__init__.py" or path.stat().st_size))

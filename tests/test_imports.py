@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.dag import imported_modules
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "serving", "shrinkflow")  # the project's own code; the rest is third-party
 # what the core must not import (DESIGN.md, Layers): they belong to tasks/, serving/ and flows/
@@ -31,27 +33,11 @@ def _modules() -> dict[str, Path]:
             for path in sorted((REPO / package).rglob("*.py"))}
 
 
-def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules `name` imports anywhere in its source (functions included):
-    `from a import b` counts as `a.b` when that is a module, else as `a`."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the package, up level - 1 packages
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([base] if base else [])])
-            found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                         for alias in node.names)
-    return {module for module in found if module in modules and module != name}
-
-
 def _import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imported(name, path, modules) for name, path in modules.items()}
+    # the same reading of a file's imports that gives each stage its code dependencies
+    return {name: {found for found in imported_modules(path, name) if found in modules} - {name}
+            for name, path in modules.items()}
 
 
 def _path_back(graph: dict[str, set[str]], start: str) -> list[str] | None:
