@@ -32,6 +32,8 @@ RUN_CONTEXT: dict[str, str] = {
     "GITHUB_ACTIONS": "true on GitHub Actions: the run is tagged ci",
     "GITHUB_SHA": "the commit a GitHub Actions run builds",
     "CI_COMMIT_SHA": "the commit a GitLab CI run builds",
+    "OMP_NUM_THREADS": "CPU threads the run may use (default: every core); independent stages run "
+                       "side by side with 4 or more",
 }
 DVC_REMOTE_VARIABLE = "SHRINKFLOW_DVC_REMOTE"
 S3_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"

@@ -133,7 +133,11 @@ def test_a_cron_deployment_is_run_by_a_worker_and_tagged_schedule(prefect_server
         assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline (schedule)"
     finally:
         worker.terminate()
-        worker.wait(timeout=60)
+        try:  # a worker stops once its running flow ends: the next minute's run may have started
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=60)
 
 
 def _completed_flow_run(api: str, timeout: float, log: Path) -> dict:
