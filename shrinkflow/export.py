@@ -3,10 +3,16 @@
 Models are exported with torch's dynamo exporter (it needs onnxscript) with a dynamic batch axis, so
 one file serves batch 1 and batch 256. ONNX is what gets registered and served: loading it executes
 no pickled code, unlike a pickled torch module.
+
+`torch.onnx.export` rebuilds its table of ATen-to-ONNX translations from torchlib on every call,
+about half the time of exporting a small model; a run exports dozens of candidates, so the table is
+built once per process and handed to the exporter's core, called as `torch.onnx.export(dynamo=True)`
+calls it (torch is pinned; tests/core/test_export.py checks that the files are the same).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -24,23 +30,38 @@ OUTPUT_NAME = "logits"
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
     """Write `model` as ONNX to `path` (the caller picks a temporary path for atomic writes)."""
+    from torch.onnx._internal.exporter import _core
+
     model = model.eval().cpu()
     example = torch.zeros(2, *input_shape)
-    batch = torch.export.Dim("batch", min=1)
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
     # the exporter reports each pass and the absence of torchvision (unused here) on the
     # console; keep the pipeline's output readable
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(
-            model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
+        translations = _translations()
+        program = _core.export(
+            model, (example,), registry=translations, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False,
+            opset_version=translations.opset_version,
         )
+        program._rename_dynamic_axes(dynamic)  # the file's batch axis is called "batch"
     program.save(str(path))
     model_proto = onnx.load(str(path))
     strip_metadata(model_proto)
     onnx.save(model_proto, str(path))
     return Path(path)
+
+
+@functools.cache
+def _translations():
+    """The exporter's ATen-to-ONNX table at its default opset, as `torch.onnx.export` builds it on
+    every call."""
+    from torch.onnx._constants import ONNX_DEFAULT_OPSET
+    from torch.onnx._internal.exporter import _registration
+
+    return _registration.ONNXRegistry.from_torchlib(opset_version=ONNX_DEFAULT_OPSET)
 
 
 def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -32,6 +32,26 @@ def exported(request, tmp_path_factory) -> tuple[torch.nn.Module, Architecture, 
     return model, arch, path
 
 
+def test_the_file_is_the_one_torch_onnx_export_writes(tmp_path):
+    import onnx
+
+    from shrinkflow.export import strip_metadata
+
+    # given: a convolutional model (conv, batch norm, pooling, linear) exported twice, then by
+    # the public exporter
+    arch = ARCHITECTURES["cnn-2d-image"]
+    model = build_model(arch).eval()
+    first = export_onnx(model, arch.input_shape, tmp_path / "first.onnx")
+    again = export_onnx(model, arch.input_shape, tmp_path / "again.onnx")
+    public = torch.onnx.export(model, (torch.zeros(2, *arch.input_shape),), dynamo=True,
+                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                               dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    public.save(str(tmp_path / "public.onnx"))
+    # then: one translation table serves every export, and the graphs are the same
+    assert again.read_bytes() == first.read_bytes()
+    assert strip_metadata(onnx.load(str(tmp_path / "public.onnx"))) == onnx.load(str(first))
+
+
 @pytest.mark.parametrize("batch", [1, 7])
 def test_onnx_output_matches_torch_for_any_batch_size(exported, batch):
     # given a model exported with an example batch of 2
