@@ -22,9 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from shrinkflow.config import ConfigError, load_params
+from shrinkflow.config import ConfigError, load_params, safe_load
 from shrinkflow.errors import UserError
 from tasks import dag
 from tasks.catalog import tree_digest
@@ -104,7 +102,7 @@ def _locked_inputs(root: Path) -> dict[str, str]:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (safe_load(lock.read_text()) or {}).get("stages", {})
     return {dep["path"]: str(dep.get("md5", "")) for stage in stages.values()
             for dep in stage.get("deps", [])}
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from shrinkflow.config import safe_load
 from shrinkflow.errors import UserError
 from tasks import dag, io
 from tasks.catalog import Catalog, file_md5, tree_digest
@@ -144,7 +144,7 @@ def ready(root: Path | str) -> Remote | None:
 
 def _recorded_objects(lock: Path) -> list[str]:
     """md5 of every output recorded in dvc.lock (a folder's is its .dir listing)."""
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    stages = (safe_load(lock.read_text()) or {}).get("stages", {})
     return [out["md5"] for item in stages.values() for out in item.get("outs", []) if "md5" in out]
 
 
