@@ -294,15 +294,18 @@ def imported_modules(path: Path, module: str) -> frozenset[str]:
     """Every module an `import` anywhere in the file names (inside functions too: lazy imports
     are still code the stage runs). `from package import name` counts `package.name` when that
     is a module, and `package` itself either way."""
-    stat = path.stat()
-    return _parsed_imports(path, module, stat.st_mtime_ns, stat.st_size)
-
-
-@cache  # keyed on the file's mtime and size too: an edited file is parsed again
-def _parsed_imports(path: Path, module: str, mtime_ns: int, size: int) -> frozenset[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    try:
+        return _parsed_imports(path.read_text(), package)
+    except SyntaxError as error:
+        error.filename = str(path)  # the error names the file, as `python path` would
+        raise
+
+
+@cache  # keyed on the text: an edited file is parsed again, a project's copy is not
+def _parsed_imports(source: str, package: str) -> frozenset[str]:
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -325,12 +328,16 @@ def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
     """Project files that `module` imports, directly or through other project modules, itself
     included; relative to `root`, sorted."""
     seen: dict[str, Path] = {}
+    outside: set[str] = set()  # modules that are not ours
     pending = [module]
     while pending:
         name = pending.pop()
         for candidate in _with_parents(name):
+            if candidate in seen or candidate in outside:
+                continue
             path = module_file(candidate, root)
-            if path is None or candidate in seen:
+            if path is None:
+                outside.add(candidate)
                 continue
             seen[candidate] = path
             pending.extend(imported_modules(path, candidate))
