@@ -92,13 +92,21 @@ def dvc_project(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference(prefect_api, tmp_path_factory) -> dict:
     """One uninterrupted pipeline run through Prefect on the tiny params.yaml of a git + DVC
-    project (so it records dvc.lock): the project, the flow's result and compare's report (every
-    candidate's figures) as the run left it. Modules that change the project put it back as they
-    found it."""
+    project (so it records dvc.lock): the project, the flow's result and Prefect id, and compare's
+    report (every candidate's figures) as the run left it. Modules that change the project put it back as they
+    found it.
+
+    It runs the stages that do not wait for each other at once, each in a process of its own, as
+    on a machine with the cores for it (a test worker has one core: its other runs go one stage at
+    a time, and test_interruptions checks that they compute the same)."""
+    import flows.pipeline
     from tasks import io
     from tasks.catalog import Catalog
 
     project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
-    result = pipeline(root=str(project))
-    return {"project": project, "result": result,
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flows.pipeline, "at_once", lambda cores=None: 2)
+        state = pipeline(root=str(project), return_state=True)
+    return {"project": project, "result": state.result(),
+            "flow_run_id": state.state_details.flow_run_id,
             "compare": io.read_candidates(Catalog.at(project), "compare")}

@@ -88,7 +88,8 @@ def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):
 
 
 def test_the_finished_run_computes_what_an_uninterrupted_one_does(interrupted, reference):
-    # then: same config and seed on the CPU, same numbers (the reference ran without a kill)
+    # then: same config and seed on the CPU, same numbers: the reference ran without a kill, with
+    # independent stages at once in processes of their own; these runs went one stage at a time
     compare = io.read_candidates(Catalog.at(interrupted["project"]), "compare")
     assert _quality(compare) == _quality(reference["compare"])
 
