@@ -72,8 +72,10 @@ def test_record_versions__runs_again_when_dvc_lock_or_the_remote_lost_its_record
     assert cloud.returncode == 0 and "in sync" in cloud.stdout, cloud.stdout
 
 
-def test_dvc_repro__runs_what_changed_then_has_nothing_to_do(reference):
-    project = reference["project"]
+def test_dvc_repro__runs_what_changed_then_has_nothing_to_do(reference, tmp_path):
+    # given: a copy of the reference project (git, DVC cache and remote included), so the stages
+    # DVC runs leave the reference's outputs to the Prefect cache entries of the tests after this
+    project = Path(shutil.copytree(reference["project"], tmp_path / "project", symlinks=True))
     # when: a module only compare and deploy import changes
     with _commented(project / "shrinkflow" / "gate.py"):
         repro = run(["dvc", "repro"], project)
@@ -83,13 +85,6 @@ def test_dvc_repro__runs_what_changed_then_has_nothing_to_do(reference):
         assert ran == {"compare", "deploy"}, repro.stdout
         again = run(["dvc", "repro"], project)
         assert "Data and pipelines are up to date" in again.stdout, again.stdout
-    # and: with the module as it was, DVC would check the earlier outputs out of its run cache;
-    # running the two again stamps them with the key of the code as it is, for the tests that
-    # come after
-    restored = run(["dvc", "repro", "--force", "--single-item", "compare", "deploy"], project)
-    assert restored.returncode == 0, restored.stderr + restored.stdout
-    # compare's new timings are deploy's input: one flow run puts that key in Prefect's cache
-    assert "deploy" in pipeline(root=str(project))["stages"]
     # and: metrics and plots are readable by DVC
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert metrics.returncode == 0 and '"val_accuracy"' in metrics.stdout
