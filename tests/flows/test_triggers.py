@@ -1,6 +1,10 @@
 """Unattended runs: the git hook starts a tagged run for a commit that changes the pipeline's
 inputs and none for one that does not; a cron deployment on a real Prefect server is run by a
-process worker and tagged `schedule`. Every run says what started it."""
+process worker and tagged `schedule`. Every run says what started it.
+
+The module's Prefect server, its cron deployment and the worker serving it start before the first
+test, so the scheduler's wait for the next minute passes while the commit test runs (whose hook
+run reports to the same server)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.flows.conftest import command_env, mlflow_client, run
+from tests.flows.conftest import command_env, make_dvc_project, mlflow_client, run
 
 pytestmark = pytest.mark.integration
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
@@ -24,9 +30,9 @@ QUICK = [part for override in ("search.enabled=false", "prune.structured.enabled
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def commit_all(project: Path, message: str) -> str:
+def commit_all(project: Path, message: str, **env: str) -> str:
     result = run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message],
-                 project)
+                 project, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr  # git shows a hook's output on stderr
 
@@ -45,19 +51,19 @@ def finished_run(filter_string: str, timeout: float, log: Path | None = None):
     raise AssertionError(f"no finished run for {filter_string} in {timeout:.0f} s\n{tail}")
 
 
-def test_a_commit_starts_a_tagged_run_only_when_it_changes_an_input(dvc_project):
+def test_a_commit_starts_a_tagged_run_only_when_it_changes_an_input(scheduled, dvc_project):
     mlflow_client().search_experiments()  # the store exists before the hook's run opens it
     assert run([SHRINKFLOW, "hooks", "install", *QUICK], dvc_project).returncode == 0
     (dvc_project / "README.md").write_text("# notes\n")
     run(["git", "add", "README.md"], dvc_project)
     # when: a commit of the README only
-    said = commit_all(dvc_project, "docs")
+    said = commit_all(dvc_project, "docs", PREFECT_API_URL=scheduled["api"])
     # then: no run, and the hook says why
     assert "changes no pipeline input" in said and not (dvc_project / ".shrinkflow/runs").exists()
     # when: a commit of a param
     params = dvc_project / "params.yaml"
     params.write_text(params.read_text().replace("patience: 15", "patience: 14"))
-    said = commit_all(dvc_project, "patience")
+    said = commit_all(dvc_project, "patience", PREFECT_API_URL=scheduled["api"])
     # then: a run in the background, tagged with the commit, says so in its name
     sha = run(["git", "rev-parse", "HEAD"], dvc_project).stdout.strip()
     assert "pipeline run started in the background" in said, said
@@ -84,12 +90,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    """A real Prefect server on 127.0.0.1 with its scheduler running, its own database."""
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 with its scheduler running, its own database; its API."""
     port = _free_port()
-    env = {**command_env(), "PREFECT_HOME": str(tmp_path / "prefect-server"),
-           "PREFECT_UI_ENABLED": "false",
+    env = {**command_env(), "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
@@ -112,39 +117,53 @@ def prefect_server(tmp_path):
         server.wait(timeout=30)
 
 
-def test_a_cron_deployment_is_run_by_a_worker_and_tagged_schedule(prefect_server, dvc_project):
-    env = {"PREFECT_API_URL": prefect_server, "PREFECT_HOME": str(dvc_project / ".prefect")}
-    assert run([PREFECT, "work-pool", "create", "shrinkflow", "--type", "process"], dvc_project,
-               **env).returncode == 0
-    # when: the pipeline is scheduled every minute on that pool, and a worker serves the pool
-    made = run([SHRINKFLOW, "schedule", "--cron", "* * * * *", "--pool", "shrinkflow", *QUICK],
-               dvc_project, **env)
-    assert made.returncode == 0, made.stderr
-    log = dvc_project / "worker.log"
-    with log.open("w") as output:
-        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "shrinkflow"],
-                                  cwd=dvc_project, env=command_env(**env), stdout=output,
-                                  stderr=subprocess.STDOUT)
-    try:
-        # then: the scheduler's run completes, tagged `schedule` in Prefect and in MLflow
-        flow_run = _completed_flow_run(prefect_server, 300, log)
-        assert flow_run["auto_scheduled"] and "trigger:schedule" in flow_run["tags"]
-        parent = finished_run("tags.`shrinkflow.trigger` = 'schedule'", 60)
-        assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline (schedule)"
-    finally:
-        worker.terminate()
-        try:  # a worker stops once its running flow ends: the next minute's run may have started
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=60)
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory) -> Iterator[dict]:
+    """A Prefect server, the pipeline of a DVC project deployed on it every minute on a process
+    work pool, and a worker serving the pool (its output in `log`)."""
+    folder = tmp_path_factory.mktemp("scheduled")
+    project = make_dvc_project(folder / "project")
+    with prefect_server(folder / "prefect-server") as api:
+        env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(project / ".prefect"),
+               "PREFECT_WORKER_QUERY_SECONDS": "2"}
+        made = run([PREFECT, "work-pool", "create", "shrinkflow", "--type", "process"], project,
+                   **env)
+        assert made.returncode == 0, made.stderr
+        made = run([SHRINKFLOW, "schedule", "--cron", "* * * * *", "--pool", "shrinkflow",
+                    *QUICK], project, **env)
+        assert made.returncode == 0, made.stderr
+        log = folder / "worker.log"
+        with log.open("w") as output:
+            worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "shrinkflow"],
+                                      cwd=project, env=command_env(**env), stdout=output,
+                                      stderr=subprocess.STDOUT)
+        try:
+            yield {"api": api, "log": log}
+        finally:
+            worker.terminate()
+            try:  # a worker stops once its flow run ends: the next minute's may have started
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=60)
+
+
+def test_a_cron_deployment_is_run_by_a_worker_and_tagged_schedule(scheduled):
+    # given: the pipeline scheduled every minute on a pool that a worker serves (the fixture)
+    # then: the scheduler's run completes, tagged `schedule` in Prefect and in MLflow
+    flow_run = _completed_flow_run(scheduled["api"], 300, scheduled["log"])
+    assert flow_run["auto_scheduled"] and "trigger:schedule" in flow_run["tags"]
+    parent = finished_run("tags.`shrinkflow.trigger` = 'schedule'", 60)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline (schedule)"
 
 
 def _completed_flow_run(api: str, timeout: float, log: Path) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"state": {
-            "type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}, timeout=10).json()
+        # a deployment's runs only: the commit test's hook run reports to this server too
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {
+            "deployment_id": {"is_null_": False},
+            "state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}}, timeout=10).json()
         if runs:
             assert runs[0]["state_type"] == "COMPLETED", log.read_text()[-3000:]
             return runs[0]
