@@ -57,6 +57,23 @@ SHARED_FIXTURE_FILES = {
                 "tests/tasks/test_recipes_stage.py"),
 }
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
+# The longest scopes (a group, or a file), started first: a worker takes the next scope when the
+# one it runs is nearly done, so a long one left for last would keep the others waiting.
+LONGEST_FIRST = ("flows", "trained", "tests/flows/test_triggers.py", "tests/flows/test_services.py")
+
+
+def _scope(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return _GROUP_OF_FILE.get(path, path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The scopes of `LONGEST_FIRST` first, in that order; the rest as collected."""
+    def rank(item: pytest.Item) -> int:
+        scope = _scope(item.nodeid)
+        return LONGEST_FIRST.index(scope) if scope in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a scope keep their order
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -69,16 +86,18 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                                     f"[{group!r}] (tests/conftest.py)")
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (-p no:xdist) has no such hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Spread the tests file by file (a module-scoped fixture, such as a running server, is then
-    built once, not once per worker), and the files of a group together."""
+    built once, not once per worker), and the files of a group together; scopes in the order
+    collected (`pytest_collection_modifyitems`), not by their number of tests."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedFixtureScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::")[0]
-            return _GROUP_OF_FILE.get(path, path)
+            return _scope(nodeid)
 
+    config.option.loadscopereorder = False
     return SharedFixtureScheduling(config, log)
 
 

@@ -1,5 +1,8 @@
 """Stage `deploy` and the registry: registration with lineage, the promotion gate, rollback, the
-`models` commands and both servers of the registered model, on a real MLflow store."""
+`models` commands and both servers of the registered model, on a real MLflow store.
+
+Integration tests (not in `make test-fast`): the gate loads every version it promotes in a client
+process of its own, and two tests start the model's servers."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from tasks.compare import run_compare
 from tasks.deploy import run_deploy
 from tests.conftest import TINY, copy_trained
 
+pytestmark = pytest.mark.integration
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -195,7 +199,6 @@ def test_rows(deployed):
     return rows, list(session.run(None, {"features": rows.x})[0])
 
 
-@pytest.mark.integration  # starts a server
 def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
     port = free_port()
@@ -207,7 +210,6 @@ def test_shrinkflow_serve_answers_like_offline_evaluation(deployed, test_rows):
     assert model["version"] == "1" and model["candidate"] and model["alias"] == "champion"
 
 
-@pytest.mark.integration  # starts a server
 def test_mlflow_models_serve_answers_like_offline_evaluation(deployed, test_rows):
     rows, offline = test_rows
     port = free_port()

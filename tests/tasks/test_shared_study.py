@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from shrinkflow.search import study
 from tasks import studies
 
+pytestmark = pytest.mark.integration
 QUEUED = 200
 
 
