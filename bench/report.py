@@ -79,7 +79,18 @@ def _pipeline(pipeline: dict) -> list[str]:
             f"The cached re-run takes {pipeline['cached_rerun_pct']:.1f}% of the full run "
             f"({verdict} the {CACHED_RERUN_TARGET_PCT:.0f}% target); orchestration adds "
             f"{pipeline['orchestration_overhead_pct']:.0f}% to the stages called directly "
-            "(single runs each: these two are not ratios measured side by side).", ""]
+            "(single runs each: these two are not ratios measured side by side).", "",
+            *_stages_at_once(pipeline.get("stages_at_once"))]
+
+
+def _stages_at_once(concurrency: dict | None) -> list[str]:
+    if not concurrency:
+        return []
+    return [f"Independent stages run side by side ({concurrency['at_once']} at once, in processes "
+            f"of their own): {concurrency['side_by_side_s']:.1f} s against "
+            f"{concurrency['one_at_a_time_s']:.1f} s one at a time, {concurrency['saved_s']:.1f} s "
+            f"({concurrency['saved_pct']:.1f}%) saved (two fresh full runs, one after the other; "
+            "negative: lost).", ""]
 
 
 def _compression(report: dict) -> list[str]:

@@ -88,10 +88,11 @@ class BenchError(RuntimeError):
     """A command the benchmark runs failed: its section is marked failed, the others still run."""
 
 
-def timed(command: list[str], project: Path) -> float:
+def timed(command: list[str], project: Path, **env: str) -> float:
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=project, env=project_env(project), capture_output=True,
-                            text=True, timeout=3 * 3600)  # mnist1d distils 5 students on 2 cores
+    result = subprocess.run(command, cwd=project, env={**project_env(project), **env},
+                            capture_output=True, text=True,
+                            timeout=3 * 3600)  # mnist1d distils 5 students on 2 cores
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise BenchError(f"{' '.join(command)} failed in {project}:\n{result.stderr[-3000:]}")
@@ -135,6 +136,9 @@ def pipeline_timings(workdir: Path) -> tuple[dict[str, float], dict[str, Path]]:
     full = timed(["shrinkflow", "run"], flow_project)
     print(f"  {full:.1f} s; cached re-run ...", flush=True)
     cached = timed(["shrinkflow", "run"], flow_project)
+    print(f"  {cached:.1f} s; the full run with the other choice of stages at once ...",
+          flush=True)
+    concurrency = stages_at_once(workdir, full)
     print(f"  {cached:.1f} s; the same stages called directly ...", flush=True)
     direct = direct_calls(fresh_project(workdir, "direct"), None)
     print(f"  {direct:.1f} s; the same with the search off ...", flush=True)
@@ -149,7 +153,28 @@ def pipeline_timings(workdir: Path) -> tuple[dict[str, float], dict[str, Path]]:
         "orchestration_overhead_pct": round(100 * (full - direct) / direct, 1),
         "cached_rerun_pct": round(100 * cached / full, 1),
         "cached_rerun_target_pct": checks.CACHED_RERUN_TARGET_PCT,
+        "stages_at_once": concurrency,
     }, {"digits": flow_project, UNSEARCHED: unsearched_project}
+
+
+def stages_at_once(workdir: Path, full: float) -> dict[str, Any]:
+    """The full run of a fresh project again with the other choice of how many stages run side
+    by side: as many as the DAG allows where this machine ran them one at a time (two cores),
+    else one at a time. The wall time saved is the one-at-a-time run's minus the other's."""
+    from flows.pipeline import at_once
+    from tasks.dag import width
+    from tasks.environment import STAGES_AT_ONCE_VARIABLE
+
+    machine = at_once()
+    other = width() if machine == 1 else 1
+    again = timed(["shrinkflow", "run"], fresh_project(workdir, "at-once"),
+                  **{STAGES_AT_ONCE_VARIABLE: str(other)})
+    print(f"  {again:.1f} s with {other} at once", flush=True)
+    one_at_a_time, side_by_side = (full, again) if machine == 1 else (again, full)
+    return {"at_once": max(machine, other), "one_at_a_time_s": round(one_at_a_time, 2),
+            "side_by_side_s": round(side_by_side, 2),
+            "saved_s": round(one_at_a_time - side_by_side, 2),
+            "saved_pct": round(100 * (one_at_a_time - side_by_side) / one_at_a_time, 1)}
 
 
 BENCH_FIELDS = ("candidate", "file", "val_accuracy", "val_accuracy_drop_pp", "accuracy",

@@ -22,8 +22,10 @@ from prefect.states import State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from shrinkflow.config import Params, load_params
+from shrinkflow.errors import UserError
 from tasks import dag, stage_tasks, stages, summary, tracking, triggers, versions
 from tasks.dag import STAGES
+from tasks.environment import STAGES_AT_ONCE_VARIABLE
 from tasks.lock import project_lock
 
 # the loggers of a stage's console output: ours, and Prefect's (a task run's state, its error)
@@ -40,7 +42,14 @@ def _cores() -> int:
 def at_once(cores: int | None = None) -> int:
     """The most stages running at the same time: as many as may (`tasks.dag.width`), with two
     cores each at least. On two cores, two stages with a thread each were no faster than one at
-    a time with two (tiny params, measured), and a stage's process costs its start-up."""
+    a time with two (tiny params, measured), and a stage's process costs its start-up.
+    SHRINKFLOW_STAGES_AT_ONCE sets it for this machine's cores (`cores` not given)."""
+    chosen = os.environ.get(STAGES_AT_ONCE_VARIABLE, "").strip()
+    if cores is None and chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise UserError(f"{STAGES_AT_ONCE_VARIABLE}={chosen!r}: expected a whole number of "
+                            "stages, 1 or more")
+        return min(dag.width(), int(chosen))
     return max(1, min(dag.width(), (cores or _cores()) // 2))
 
 

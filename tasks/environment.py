@@ -34,7 +34,10 @@ RUN_CONTEXT: dict[str, str] = {
     "CI_COMMIT_SHA": "the commit a GitLab CI run builds",
     "OMP_NUM_THREADS": "CPU threads the run may use (default: every core); independent stages run "
                        "side by side with 4 or more",
+    "SHRINKFLOW_STAGES_AT_ONCE": "the most stages run side by side (default: one per two of those "
+                                 "threads); 1 runs them one at a time",
 }
+STAGES_AT_ONCE_VARIABLE = "SHRINKFLOW_STAGES_AT_ONCE"
 DVC_REMOTE_VARIABLE = "SHRINKFLOW_DVC_REMOTE"
 S3_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 

@@ -145,7 +145,9 @@ def test_a_failed_section_keeps_the_others_and_fails_the_bench(tmp_path, monkeyp
                                       str(tmp_path)])
     monkeypatch.setattr(run, "pipeline_timings", lambda workdir: (
         {"full_run_s": 100.0, "cached_rerun_s": 5.0, "direct_calls_s": 90.0,
-         "orchestration_overhead_pct": 11.1, "cached_rerun_pct": 5.0}, {}))
+         "orchestration_overhead_pct": 11.1, "cached_rerun_pct": 5.0,
+         "stages_at_once": {"at_once": 3, "one_at_a_time_s": 100.0, "side_by_side_s": 110.0,
+                            "saved_s": -10.0, "saved_pct": -10.0}}, {}))
 
     def broken(*args):
         raise ValueError("Cannot tell a COMPLETE trial.")
@@ -161,5 +163,7 @@ def test_a_failed_section_keeps_the_others_and_fails_the_bench(tmp_path, monkeyp
                                           "error": "ValueError: Cannot tell a COMPLETE trial."}]
     assert report["targets"] == [checks.cached_rerun_check(report["pipeline"])]
     assert "Sections that failed** (their figures are missing below): compression" in \
+        (tmp_path / "bench.md").read_text()
+    assert "110.0 s against 100.0 s one at a time, -10.0 s (-10.0%) saved" in \
         (tmp_path / "bench.md").read_text()
     assert markdown(report) == (tmp_path / "bench.md").read_text()

@@ -99,13 +99,13 @@ def reference(prefect_api, tmp_path_factory) -> dict:
     It runs the stages that do not wait for each other at once, each in a process of its own, as
     on a machine with the cores for it (a test worker has one core: its other runs go one stage at
     a time, and test_interruptions checks that they compute the same)."""
-    import flows.pipeline
     from tasks import io
     from tasks.catalog import Catalog
+    from tasks.environment import STAGES_AT_ONCE_VARIABLE
 
     project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flows.pipeline, "at_once", lambda cores=None: 2)
+        patch.setenv(STAGES_AT_ONCE_VARIABLE, "2")
         state = pipeline(root=str(project), return_state=True)
     return {"project": project, "result": state.result(),
             "flow_run_id": state.state_details.flow_run_id,

@@ -139,6 +139,24 @@ def test_pipeline__stages_running_at_once_never_ask_for_more_than_all_cores():
     assert stage_threads("compare", 16) == 16 and stage_threads("prune", 16) == 5
 
 
+def test_pipeline__the_user_sets_how_many_stages_run_at_once(monkeypatch):
+    from flows.pipeline import at_once
+    from shrinkflow.errors import UserError
+    from tasks import dag
+    from tasks.environment import STAGES_AT_ONCE_VARIABLE
+
+    # given: the variable set, one at a time, more than the DAG allows, or not a number
+    monkeypatch.setenv(STAGES_AT_ONCE_VARIABLE, "1")
+    assert at_once() == 1
+    monkeypatch.setenv(STAGES_AT_ONCE_VARIABLE, "16")
+    assert at_once() == dag.width()
+    monkeypatch.setenv(STAGES_AT_ONCE_VARIABLE, "two")
+    with pytest.raises(UserError, match=f"{STAGES_AT_ONCE_VARIABLE}='two'"):
+        at_once()
+    # and: the rule for given cores stays the machine's
+    assert at_once(16) == dag.width()
+
+
 def test_pipeline__unchanged_rerun_is_cached(reference):
     # given: the project as the modules before left it (DVC may have run stages since)
     before = pipeline(root=str(reference["project"]))
