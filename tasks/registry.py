@@ -253,12 +253,15 @@ def gated_promote(root: Path, experiment: str, name: str, version: str, cfg: Dep
                   how: str, force: bool = False) -> Promotion:
     """Run the gate on `version` against the current champion; promote it when every check
     passes (or `force`). The champion must not move while the checks run (hold the project
-    lock): if it did, nothing is promoted."""
+    lock): if it moved to another version, nothing is promoted; if another run promoted this
+    very one, it is the champion as asked."""
     champion = version_of(root, name, CHAMPION)
     found = checks(root, name, version, champion, cfg)
     if gate.failed(found) and not force:
         return Promotion(found, False, champion)
     now = version_of(root, name, CHAMPION)
+    if now == version:  # another run (sharing the registry) promoted this very version meanwhile
+        return Promotion(found, False, now)
     if now != champion:
         raise RegistryError(f"the champion of {name!r} moved to version {now} while version "
                             f"{version} was checked against version {champion}: nothing "

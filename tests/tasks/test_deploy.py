@@ -59,7 +59,7 @@ def _inject_untrained(project: Path) -> None:
     """compare's report names an untrained model as its choice: a regression to be refused."""
     catalog = Catalog.at(project)
     arch, _ = load_torch(catalog.baseline_dir, "baseline")
-    folder = catalog.stage_models("distilled")
+    folder = catalog.models_dir("distill")
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(build_model(arch).eval(), arch.input_shape, folder / "untrained.onnx")
     write_manifest(folder, [Candidate("untrained", "models/distilled/untrained.onnx", "baseline",
@@ -161,6 +161,17 @@ def test_a_champion_moved_during_the_gate_is_not_overwritten(deployed, tmp_path,
         registry.gated_promote(project, "shrinkflow", name, second,
                                _params(project, name).deploy, how="manual")
     assert _champion(project, name) == first
+
+    # and: another run promoting this very version meanwhile (two runs that made the same file
+    # share the registry) leaves it the champion, without an error
+    def same_meanwhile(root, name_, version, champion, cfg):
+        registry.promote(root, "shrinkflow", name_, version, "manual")
+        return [check for check in checks(root, name_, version, champion, cfg) if check.passed]
+
+    monkeypatch.setattr(registry, "checks", same_meanwhile)
+    done = registry.gated_promote(project, "shrinkflow", name, second,
+                                  _params(project, name).deploy, how="manual")
+    assert (done.promoted, done.champion, _champion(project, name)) == (False, second, second)
 
 
 def test_budgets_and_auto_promote_off_leave_the_champion_alone(deployed, tmp_path):
