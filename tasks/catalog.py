@@ -97,10 +97,6 @@ class Catalog:
             raise KeyError(f"stage {stage!r} writes no folder under {dag.MODELS}/")
         return self.path(folder)
 
-    def stage_models(self, folder: str) -> Path:
-        """models/<folder>/ by the folder's name ("pruned"); a stage's own: `models_dir`."""
-        return self.root / dag.MODELS / folder
-
     @property
     def compare_dir(self) -> Path:
         return self.report_dir("compare")

@@ -12,6 +12,7 @@ import pytest
 
 from tasks import io
 from tasks.catalog import Catalog
+from tasks.environment import STAGES_AT_ONCE_VARIABLE
 from tasks.lock import project_lock
 from tasks.tracking import PROJECT_TAG
 from tests.conftest import copy_project
@@ -33,7 +34,7 @@ def _runs(project: Path, name: str | None = None) -> list:
 
 def _kill_during_training(project: Path) -> None:
     """Start `shrinkflow run` and SIGKILL it (and its children) while the distilled student
-    trains."""
+    trains (one stage at a time: prune has finished by then)."""
     process = subprocess.Popen(["shrinkflow", "run"], cwd=project, env=command_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -56,18 +57,22 @@ def _quality(compare: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def interrupted(reference, tmp_path_factory) -> dict:
-    """A project whose first `shrinkflow run` was killed in the distill stage, then run again."""
+    """A project whose first `shrinkflow run` was killed in the distill stage, then run again;
+    both one stage at a time, whatever the cores."""
     project = copy_project(tmp_path_factory.mktemp("killed") / "project")
     tiny_params_file(project)  # the reference run's configuration
-    _kill_during_training(project)
-    killed = {run.info.run_id: run.info.run_name for run in _runs(project)
-              if run.info.status == "RUNNING"}
-    finished = {run.info.run_name: run.info.run_id for run in _runs(project)
-                if run.info.status == "FINISHED"}
-    leftovers = sorted(str(path.relative_to(project)) for folder in ("models", "data")
-                       for path in (project / folder).glob(".*"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(STAGES_AT_ONCE_VARIABLE, "1")
+        _kill_during_training(project)
+        killed = {run.info.run_id: run.info.run_name for run in _runs(project)
+                  if run.info.status == "RUNNING"}
+        finished = {run.info.run_name: run.info.run_id for run in _runs(project)
+                    if run.info.status == "FINISHED"}
+        leftovers = sorted(str(path.relative_to(project)) for folder in ("models", "data")
+                           for path in (project / folder).glob(".*"))
+        rerun = pipeline(root=str(project))
     return {"project": project, "killed": killed, "finished": finished, "leftovers": leftovers,
-            "rerun": pipeline(root=str(project))}
+            "rerun": rerun}
 
 
 def test_a_killed_run_is_finished_by_the_next_from_the_cache(interrupted):

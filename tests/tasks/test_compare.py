@@ -46,7 +46,7 @@ def _add_candidates(project, params) -> str:
     the MLflow run that made the twin."""
     catalog = Catalog.at(project)
     arch, teacher = load_torch(catalog.baseline_dir, "baseline")
-    folder = catalog.stage_models("distilled")
+    folder = catalog.models_dir("distill")
     folder.mkdir(parents=True)
     torch.manual_seed(1)
     with tracking.stage_run("distill", params, catalog.root), \

@@ -24,7 +24,7 @@ def test_distill__trains_both_students_and_records_the_gain(trained_project, tin
     # when
     summary = run_distill(tiny_params, project)
     # then
-    folder = Catalog.at(project).stage_models("distilled")
+    folder = Catalog.at(project).models_dir("distill")
     candidates = read_manifest(folder, "distill")
     assert [c.name for c in candidates] == ["student-kd", "student-scratch"]
     arch, _ = load_torch(folder / "student-kd", "distill")
@@ -77,7 +77,7 @@ def test_distill__extra_students_and_the_unlabeled_pool(pooled):
     run_distill(params, pooled)
     # then every student is trained with and without the teacher, and with the teacher on the
     # labeled rows alone; each gain recorded, split into the soft labels' and the pool's share
-    folder = Catalog.at(pooled).stage_models("distilled")
+    folder = Catalog.at(pooled).models_dir("distill")
     assert [c.name for c in read_manifest(folder, "distill")] == [
         "student-kd", "student-kd-labeled", "student-scratch", "mlp-kd", "mlp-kd-labeled",
         "mlp-scratch"]
@@ -110,12 +110,12 @@ def test_distill__disabled_writes_an_empty_manifest(trained_project, tiny_params
     params = tiny_params.model_copy(update={"distill": tiny_params.distill.model_copy(
         update={"enabled": False})})
     run_distill(params, trained_project)
-    assert read_manifest(Catalog.at(trained_project).stage_models("distilled"), "distill") == []
+    assert read_manifest(Catalog.at(trained_project).models_dir("distill"), "distill") == []
 
 
 def test_distill__seeds_train_the_same_student_from_other_starts(pooled):
     catalog = Catalog.at(pooled)
-    folder = catalog.stage_models("distilled")
+    folder = catalog.models_dir("distill")
     overrides = [*TINY, "distill.use_unlabeled=false", "distill.train_without_teacher=false"]
     run_distill(load_params(pooled / "params.yaml", overrides=overrides), pooled)
     _, single = load_torch(folder / "student-kd", "distill")

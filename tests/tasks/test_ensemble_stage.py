@@ -34,7 +34,7 @@ def with_students(trained_tiny, tmp_path_factory):
     catalog = Catalog.at(project)
     arch, _ = load_torch(catalog.baseline_dir, "baseline")
     small = arch.__class__(arch.family, arch.input_shape, arch.n_classes, (4, 8))
-    distilled, quantized = catalog.stage_models("distilled"), catalog.stage_models("quantized")
+    distilled, quantized = catalog.models_dir("distill"), catalog.models_dir("quantize")
     distilled.mkdir(parents=True)
     quantized.mkdir(parents=True)
     listed = []
@@ -59,7 +59,7 @@ def test_one_candidate_per_method_from_members_of_different_lineages(with_studen
     assert len(report["members"]) == 2 and "small-b" in report["members"], report["reason"]
     assert len({name.removesuffix("-int8_dynamic") for name in report["members"]}) == 2
     assert sum(report["weights"].values()) == pytest.approx(1.0)
-    made = read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble")
+    made = read_manifest(Catalog.at(project).models_dir("ensemble"), "ensemble")
     assert [c.name for c in made] == ["ensemble-average", "ensemble-weighted", "ensemble-vote"]
     assert all(c.parent == "+".join(report["members"]) for c in made)
     assert summary["members"] == report["members"]
@@ -89,7 +89,7 @@ def test_selection_top_k_picks_by_validation_accuracy_and_fits_the_weights(with_
     assert report["selection"] == "top_k" and "top_k=3 by validation accuracy" in report["reason"]
     assert len(report["members"]) == 2 and "small-b" in report["members"], report["reason"]
     assert sum(report["weights"].values()) == pytest.approx(1.0)
-    made = read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble")
+    made = read_manifest(Catalog.at(project).models_dir("ensemble"), "ensemble")
     assert [c.name for c in made] == ["ensemble-weighted"]
 
 
@@ -101,7 +101,7 @@ def test_named_members_must_be_candidates(with_students):
 def test_disabled_or_impossible_ensembles_list_no_candidates(with_students, tmp_path):
     project = copy_trained(with_students, tmp_path / "project")
     run_ensemble(_params(project, "ensemble.enabled=false"), project)
-    assert read_manifest(Catalog.at(project).stage_models("ensemble"), "ensemble") == []
+    assert read_manifest(Catalog.at(project).models_dir("ensemble"), "ensemble") == []
     run_ensemble(_params(project, "ensemble.max_size_fraction=0.001"), project)
     report = io.read_candidates(Catalog.at(project), "ensemble")
     assert report["members"] == [] and "max_total_bytes" in report["reason"]

@@ -30,7 +30,7 @@ def pruned(trained_tiny, tmp_path_factory):
 
 def test_prune__writes_a_manifest_of_reloadable_candidates(pruned):
     project, _ = pruned
-    folder = Catalog.at(project).stage_models("pruned")
+    folder = Catalog.at(project).models_dir("prune")
     names = [c.name for c in read_manifest(folder, "prune")]
     assert names[:2] == ["structured-50", "unstructured-80"]
     _, baseline = load_torch(Catalog.at(project).baseline_dir, "baseline")
@@ -41,7 +41,7 @@ def test_prune__writes_a_manifest_of_reloadable_candidates(pruned):
 
 def test_prune__unstructured_files_are_stored_sparse(pruned):
     project, _ = pruned
-    folder = Catalog.at(project).stage_models("pruned") / "unstructured-80"
+    folder = Catalog.at(project).models_dir("prune") / "unstructured-80"
     baseline = Catalog.at(project).baseline_dir
     assert (folder / "model.pt").stat().st_size < 0.5 * (baseline / "model.pt").stat().st_size
     assert (folder / "model.onnx").stat().st_size < 0.6 * (baseline / "model.onnx").stat().st_size
@@ -67,7 +67,7 @@ def test_prune__search_keeps_the_highest_ratio_within_the_drop_on_validation(pru
     # and: the highest accepted ratio is kept as structured-auto, or nothing when none was
     accepted = [t["ratio"] for t in tries if t["accepted"]]
     assert search["ratio"] == (max(accepted) if accepted else None)
-    names = [c.name for c in read_manifest(catalog.stage_models("pruned"), "prune")]
+    names = [c.name for c in read_manifest(catalog.models_dir("prune"), "prune")]
     assert ("structured-auto" in names) == bool(accepted)
     # and: metrics/prune.json holds the headline: how many candidates, the best on validation;
     # the ratio kept is in reports/prune/metrics.json

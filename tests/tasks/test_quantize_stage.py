@@ -33,7 +33,7 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     # when both are quantized
     run_quantize(params, project)
     # then each gets each method, listed in the manifest
-    folder = catalog.stage_models("quantized")
+    folder = catalog.models_dir("quantize")
     names = [c.name for c in read_manifest(folder, "quantize")]
     assert names == ["baseline-fp32-fp16", "baseline-fp32-int8_weights",
                      "unstructured-80-fp16", "unstructured-80-int8_weights"]
@@ -42,7 +42,7 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     int8 = onnx.load(str(folder / "unstructured-80-int8_weights.onnx"))
     sparse_dtypes = {numpy_helper.to_array(t.values).dtype for t in int8.graph.sparse_initializer}
     assert np.dtype(np.int8) in sparse_dtypes, f"int8 weights should be stored sparse: {sparse_dtypes}"
-    unstructured = catalog.stage_models("pruned") / "unstructured-80" / "model.onnx"
+    unstructured = catalog.models_dir("prune") / "unstructured-80" / "model.onnx"
     sizes = {"int8 sparse": file_size(folder / "unstructured-80-int8_weights.onnx"),
              "fp32 sparse": file_size(unstructured),
              "int8 dense": file_size(folder / "baseline-fp32-int8_weights.onnx")}

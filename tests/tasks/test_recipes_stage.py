@@ -29,7 +29,7 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
     assert len(report["trials"]) == 3
     assert all({"val_accuracy", "size_bytes", "latency_ms", "recipe"} <= set(row)
                for row in report["trials"])
-    candidates = read_manifest(catalog.stage_models("searched"), "recipes")
+    candidates = read_manifest(catalog.models_dir("recipes"), "recipes")
     assert 1 <= len(candidates) <= 2 and [c.name for c in candidates] == report["front"]
     assert io.read_metrics(catalog, "recipes") == {
         "candidates": len(candidates), "trials": 3, "seconds": report["seconds"]}
@@ -59,4 +59,4 @@ def test_the_front_goes_to_compare_as_candidates(trained_project):
 def test_with_the_recipe_search_off_there_are_no_recipe_candidates(trained_project, tiny_params):
     summary = run_recipes(tiny_params, trained_project)
     assert summary["front"] == []
-    assert read_manifest(Catalog.at(trained_project).stage_models("searched"), "recipes") == []
+    assert read_manifest(Catalog.at(trained_project).models_dir("recipes"), "recipes") == []
