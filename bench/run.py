@@ -139,7 +139,7 @@ def pipeline_timings(workdir: Path) -> tuple[dict[str, float], dict[str, Path]]:
     print(f"  {cached:.1f} s; the full run with the other choice of stages at once ...",
           flush=True)
     concurrency = stages_at_once(workdir, full)
-    print(f"  {cached:.1f} s; the same stages called directly ...", flush=True)
+    print("  the same stages called directly ...", flush=True)
     direct = direct_calls(fresh_project(workdir, "direct"), None)
     print(f"  {direct:.1f} s; the same with the search off ...", flush=True)
     unsearched_project = fresh_project(workdir, "unsearched")

@@ -594,8 +594,8 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any],
     return merged
 
 
-# libyaml's parser where PyYAML was built with it (its wheels are): about ten times faster than the
-# pure-Python one on params.yaml, which every stage, check and cache key reads; as safe
+# libyaml's parser where PyYAML was built with it (its wheels are): about twenty times faster than
+# the pure-Python one on params.yaml, which every stage, check and cache key reads; as safe
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -24,6 +24,7 @@ SERVICES: dict[str, str] = {
     "AWS_SECRET_ACCESS_KEY": _S3_CREDENTIALS,
     "AWS_DEFAULT_REGION": "S3 region (any value for MinIO)",
 }
+STAGES_AT_ONCE_VARIABLE = "SHRINKFLOW_STAGES_AT_ONCE"
 # variables read that describe a run, not a service: set by whoever starts it
 RUN_CONTEXT: dict[str, str] = {
     "SHRINKFLOW_TRIGGER": "what started the run: schedule, commit, ci or manual (hook, scheduler)",
@@ -34,10 +35,9 @@ RUN_CONTEXT: dict[str, str] = {
     "CI_COMMIT_SHA": "the commit a GitLab CI run builds",
     "OMP_NUM_THREADS": "CPU threads the run may use (default: every core); independent stages run "
                        "side by side with 4 or more",
-    "SHRINKFLOW_STAGES_AT_ONCE": "the most stages run side by side (default: one per two of those "
-                                 "threads); 1 runs them one at a time",
+    STAGES_AT_ONCE_VARIABLE: "the most stages run side by side (default: one per two of those "
+                             "threads); 1 runs them one at a time",
 }
-STAGES_AT_ONCE_VARIABLE = "SHRINKFLOW_STAGES_AT_ONCE"
 DVC_REMOTE_VARIABLE = "SHRINKFLOW_DVC_REMOTE"
 S3_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
