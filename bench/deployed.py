@@ -73,7 +73,7 @@ def retime(project: Path, deployed_file: str, threads: int, rounds: int = 10) ->
     from shrinkflow.config import MeasureConfig
     from shrinkflow.export import onnx_predictor
     from shrinkflow.measure import THROUGHPUT_BATCH, Noise, time_side_by_side, torch_predictor, torch_threads
-    from tasks.candidates import load_torch
+    from tasks.services.candidates import load_torch
 
     cfg = MeasureConfig(threads=threads, warmup=50, repeats=2000, throughput_repeats=20,
                         rounds=rounds)

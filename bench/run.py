@@ -69,7 +69,7 @@ WARM_UP = ["--set", "baseline.train.epochs=1", "--set", "prune.finetune_epochs=0
 
 
 def fresh_project(parent: Path, name: str) -> Path:
-    from tasks.catalog import copy_sources
+    from tasks.services.catalog import copy_sources
 
     return copy_sources(REPO, parent / name)
 
@@ -103,11 +103,11 @@ DIRECT = """
 import json
 import sys
 from pathlib import Path
-from tasks.environment import configure
+from tasks.services.environment import configure
 configure(Path.cwd())
 from shrinkflow.config import load_params
-from tasks.dag import STAGES
-from tasks.stages import run_stage
+from tasks.services.dag import STAGES
+from tasks.services.runner import run_stage
 overlays, overrides, last = json.loads(sys.argv[1])
 params = load_params("params.yaml", overlays, overrides)
 for stage in list(STAGES)[: list(STAGES).index(last) + 1 if last else None]:
@@ -162,8 +162,8 @@ def stages_at_once(workdir: Path, full: float) -> dict[str, Any]:
     by side: as many as the DAG allows where this machine ran them one at a time (two cores),
     else one at a time. The wall time saved is the one-at-a-time run's minus the other's."""
     from flows.pipeline import at_once
-    from tasks.dag import width
-    from tasks.environment import STAGES_AT_ONCE_VARIABLE
+    from tasks.services.dag import width
+    from tasks.services.environment import STAGES_AT_ONCE_VARIABLE
 
     machine = at_once()
     other = width() if machine == 1 else 1
@@ -183,16 +183,16 @@ BENCH_FIELDS = ("candidate", "file", "val_accuracy", "val_accuracy_drop_pp", "ac
                 *checks.INTERVALS, *(f"{key}_interval" for key in checks.INTERVALS))
 def stage_report(project: Path, stage: str) -> dict:
     """Every candidate `stage` made or measured in `project`, with all its figures."""
-    from tasks import io
-    from tasks.catalog import Catalog
+    from tasks.services import io
+    from tasks.services.catalog import Catalog
 
     return io.read_candidates(Catalog.at(project), stage)
 
 
 def stage_metrics(project: Path, stage: str) -> dict:
     """All the figures `stage` wrote in `project` (metrics/<stage>.json holds only a few)."""
-    from tasks import io
-    from tasks.catalog import Catalog
+    from tasks.services import io
+    from tasks.services.catalog import Catalog
 
     return io.read_metrics(Catalog.at(project), stage)
 
@@ -213,7 +213,7 @@ def structured_torch_speedup(project: Path, threads: int) -> dict:
 
     from shrinkflow.config import MeasureConfig
     from shrinkflow.measure import Noise, time_side_by_side, torch_predictor, torch_threads
-    from tasks.candidates import load_torch
+    from tasks.services.candidates import load_torch
 
     cfg = MeasureConfig(threads=threads, warmup=50, repeats=1500, throughput_repeats=10, rounds=10)
     arch, baseline = load_torch(project / "models" / "baseline", "baseline")

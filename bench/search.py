@@ -49,7 +49,8 @@ def _study(project: Path, params, storage: str, workers: int = 0):
     Dask workers; returns it (loaded from `storage`)."""
     import optuna
 
-    from tasks import search, studies
+    from tasks.services import studies
+    from tasks.services.runner import search
 
     name = f"bench-{params.search.sampler}-{params.search.pruner}-{workers}"
     search.open_search(params, storage, name)  # tables and study before any worker starts

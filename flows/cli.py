@@ -20,8 +20,8 @@ import typer
 
 from shrinkflow.config import ConfigError, Params, load_params
 from shrinkflow.errors import UserError
-from tasks.dag import STAGES
-from tasks.environment import configure
+from tasks.services.dag import STAGES
+from tasks.services.environment import configure
 
 app = typer.Typer(help="Make neural networks small and fast, reproducibly.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -81,12 +81,12 @@ def run(params: ParamsOption = Path("params.yaml"), config: OverlayOption = None
     """Run the whole pipeline as a Prefect flow, tracked in MLflow and versioned with DVC."""
     loaded = _setup(params, config, set_, debug)
     from flows.server import prefect_api
-    from tasks.lock import project_lock
+    from tasks.services.lock import project_lock
 
     root = Path.cwd().resolve()
     with _user_errors(debug), project_lock(root), prefect_api() as server:
         # while a temporary Prefect server starts: imports, and the MLflow store opened
-        from tasks import tracking
+        from tasks.services import tracking
 
         tracking.experiment_id(root, loaded.project.experiment)
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -123,9 +123,9 @@ def stage(name: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGES)}
         typer.secho(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}", fg="red", err=True)
         raise typer.Exit(2)
     loaded = _setup(params, config, set_, debug)
-    from tasks import tracking
-    from tasks.lock import project_lock
-    from tasks.stages import recover_outputs, run_stage
+    from tasks.services import tracking
+    from tasks.services.lock import project_lock
+    from tasks.services.runner import recover_outputs, run_stage
 
     root = Path.cwd().resolve()
     with _user_errors(debug), project_lock(root):
@@ -148,8 +148,8 @@ def check(params: ParamsOption = Path("params.yaml"), config: OverlayOption = No
 @app.command("dvc-yaml")
 def dvc_yaml(check_only: Annotated[bool, typer.Option(
         "--check", help="only check that dvc.yaml is current; exit 1 if not")] = False) -> None:
-    """Write dvc.yaml from the stages declared in tasks/dag.py (deps derived from imports)."""
-    from tasks.dag import dvc_yaml as render
+    """Write dvc.yaml from the stages declared in tasks/services/dag.py (deps derived from imports)."""
+    from tasks.services.dag import dvc_yaml as render
 
     target = Path.cwd() / "dvc.yaml"
     text = render(Path.cwd().resolve())
@@ -168,7 +168,7 @@ def pull(debug: DebugOption = False) -> None:
     """Fetch the data and models dvc.lock records from the DVC remote (SHRINKFLOW_DVC_REMOTE, else
     .dvc/config's), after checking it answers."""
     configure(Path.cwd())
-    from tasks import versions
+    from tasks.services import versions
 
     with _user_errors(debug):
         typer.echo(versions.pull(Path.cwd().resolve()).strip() or "nothing to pull")
@@ -201,7 +201,7 @@ NameOption = Annotated[str | None, typer.Option(
 
 def _registry(params: Path, name: str | None, debug: bool) -> tuple[Params, Path, str]:
     loaded = _setup(params, None, None, debug)
-    from tasks import registry
+    from tasks.services import registry
 
     root = Path.cwd().resolve()
     with _user_errors(debug):
@@ -213,7 +213,7 @@ def models_list(name: NameOption = None, params: ParamsOption = Path("params.yam
                 debug: DebugOption = False) -> None:
     """Every version, newest first: aliases, candidate, accuracy, size, latency, last move."""
     _, root, name = _registry(params, name, debug)
-    from tasks import registry
+    from tasks.services import registry
 
     with _user_errors(debug):
         versions = registry.list_versions(root, name)
@@ -239,8 +239,8 @@ def models_promote(version: Annotated[str, typer.Argument(help="the version to m
     """Make VERSION the champion if it passes the gate (accuracy vs the champion on validation,
     size and latency budgets, integration check)."""
     loaded, root, name = _registry(params, name, debug)
-    from tasks import registry
-    from tasks.lock import project_lock
+    from tasks.services import registry
+    from tasks.services.lock import project_lock
 
     with _user_errors(debug), project_lock(root):
         done = registry.gated_promote(root, loaded.project.experiment, name, version,
@@ -259,8 +259,8 @@ def models_rollback(name: NameOption = None, params: ParamsOption = Path("params
                     debug: DebugOption = False) -> None:
     """Give the champion alias back to the previous champion."""
     loaded, root, name = _registry(params, name, debug)
-    from tasks import registry
-    from tasks.lock import project_lock
+    from tasks.services import registry
+    from tasks.services.lock import project_lock
 
     with _user_errors(debug), project_lock(root):
         demoted, restored = registry.rollback(root, loaded.project.experiment, name)
@@ -279,7 +279,7 @@ def serve(name: NameOption = None,
     import uvicorn
 
     from serving.app import create_app
-    from tasks import registry
+    from tasks.services import registry
 
     cfg, root = loaded.serve, Path.cwd().resolve()
     with _user_errors(debug):

@@ -1,9 +1,9 @@
-"""The shrinkflow pipeline as a Prefect flow: the stages of `tasks.dag`, each started as soon as the
+"""The shrinkflow pipeline as a Prefect flow: the stages of `tasks.services.dag`, each started as soon as the
 stages whose outputs it reads are done, so independent branches run at once where there are the
 cores for it (prune, distill and recipes after baseline; quantize and ensemble beside recipes).
 
 Wiring only: which task starts when, where it runs and which MLflow run id each one gets. The
-stages and what they read and write are declared in `tasks.dag`, the maths is in `shrinkflow/`,
+stages and what they read and write are declared in `tasks.services.dag`, the maths is in `shrinkflow/`,
 the I/O, tracking and caching in `tasks/`.
 """
 
@@ -23,10 +23,10 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from shrinkflow.config import Params, load_params
 from shrinkflow.errors import UserError
-from tasks import dag, stage_tasks, stages, summary, tracking, triggers, versions
-from tasks.dag import STAGES
-from tasks.environment import STAGES_AT_ONCE_VARIABLE
-from tasks.lock import project_lock
+from tasks.services import dag, runner, stage_tasks, summary, tracking, triggers, versions
+from tasks.services.dag import STAGES
+from tasks.services.environment import STAGES_AT_ONCE_VARIABLE
+from tasks.services.lock import project_lock
 
 # the loggers of a stage's console output: ours, and Prefect's (a task run's state, its error)
 CONSOLE_LOGGERS = ("shrinkflow", "prefect")
@@ -40,7 +40,7 @@ def _cores() -> int:
 
 
 def at_once(cores: int | None = None) -> int:
-    """The most stages running at the same time: as many as may (`tasks.dag.width`), with two
+    """The most stages running at the same time: as many as may (`tasks.services.dag.width`), with two
     cores each at least. On two cores, two stages with a thread each were no faster than one at
     a time with two (tiny params, measured), and a stage's process costs its start-up.
     SHRINKFLOW_STAGES_AT_ONCE sets it for this machine's cores (`cores` not given)."""
@@ -129,7 +129,7 @@ def _run_stages(processes: TaskRunner | None, params: Params, project: Path,
         if ready:  # start one, then look again: one run here has finished by then
             name = ready[0]
             # asked only now: whether its outputs are current reads the inputs it waited for
-            current = stages.is_current(name, params, project)
+            current = runner.is_current(name, params, project)
             task = stage_tasks.stage_task(name, params, project, current)
             arguments = {"stage": name, "params": params, "root": project,
                          "parent_run_id": parent.run_id, "threads": stage_threads(name)}
@@ -158,7 +158,7 @@ def pipeline(params_file: str = "params.yaml", overlays: list[str] | None = None
     project = Path(root).resolve()
     params = load_params(project / params_file, overlays, overrides)
     with project_lock(project):
-        stages.recover_outputs(project)
+        runner.recover_outputs(project)
         orphans = tracking.fail_orphaned_runs(project, params.project.experiment)
         if orphans:
             log.warning("marked %d MLflow run(s) of an interrupted run as failed", len(orphans))

@@ -1,5 +1,5 @@
 """Unattended runs: a cron schedule (a Prefect deployment declared in prefect.yaml) and a git hook
-that starts a run when a commit changes the pipeline's inputs (`tasks.triggers` decides what
+that starts a run when a commit changes the pipeline's inputs (`tasks.services.triggers` decides what
 started a run, and records it on the running flow).
 
     shrinkflow schedule --cron "0 3 * * *"            serve the deployment from this machine
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from shrinkflow.errors import UserError
-from tasks import triggers
+from tasks.services import triggers
 
 DEPLOYMENTS_FILE = "prefect.yaml"
 HOOK_MARK = "# installed by `shrinkflow hooks install`"

@@ -12,7 +12,7 @@ in the project, or STACK_DIR):
     prefect   Prefect server (PostgreSQL) with the process work pool `shrinkflow` and a worker
     dask      Dask scheduler with STACK_DASK_WORKERS single-threaded workers
 
-`up` writes .stack/stack.env: the variables of tasks.environment.SERVICES that point the project
+`up` writes .stack/stack.env: the variables of tasks.services.environment.SERVICES that point the project
 at these services (`set -a; . .stack/stack.env; set +a`, then `make run`). Ports come from
 STACK_<SERVICE>_PORT. A service that fails to start stops the ones started before it, and its log
 is printed.
@@ -104,7 +104,7 @@ class Settings:
         return json.loads(stored.read_text())
 
     def project_env(self) -> dict[str, str]:
-        """The variables that point the project at this stack (tasks.environment.SERVICES)."""
+        """The variables that point the project at this stack (tasks.services.environment.SERVICES)."""
         return {"MLFLOW_TRACKING_URI": self.url("mlflow"),
                 "PREFECT_API_URL": f"{self.url('prefect')}/api",
                 "SHRINKFLOW_SEARCH_STORAGE": self.database("optuna"),
@@ -222,7 +222,7 @@ def _stop(settings: Settings, name: str) -> bool:
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
     """A service's environment: this one without the project's service variables (a server
     must not point at itself), with the stack's bin/ first and no telemetry."""
-    from tasks.environment import SERVICES
+    from tasks.services.environment import SERVICES
 
     env = {key: value for key, value in os.environ.items() if key not in SERVICES}
     return {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -492,5 +492,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # tasks.environment, when run as a script
+    sys.path.insert(0, str(ROOT))  # tasks.services.environment, when run as a script
     sys.exit(main())

@@ -112,14 +112,14 @@ def _isolated_services(services_dir: Path) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{services_dir / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(services_dir / "prefect")
     os.environ["DVC_SITE_CACHE_DIR"] = str(services_dir / "dvc-site-cache")
-    from tasks.environment import configure
+    from tasks.services.environment import configure
 
     configure(services_dir)  # the remaining defaults (telemetry off, timeouts)
 
 
 def copy_project(destination: Path) -> Path:
     """A copy of the project's code and configuration (no outputs) in `destination`."""
-    from tasks.catalog import copy_sources
+    from tasks.services.catalog import copy_sources
 
     return copy_sources(REPO, destination)
 
@@ -151,7 +151,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project after `prepare`, `search` and `baseline` on the TINY params, made once per session: stage
     tests start from a copy (`copy_trained`) instead of validating and training again."""
     from shrinkflow.config import load_params
-    from tasks.stages import run_stage
+    from tasks.services.runner import run_stage
 
     project = copy_project(tmp_path_factory.mktemp("trained") / "project")
     params = load_params(project / "params.yaml", overrides=TINY)

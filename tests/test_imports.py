@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dag import imported_modules
+from tasks.services.dag import imported_modules
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "serving", "shrinkflow")  # the project's own code; the rest is third-party
@@ -123,3 +123,39 @@ def test_the_core_imports_no_orchestration_tracking_or_service_library():
                            f"{', '.join(ADAPTER_LIBRARIES)}; move the code that needs them to "
                            "tasks/ (tracking, orchestration, storages) or serving/ (HTTP):\n  "
                            + "\n  ".join(offending))
+
+
+def _stage_imports(graph: dict[str, set[str]], layer: str) -> list[str]:
+    """Each import of a stage module (tasks.stages.*) by a module of `layer`, as "a -> b"."""
+    return [f"{name} -> {found}" for name, imported in sorted(graph.items())
+            if name.startswith(f"{layer}.") for found in sorted(imported)
+            if found.startswith("tasks.stages.") and found != name]
+
+
+def test_stage_imports_are_found_in_a_graph_that_has_them():
+    # given a stage importing another stage, and a service importing a stage
+    graph = {"tasks.stages.a": {"tasks.stages.b", "tasks.services.io"}, "tasks.stages.b": set(),
+             "tasks.services.io": {"tasks.stages.a"}}
+    # then both are named
+    assert _stage_imports(graph, "tasks.stages") == ["tasks.stages.a -> tasks.stages.b"]
+    assert _stage_imports(graph, "tasks.services") == ["tasks.services.io -> tasks.stages.a"]
+
+
+@pytest.mark.parametrize("layer", ["tasks.stages", "tasks.services"])
+def test_no_stage_or_service_imports_a_stage(layer: str):
+    # given the import graph, late imports included
+    offending = _stage_imports(_import_graph(), layer)
+    # then a stage reads another stage's outputs through the catalog, never its code, and the
+    # services the stages share know no stage
+    assert not offending, ("a stage imports services (tasks/services/), never a stage; move what "
+                           "both need into a service:\n  " + "\n  ".join(offending))
+
+
+def test_tasks_stages_holds_exactly_the_declared_stages():
+    from tasks.services.dag import STAGES
+    # given the stage modules on disk and the stages declared in the DAG
+    on_disk = {name for name in _modules() if name.startswith("tasks.stages.")}
+    declared = {stage.module for stage in STAGES.values()}
+    # then each declared stage runs a function of tasks/stages/, and each module there is a stage
+    assert on_disk == declared, (f"only on disk: {sorted(on_disk - declared)}; "
+                                 f"only declared: {sorted(declared - on_disk)}")

@@ -2,7 +2,7 @@
 
 A study lives in a database, so a search is resumable and shareable: a killed run, or another
 process or machine, opens the same study by name and continues it. The caller passes the opened
-Optuna storage (`tasks.studies.storage` builds it from a URL: SQLite by default, any SQLAlchemy
+Optuna storage (`tasks.services.studies.storage` builds it from a URL: SQLite by default, any SQLAlchemy
 URL such as PostgreSQL, with heartbeats and a retry of trials whose process died); this module
 only needs Optuna. The budget counts the trials the study holds, not the trials this run adds:
 `trials` finished (complete or pruned) trials in all, so a restarted search only runs the missing
@@ -11,7 +11,7 @@ one; a trial whose process died (no beat for three intervals) is marked failed b
 process to run a trial, and retried once with the same values.
 
 Several processes share one study safely: the storage makes starting a queued trial atomic (on
-SQLite every transaction begins IMMEDIATE, see `tasks.studies.storage`), and a trial that another
+SQLite every transaction begins IMMEDIATE, see `tasks.services.studies.storage`), and a trial that another
 process finished meanwhile (a worker starved past its heartbeat's grace period, whose trial was
 then failed and retried) is told with `skip_if_finished`: its result is dropped with a warning
 instead of ending the whole search with Optuna's "Cannot tell a COMPLETE trial".
@@ -75,7 +75,7 @@ def create(storage: optuna.storages.BaseStorage, name: str, directions: Sequence
            chosen_pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create the study `name` in `storage`, or load it when it exists (a resumed or shared
     search). The storage (a database, its heartbeat and retries) is built by the caller:
-    `tasks.studies.storage` for a URL."""
+    `tasks.services.studies.storage` for a URL."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(storage=storage, sampler=chosen_sampler, pruner=chosen_pruner,
                                study_name=name, load_if_exists=True, directions=list(directions))

@@ -99,9 +99,9 @@ def reference(prefect_api, tmp_path_factory) -> dict:
     It runs the stages that do not wait for each other at once, each in a process of its own, as
     on a machine with the cores for it (a test worker has one core: its other runs go one stage at
     a time, and test_interruptions checks that they compute the same)."""
-    from tasks import io
-    from tasks.catalog import Catalog
-    from tasks.environment import STAGES_AT_ONCE_VARIABLE
+    from tasks.services import io
+    from tasks.services.catalog import Catalog
+    from tasks.services.environment import STAGES_AT_ONCE_VARIABLE
 
     project = make_dvc_project(tmp_path_factory.mktemp("reference") / "project")
     with pytest.MonkeyPatch.context() as patch:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from shrinkflow.config import load_params
-from tasks.candidates import evaluate_onnx
-from tasks.catalog import Catalog
-from tasks.io import load_processed
-from tasks.stages import run_stage
+from tasks.services.candidates import evaluate_onnx
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
+from tasks.services.runner import run_stage
 from tests.conftest import copy_project
 
 TARGETS = {

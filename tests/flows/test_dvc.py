@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import dag
-from tasks.catalog import Catalog, tree_digest
+from tasks.services import dag
+from tasks.services.catalog import Catalog, tree_digest
 from tests.flows.conftest import mlflow_client, pipeline, run
 from tests.services import aws_test_credentials, free_port, s3_server
 
@@ -113,7 +113,7 @@ def test_check_remote__an_unreachable_s3_endpoint_is_retried_with_backoff_until_
     import boto3
     from prefect.client.orchestration import get_client
 
-    from tasks import faults, versions
+    from tasks.services import faults, versions
 
     # given: the remote's S3 endpoint is down when the check starts and comes up ~2 s later
     aws_test_credentials(monkeypatch, tmp_path)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import io
-from tasks.catalog import Catalog
-from tasks.environment import STAGES_AT_ONCE_VARIABLE
-from tasks.lock import project_lock
-from tasks.tracking import PROJECT_TAG
+from tasks.services import io
+from tasks.services.catalog import Catalog
+from tasks.services.environment import STAGES_AT_ONCE_VARIABLE
+from tasks.services.lock import project_lock
+from tasks.services.tracking import PROJECT_TAG
 from tests.conftest import copy_project
 from tests.flows.conftest import command_env, mlflow_client, pipeline, tiny_params_file
 

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tasks.catalog import Catalog
-from tasks.dag import STAGES
+from tasks.services.catalog import Catalog
+from tasks.services.dag import STAGES
 from tests.flows.conftest import mlflow_client, pipeline
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ def _stage_runs(flow_run_id) -> dict[str, tuple]:
 
 
 def test_pipeline__independent_stages_run_at_once(reference):
-    from tasks import dag
+    from tasks.services import dag
 
     # given: the reference run, made with cores for two stages at once (see its fixture)
     runs = _stage_runs(reference["flow_run_id"])
@@ -120,7 +120,7 @@ def test_pipeline__stages_running_at_once_never_ask_for_more_than_all_cores():
     from itertools import combinations
 
     from flows.pipeline import at_once, stage_threads
-    from tasks import dag
+    from tasks.services import dag
 
     # given: every group of stages that may run at once (none of them waits for another)
     groups = [group for size in range(1, len(STAGES) + 1) for group in combinations(STAGES, size)
@@ -142,8 +142,8 @@ def test_pipeline__stages_running_at_once_never_ask_for_more_than_all_cores():
 def test_pipeline__the_user_sets_how_many_stages_run_at_once(monkeypatch):
     from flows.pipeline import at_once
     from shrinkflow.errors import UserError
-    from tasks import dag
-    from tasks.environment import STAGES_AT_ONCE_VARIABLE
+    from tasks.services import dag
+    from tasks.services.environment import STAGES_AT_ONCE_VARIABLE
 
     # given: the variable set, one at a time, more than the DAG allows, or not a number
     monkeypatch.setenv(STAGES_AT_ONCE_VARIABLE, "1")
@@ -228,7 +228,7 @@ def test_pipeline__a_missing_upstream_output_fails_at_once_without_retries(prefe
     from prefect.client.orchestration import get_client
 
     from shrinkflow.config import load_params
-    from tasks.stage_tasks import stage_task
+    from tasks.services.stage_tasks import stage_task
     from tests.conftest import REPO, TINY
 
     params = load_params(REPO / "params.yaml", overrides=TINY)
@@ -269,7 +269,7 @@ def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, t
 
 
 def test_a_run_started_by_hand_or_by_ci_says_so(reference):
-    from tasks import triggers
+    from tasks.services import triggers
 
     expected = triggers.current(os.environ)
     parent = mlflow_client().get_run(reference["result"]["run_id"])

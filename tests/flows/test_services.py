@@ -53,8 +53,8 @@ def test_pipeline_stages_log_to_a_tracking_server(mlflow_server, project, tiny_p
                                                   monkeypatch, _mlflow_uri_restored):
     from mlflow import MlflowClient
 
-    from tasks import tracking
-    from tasks.stages import run_stage
+    from tasks.services import tracking
+    from tasks.services.runner import run_stage
 
     # given: the pipeline pointed at a running tracking server
     url, server_root = mlflow_server
@@ -121,7 +121,7 @@ def test_the_s3_remote_is_checked_before_a_push(s3_endpoint, aws_credentials, dv
                                                 monkeypatch):
     import boto3
 
-    from tasks import versions
+    from tasks.services import versions
 
     # given: the remote the environment names, its bucket not created yet
     _dvc_project_remote(dvc_project, "s3://checked/dvc", s3_endpoint, monkeypatch)
@@ -138,7 +138,7 @@ def test_the_s3_remote_is_checked_before_a_push(s3_endpoint, aws_credentials, dv
 
 
 def test_missing_s3_credentials_are_named(s3_endpoint, aws_credentials, dvc_project, monkeypatch):
-    from tasks import versions
+    from tasks.services import versions
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.catalog import tree_digest
+from tasks.services.catalog import tree_digest
 from tests import postgres
 from tests.flows.conftest import make_dvc_project, run
 from tests.services import skip_or_fail
@@ -111,7 +111,7 @@ def test_study_in_postgresql_with_trials_on_the_stack_workers(stacked_run):
     import optuna
     from distributed import Client
 
-    from tasks.studies import with_driver
+    from tasks.services.studies import with_driver
 
     env = stacked_run["env"]
     summaries = optuna.get_all_study_summaries(with_driver(env["SHRINKFLOW_SEARCH_STORAGE"]))

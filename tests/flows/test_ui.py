@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tasks import tracking
+from tasks.services import tracking
 from tests.services import answers, free_port, service, service_env, skip_or_fail
 
 pytestmark = pytest.mark.integration

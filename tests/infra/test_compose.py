@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tasks.environment import RUN_CONTEXT, SERVICES, defaults
+from tasks.services.environment import RUN_CONTEXT, SERVICES, defaults
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "infra"))
@@ -98,7 +98,7 @@ def test_every_variable_the_code_reads_is_declared_and_in_env_example():
         "the scan finds the code's reads"
     declared = set(SERVICES) | set(RUN_CONTEXT)
     undeclared = read - declared - set(defaults(REPO))
-    assert not undeclared, f"read but not declared in tasks/environment.py: {undeclared}"
+    assert not undeclared, f"read but not declared in tasks/services/environment.py: {undeclared}"
     missing = (declared | set(stack.Settings.variables())) - set(_env_example())
     assert not missing, f".env.example does not list {missing}"
 

@@ -74,7 +74,7 @@ def registered(v1: bytes, v2: bytes, tmp_path: Path) -> tuple[CountingLoads, dic
     run id."""
     import mlflow
 
-    from tasks import registry
+    from tasks.services import registry
 
     name, runs = f"tiny-classifier-{tmp_path.name}", {}
     # its own experiment: the default one keeps artifacts in ./mlruns of the working folder

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from shrinkflow.models import Architecture, load_model
-from tasks import io
-from tasks.baseline import run_baseline
-from tasks.catalog import Catalog
-from tasks.tracking import run_that_made
+from tasks.services import io
+from tasks.services.catalog import Catalog
+from tasks.services.tracking import run_that_made
+from tasks.stages.baseline import run_baseline
 
 STANDARD = ("val_accuracy", "val_f1_macro", "accuracy", "f1_macro", "params_count",
             "nonzero_params", "size_bytes", "flops", "macs", "onnx_size_bytes")

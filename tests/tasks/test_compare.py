@@ -16,10 +16,10 @@ from torch import nn
 from shrinkflow.config import load_params
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
-from tasks import io, tracking
-from tasks.candidates import Candidate, load_torch, write_manifest
-from tasks.catalog import Catalog
-from tasks.compare import CONTROL, TORCH_BASELINE, run_compare
+from tasks.services import io, tracking
+from tasks.services.candidates import Candidate, load_torch, write_manifest
+from tasks.services.catalog import Catalog
+from tasks.stages.compare import CONTROL, TORCH_BASELINE, run_compare
 from tests.conftest import TINY, copy_trained
 
 # the default timing settings (TINY shortens them): enough calls for real intervals

@@ -1,12 +1,12 @@
-"""tasks.dag: the stages declared once, their code dependencies derived from imports."""
+"""tasks.services.dag: the stages declared once, their code dependencies derived from imports."""
 
 from __future__ import annotations
 
 import pytest
 
 from shrinkflow.config import load_params
-from tasks import dag
-from tasks.stages import stage_key
+from tasks.services import dag
+from tasks.services.runner import stage_key
 from tests.conftest import REPO, TINY
 
 
@@ -17,8 +17,8 @@ def test_dvc_yaml_is_written_from_the_declared_stages():
 
 
 def test_code_deps_follow_imports_inside_functions_and_through_other_modules():
-    # tasks/candidates.py imports shrinkflow.sparse inside a function; compare reaches it only
-    # through tasks/candidates.py
+    # tasks/services/candidates.py imports shrinkflow.sparse inside a function; compare reaches it only
+    # through tasks/services/candidates.py
     assert "shrinkflow/sparse.py" in dag.code_deps("compare")
     # baseline trains with the augmentation in shrinkflow/data.py, compare times through
     # shrinkflow/export.py: both were missing from hand-written lists
@@ -26,7 +26,7 @@ def test_code_deps_follow_imports_inside_functions_and_through_other_modules():
     assert "shrinkflow/export.py" in dag.code_deps("compare")
     # and a module a stage never imports is not its dependency
     assert "shrinkflow/gate.py" not in dag.code_deps("prepare")
-    assert "tasks/compare.py" not in dag.code_deps("baseline")
+    assert "tasks/stages/compare.py" not in dag.code_deps("baseline")
 
 
 def test_code_deps_see_a_new_module_imported_deep_down(project):
@@ -112,7 +112,7 @@ def test_stages_read_the_candidate_folders_of_the_stages_before_them():
     assert dag.STAGES["quantize"].inputs == ("models/baseline", "models/pruned",
                                              "models/distilled", "data/processed")
     # and: a stage's folder is asked of the declarations
-    from tasks.catalog import Catalog
+    from tasks.services.catalog import Catalog
 
     assert Catalog.at(REPO).models_dir("recipes") == REPO / "models" / "searched"
     with pytest.raises(KeyError, match="compare"):

@@ -20,11 +20,11 @@ from bench.serving import free_port, running
 from shrinkflow.config import load_params
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
-from tasks import io, registry
-from tasks.candidates import Candidate, evaluate_onnx, load_torch, write_manifest
-from tasks.catalog import Catalog
-from tasks.compare import run_compare
-from tasks.deploy import run_deploy
+from tasks.services import io, registry
+from tasks.services.candidates import Candidate, evaluate_onnx, load_torch, write_manifest
+from tasks.services.catalog import Catalog
+from tasks.stages.compare import run_compare
+from tasks.stages.deploy import run_deploy
 from tests.conftest import TINY, copy_trained
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from shrinkflow.config import load_params
-from tasks import io
-from tasks.candidates import load_torch, read_manifest
-from tasks.catalog import Catalog
-from tasks.distill import run_distill
-from tasks.io import load_processed
-from tasks.tracking import run_that_made
+from tasks.services import io
+from tasks.services.candidates import load_torch, read_manifest
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
+from tasks.services.tracking import run_that_made
+from tasks.stages.distill import run_distill
 from tests.conftest import REPO, TINY, copy_trained
 
 
@@ -137,7 +137,7 @@ def test_distill__seeds_train_the_same_student_from_other_starts(pooled):
 
 
 def test_a_student_of_its_own_seeds_overrides_distill_seeds():
-    from tasks.distill import _variants
+    from tasks.stages.distill import _variants
 
     params = load_params(REPO / "params.yaml", overrides=[
         "distill.extra_students={tiny: {width: 4, seeds: 3}}", "distill.seeds=1"])

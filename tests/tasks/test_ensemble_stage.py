@@ -14,11 +14,11 @@ from shrinkflow.config import load_params
 from shrinkflow.ensemble import EnsembleError
 from shrinkflow.export import export_onnx
 from shrinkflow.models import build_model
-from tasks import io
-from tasks.candidates import Candidate, load_torch, read_manifest, write_manifest
-from tasks.catalog import Catalog
-from tasks.compare import run_compare
-from tasks.ensemble import run_ensemble
+from tasks.services import io
+from tasks.services.candidates import Candidate, load_torch, read_manifest, write_manifest
+from tasks.services.catalog import Catalog
+from tasks.stages.compare import run_compare
+from tasks.stages.ensemble import run_ensemble
 from tests.conftest import TINY, copy_trained
 
 

@@ -1,4 +1,4 @@
-"""tasks.faults: only faults that may pass on their own are retried."""
+"""tasks.services.faults: only faults that may pass on their own are retried."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from shrinkflow.config import ConfigError
 from shrinkflow.data import DataError
-from tasks.faults import is_transient
-from tasks.io import MissingInputError
+from tasks.services.faults import is_transient
+from tasks.services.io import MissingInputError
 
 
 def _raised_from(error: BaseException, cause: BaseException) -> BaseException:

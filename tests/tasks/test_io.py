@@ -1,4 +1,4 @@
-"""tasks.io: atomic writes keep the previous version when writing fails or the run is killed;
+"""tasks.services.io: atomic writes keep the previous version when writing fails or the run is killed;
 missing inputs name the stage that makes them."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tasks import io as io_module
-from tasks.io import atomic_dir, atomic_file, load_processed, read_json, recover
+from tasks.services import io as io_module
+from tasks.services.io import atomic_dir, atomic_file, load_processed, read_json, recover
 
 
 def test_atomic_file__failure_keeps_old_content(tmp_path):
@@ -91,7 +91,7 @@ def test_recover__puts_back_a_folder_a_killed_two_step_swap_left_aside(tmp_path)
 
 def test_load_processed__missing_split_is_a_user_error_naming_the_stage(tmp_path):
     from shrinkflow.errors import UserError
-    from tasks.catalog import Catalog
+    from tasks.services.catalog import Catalog
 
     with pytest.raises(UserError, match="run the 'prepare' stage first"):
         load_processed(Catalog.at(tmp_path))

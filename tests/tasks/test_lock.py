@@ -1,4 +1,4 @@
-"""tasks.lock: one run at a time per checkout; a second one waits, saying for whom."""
+"""tasks.services.lock: one run at a time per checkout; a second one waits, saying for whom."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tasks.catalog import Catalog
-from tasks.lock import describe_holder, project_lock
+from tasks.services.catalog import Catalog
+from tasks.services.lock import describe_holder, project_lock
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration  # contending runs are other processes
@@ -18,7 +18,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from tasks.lock import project_lock
+from tasks.services.lock import project_lock
 started = time.monotonic()
 with project_lock(Path({root!r})):
     print(f"got the lock after {{time.monotonic() - started:.2f}} s", flush=True)

@@ -17,10 +17,10 @@ import pytest
 
 from shrinkflow.config import PrepareConfig, load_params
 from shrinkflow.data import DataError, builtin_table, csv_spec, stratified_split, table_to_arrays
-from tasks import dag, io
-from tasks.catalog import Catalog, tree_digest
-from tasks.prepare import run_prepare
-from tasks.validation import DataValidationError
+from tasks.services import dag, io
+from tasks.services.catalog import Catalog, tree_digest
+from tasks.services.validation import DataValidationError
+from tasks.stages.prepare import run_prepare
 from tests.conftest import TINY, copy_project, unlabeled_csv_params
 
 CSV_SOURCE = ("prepare.source=csv", "prepare.csv.path=data/external/user.csv",

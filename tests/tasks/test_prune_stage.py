@@ -7,10 +7,10 @@ import json
 import pytest
 
 from shrinkflow.measure import count_params
-from tasks import io
-from tasks.candidates import load_torch, read_manifest
-from tasks.catalog import Catalog
-from tasks.prune import run_prune
+from tasks.services import io
+from tasks.services.candidates import load_torch, read_manifest
+from tasks.services.catalog import Catalog
+from tasks.stages.prune import run_prune
 
 MAX_DROP_PP = 1.0
 QUICK_PRUNE = ["prune.steps=2", "prune.finetune_epochs=1", f"prune.max_accuracy_drop_pp={MAX_DROP_PP}",

@@ -9,11 +9,11 @@ import onnx
 from onnx import numpy_helper
 
 from shrinkflow.measure import file_size
-from tasks import io
-from tasks.candidates import read_manifest
-from tasks.catalog import Catalog
-from tasks.quantize import run_quantize
-from tasks.stages import run_stage
+from tasks.services import io
+from tasks.services.candidates import read_manifest
+from tasks.services.catalog import Catalog
+from tasks.services.runner import run_stage
+from tasks.stages.quantize import run_quantize
 
 QUICK_QUANTIZE = ["prune.structured.enabled=false", "distill.enabled=false",
                   "quantize.methods=[fp16, int8_weights]"]

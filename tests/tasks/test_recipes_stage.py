@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from shrinkflow.config import load_params
-from tasks import io
-from tasks.candidates import read_manifest
-from tasks.catalog import Catalog
-from tasks.compare import run_compare
-from tasks.recipes import run_recipes
+from tasks.services import io
+from tasks.services.candidates import read_manifest
+from tasks.services.catalog import Catalog
+from tasks.stages.compare import run_compare
+from tasks.stages.recipes import run_recipes
 from tests.conftest import TINY
 
 QUICK_RECIPES = ["search.compression.enabled=true", "search.compression.trials=3",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.candidates import evaluate_onnx, load_torch
-from tasks.catalog import Catalog
-from tasks.io import UnsafeFileError, load_processed
+from tasks.services.candidates import evaluate_onnx, load_torch
+from tasks.services.catalog import Catalog
+from tasks.services.io import UnsafeFileError, load_processed
 
 
 class Payload:

@@ -14,10 +14,10 @@ import pytest
 from optuna.trial import TrialState
 
 from shrinkflow.config import load_params
-from tasks.baseline import run_baseline
-from tasks.catalog import Catalog
-from tasks.search import run_search, study_name
-from tasks.studies import storage_url
+from tasks.services.catalog import Catalog
+from tasks.services.studies import storage_url
+from tasks.stages.baseline import run_baseline
+from tasks.stages.search import run_search, study_name
 from tests.conftest import TINY
 
 # a reference that cannot learn in 2 epochs (lr 1e-6) against one that can: the choice is certain

@@ -3,7 +3,7 @@
 Regression tests of a search that ended with Optuna's "Cannot tell a COMPLETE trial" on a loaded
 2-core machine: two workers started the same queued trial (SQLite let both read it as waiting),
 and a worker starved past its heartbeat's grace period had its trial failed and retried under it.
-The storage is the stage's (`tasks.studies.storage`: BEGIN IMMEDIATE on SQLite, heartbeats); the
+The storage is the stage's (`tasks.services.studies.storage`: BEGIN IMMEDIATE on SQLite, heartbeats); the
 loop that runs and tells the trials is the core's (`shrinkflow.search.study.optimize`).
 """
 
@@ -24,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from shrinkflow.search import study
-from tasks import studies
+from tasks.services import studies
 
 pytestmark = pytest.mark.integration
 QUEUED = 200
@@ -86,7 +86,7 @@ import sys, time
 from pathlib import Path
 import optuna
 from shrinkflow.search import study
-from tasks import studies
+from tasks.services import studies
 folder = Path(sys.argv[1])
 opened = study.create(studies.storage(f"sqlite:///{folder / 'study.db'}", 1), "shared", ["maximize"],
                       optuna.samplers.RandomSampler(seed=0))

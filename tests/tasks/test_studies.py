@@ -1,4 +1,4 @@
-"""Where studies live: the study database opened from a URL (`tasks.studies.storage`).
+"""Where studies live: the study database opened from a URL (`tasks.services.studies.storage`).
 
 The storage's sharing between workers (BEGIN IMMEDIATE on SQLite, heartbeats of a starved worker)
 is tested in test_shared_study.py.
@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from tasks import studies
+from tasks.services import studies
 
 
 @pytest.mark.parametrize("url", ["postgresql://user:secret@127.0.0.1:1/optuna", "not a url",

@@ -1,11 +1,11 @@
-"""tasks.tracking: runs belong to their checkout; a killed run's leftovers are closed by the next;
+"""tasks.services.tracking: runs belong to their checkout; a killed run's leftovers are closed by the next;
 the link to a pipeline run lists its runs (cached ones included) with one short filter."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tasks import tracking
+from tasks.services import tracking
 
 
 def _open_run(root: Path, experiment: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shrinkflow.errors import UserError
-from tasks import triggers
+from tasks.services import triggers
 from tests.conftest import copy_project
 
 
@@ -51,7 +51,7 @@ def test_a_param_changes_the_stages_that_read_it(repository):
 
 
 def test_code_changes_the_stages_that_import_it(repository):
-    changed = commit(repository, "tasks/compare.py", lambda text: text + "\n# edited\n")
+    changed = commit(repository, "tasks/stages/compare.py", lambda text: text + "\n# edited\n")
     assert "compare" in changed and "baseline" not in changed and "prepare" not in changed
 
 

@@ -1,7 +1,7 @@
 """Studies: every sampler and pruner on a tiny space with real training, storage and resuming.
 
 The storage is Optuna's own SQLite storage with a heartbeat; the stage's (a URL, SQLAlchemy engine
-options, BEGIN IMMEDIATE) is `tasks.studies.storage`, tested in tests/tasks/.
+options, BEGIN IMMEDIATE) is `tasks.services.studies.storage`, tested in tests/tasks/.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared inputs of the tasks.validation tests.
+"""Shared inputs of the tasks.services.validation tests.
 
 Running suites through Great Expectations is what costs time (a fraction of a second per call,
 whatever the table, as the suites do not grow with its columns), so each digits run is made once
@@ -23,7 +23,7 @@ from shrinkflow.data import (
     stratified_split,
     table_to_arrays,
 )
-from tasks.validation import DataValidationError, Failure, ValidationReport, validate_raw
+from tasks.services.validation import DataValidationError, Failure, ValidationReport, validate_raw
 
 RULES = ValidationRules()
 

@@ -1,4 +1,4 @@
-"""tasks.validation.gx: running a suite with Great Expectations and keeping its Data Docs.
+"""tasks.services.validation.gx: running a suite with Great Expectations and keeping its Data Docs.
 
 The Data Docs are written under docs_dir only, before a failure is raised, one page per stage and
 data set (a rerun replaces its page, other stages' pages stay), and their templates are compiled
@@ -11,9 +11,9 @@ import re
 import shutil
 from pathlib import Path
 
-from tasks.validation import validate_processed, validate_raw
-from tasks.validation.gx import STORE_DIR
-from tests.tasks.validation.conftest import RULES, split_table, tiny_table
+from tasks.services.validation import validate_processed, validate_raw
+from tasks.services.validation.gx import STORE_DIR
+from tests.tasks.services.validation.conftest import RULES, split_table, tiny_table
 
 
 def _pages(docs: Path, section: str = "validations") -> list[Path]:
@@ -99,7 +99,7 @@ def _page(docs: Path, section: str) -> str:
 
 def test_run_suite__compiles_the_data_docs_templates_once_per_process(tmp_path, monkeypatch):
     # given a validation whose Data Docs compiled their templates from source
-    from tasks.validation import views
+    from tasks.services.validation import views
 
     frame, spec = tiny_table(["x", "y"] * 30)
     monkeypatch.setattr(views._COMPILED, "_compiled", {})

@@ -1,4 +1,4 @@
-"""tasks.validation.messages: Great Expectations results in words, reports and their errors.
+"""tasks.services.validation.messages: Great Expectations results in words, reports and their errors.
 
 No suite is run here: results are given as GX hands them over (an expectation config, a result
 dict, exception info), so each wording is pinned down on its own.
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.validation import DataValidationError, Failure, ValidationReport
-from tasks.validation.messages import failures_of
+from tasks.services.validation import DataValidationError, Failure, ValidationReport
+from tasks.services.validation.messages import failures_of
 
 NULLS = Failure("expect_column_values_to_not_be_null", "px_0_3",
                 "3 of 1797 values are null (e.g. rows 3, 5, 7)")

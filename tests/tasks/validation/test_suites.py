@@ -1,4 +1,4 @@
-"""tasks.validation.suites: which expectations guard raw tables and processed splits.
+"""tasks.services.validation.suites: which expectations guard raw tables and processed splits.
 
 Each broken input must be rejected with a DataValidationError whose failures name the
 expectation, the column and what was observed; valid inputs pass, class imbalance only warns.
@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from shrinkflow.data import Split, Splits
-from tasks.validation import Failure, validate_processed, validate_raw
-from tasks.validation.suites import imbalance_warnings, sample_summary
-from tests.tasks.validation.conftest import (
+from tasks.services.validation import Failure, validate_processed, validate_raw
+from tasks.services.validation.suites import imbalance_warnings, sample_summary
+from tests.tasks.services.validation.conftest import (
     RULES,
     failures_in,
     rejected,

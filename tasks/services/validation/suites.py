@@ -19,8 +19,8 @@ import pandas as pd
 
 from shrinkflow.config import ValidationRules
 from shrinkflow.data import DatasetSpec, Splits
-from tasks.validation.gx import View, import_gx, run_suite
-from tasks.validation.messages import ValidationReport
+from tasks.services.validation.gx import View, import_gx, run_suite
+from tasks.services.validation.messages import ValidationReport
 
 BUILTIN_SOURCES = frozenset({"digits", "mnist1d", "breast_cancer"})
 SPLIT_NAMES = ("train", "val", "test")

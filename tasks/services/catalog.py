@@ -1,7 +1,7 @@
 """Where every artifact lives, declared once (like a Kedro catalog).
 
 Stage functions ask the catalog for paths instead of building them, so tests point a whole pipeline
-at a temporary root. Which stage reads and writes what is declared in `tasks.dag`: the folder under
+at a temporary root. Which stage reads and writes what is declared in `tasks.services.dag`: the folder under
 models/ each stage writes comes from there (`models_dir`).
 """
 
@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import dag
+from tasks.services import dag
 
 # What a project checkout is made of, outputs aside (tests and benchmarks copy this).
 PROJECT_SOURCES = ("shrinkflow", "serving", "tasks", "flows", "configs", "data/external",
@@ -90,7 +90,7 @@ class Catalog:
 
     # -- compression stages ----------------------------------------------------------------
     def models_dir(self, stage: str) -> Path:
-        """The folder under models/ that `stage` writes, as `tasks.dag` declares it: one folder
+        """The folder under models/ that `stage` writes, as `tasks.services.dag` declares it: one folder
         or file per candidate plus the stage's candidates.json, where it makes candidates."""
         folder = dag.stage(stage).models_dir
         if folder is None:
@@ -107,13 +107,13 @@ class Catalog:
 
     def candidates_report(self, stage: str) -> Path:
         """reports/<stage>/candidates.json: every candidate the stage made or measured, each with
-        all its figures (read it with `tasks.io.read_candidates`); metrics/<stage>.json holds
+        all its figures (read it with `tasks.services.io.read_candidates`); metrics/<stage>.json holds
         only the stage's headline numbers, so that `dvc metrics show` stays readable."""
         return self.report_dir(stage) / "candidates.json"
 
     def metrics_report(self, stage: str, directory: Path | None = None) -> Path:
         """reports/<stage>/metrics.json: all of the stage's figures, of which metrics/<stage>.json
-        shows a few (read it with `tasks.io.read_metrics`); `directory`: the staging folder of a
+        shows a few (read it with `tasks.services.io.read_metrics`); `directory`: the staging folder of a
         report folder written whole."""
         return (directory or self.report_dir(stage)) / "metrics.json"
 
@@ -143,7 +143,7 @@ class Catalog:
 
     @property
     def search_choice_file(self) -> Path:
-        """The config `baseline` trains, as the search chose it (see tasks.search)."""
+        """The config `baseline` trains, as the search chose it (see tasks.stages.search)."""
         return self.models_dir("search") / "choice.json"
 
 
@@ -153,12 +153,12 @@ class Catalog:
         return self.root / "reports" / "summary.md"
 
     def stamp_file(self, stage: str) -> Path:
-        """The cache key the stage's current outputs were made from (see tasks.stages)."""
+        """The cache key the stage's current outputs were made from (see tasks.services.runner)."""
         return self.root / ".shrinkflow" / "stamps" / stage
 
     @property
     def lock_file(self) -> Path:
-        """Held by the run working in this checkout (see tasks.lock)."""
+        """Held by the run working in this checkout (see tasks.services.lock)."""
         return self.root / ".shrinkflow" / "lock"
 
 

@@ -1,6 +1,6 @@
 """Stage `compare`: every candidate timed side by side, the Pareto front, the deployable pick.
 
-Reads the candidates.json manifests of every stage declared before it in `tasks.dag` that
+Reads the candidates.json manifests of every stage declared before it in `tasks.services.dag` that
 makes candidates (models/{baseline,pruned,distilled,quantized,ensemble,searched}/, those that
 exist), data/processed/ and params.yaml `compare` and `measure`.
 
@@ -19,7 +19,7 @@ Writes metrics/compare.json (the headline: how many candidates were compared, th
 candidate's accuracies, drop, size ratio and speed-up over ONNX Runtime fp32) and reports/compare/:
 metrics.json (also its name, size, speed-up over eager torch and the control's noise floor),
 candidates.json (every candidate's row with the fields of the benchmark report, and the control:
-what deploy and the benchmark read, through `tasks.io.read_candidates`), candidates.csv (one row
+what deploy and the benchmark read, through `tasks.services.io.read_candidates`), candidates.csv (one row
 per candidate, for `dvc plots`), candidates.md and pareto.png; logs them to MLflow.
 """
 
@@ -34,10 +34,10 @@ from shrinkflow import gate, measure, plots
 from shrinkflow.config import MeasureConfig, Params
 from shrinkflow.data import Splits
 from shrinkflow.export import onnx_predictor
-from tasks import dag, io, tracking
-from tasks.candidates import MANIFEST, Candidate, evaluate_onnx, load_torch, read_manifests
-from tasks.catalog import Catalog
-from tasks.io import load_processed
+from tasks.services import dag, io, tracking
+from tasks.services.candidates import MANIFEST, Candidate, evaluate_onnx, load_torch, read_manifests
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
 TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio

@@ -1,6 +1,6 @@
 """Stage `ensemble`: candidates combined into one ONNX graph each, measured like any other.
 
-Reads the candidates.json manifests of the stages declared before it in `tasks.dag` that make
+Reads the candidates.json manifests of the stages declared before it in `tasks.services.dag` that make
 candidates (models/{baseline,pruned,distilled,quantized}/), data/processed/ and params.yaml
 `ensemble`.
 
@@ -36,8 +36,8 @@ import onnx
 from shrinkflow import ensemble, measure
 from shrinkflow.config import EnsembleConfig, Params
 from shrinkflow.export import onnx_predictor
-from tasks import dag, io, tracking
-from tasks.candidates import (
+from tasks.services import dag, io, tracking
+from tasks.services.candidates import (
     Candidate,
     headline,
     read_manifest,
@@ -45,8 +45,8 @@ from tasks.candidates import (
     report_candidate,
     write_manifest,
 )
-from tasks.catalog import Catalog
-from tasks.io import load_processed
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.ensemble")
 VARIANT_STAGES = ("quantize",)  # their candidates are variants of their parent: same lineage

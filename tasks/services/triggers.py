@@ -7,7 +7,7 @@ its deployment's scheduler made is a scheduled one. The run records it as MLflow
 name, and as a Prefect tag.
 
 A commit starts a run only if it changed a stage's inputs the way its cache key sees them
-(`tasks.stages.stage_key`): the params it reads (values: a new comment in params.yaml changes
+(`tasks.services.runner.stage_key`): the params it reads (values: a new comment in params.yaml changes
 nothing), the code it imports, and the data it reads that no stage makes, with the DVC pointer
 (`.dvc` file or dvc.lock entry) of that data. A README edit starts nothing.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from shrinkflow.config import ConfigError, load_params, safe_load
 from shrinkflow.errors import UserError
-from tasks import dag
-from tasks.catalog import tree_digest
-from tasks.stages import params_json
+from tasks.services import dag
+from tasks.services.catalog import tree_digest
+from tasks.services.runner import params_json
 
 TRIGGER_VARIABLE = "SHRINKFLOW_TRIGGER"
 REF_VARIABLE = "SHRINKFLOW_TRIGGER_REF"

@@ -8,7 +8,7 @@ chosen candidate's ONNX file, data/processed/ and params.yaml `deploy`.
 2. Registered in the MLflow Model Registry as a new version of one model per data set, with its
    lineage as version tags (candidate, validation and test accuracy, size and latency as compare
    measured them, git commit, DVC md5 of the data, pipeline run, params hash); alias `challenger`.
-3. With `deploy.auto_promote`, the gate (`tasks.registry.checks`) decides whether it becomes
+3. With `deploy.auto_promote`, the gate (`tasks.services.registry.checks`) decides whether it becomes
    `champion`. A refused challenger stays registered as `challenger`; the champion is untouched.
 
 When compare found nothing deployable, nothing is registered and models/deploy/deploy.json says
@@ -28,8 +28,8 @@ import onnx
 from shrinkflow import gate
 from shrinkflow.config import Params
 from shrinkflow.deployable import deployable
-from tasks import io, registry, tracking
-from tasks.catalog import Catalog, file_md5
+from tasks.services import io, registry, tracking
+from tasks.services.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.deploy")
 MODEL_FILE = "model.onnx"

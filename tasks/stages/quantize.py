@@ -1,7 +1,7 @@
 """Stage `quantize`: fp16, int8 weight-only, dynamic and static (with fallback) and QAT of
 every candidate.
 
-Reads the candidates.json manifests of the stages declared before it in `tasks.dag` that make
+Reads the candidates.json manifests of the stages declared before it in `tasks.services.dag` that make
 candidates (models/{baseline,pruned,distilled}/), data/processed/ and params.yaml `quantize`,
 `baseline.train` / `baseline.augment` (QAT reuses the training loop).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
@@ -27,8 +27,8 @@ import numpy as np
 from shrinkflow import data, measure, quantize, sparse
 from shrinkflow.config import Params, QuantizeConfig
 from shrinkflow.export import onnx_predictor
-from tasks import dag, io, tracking
-from tasks.candidates import (
+from tasks.services import dag, io, tracking
+from tasks.services.candidates import (
     Candidate,
     headline,
     load_torch,
@@ -36,8 +36,8 @@ from tasks.candidates import (
     report_candidate,
     write_manifest,
 )
-from tasks.catalog import Catalog
-from tasks.io import load_processed
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.quantize")
 # methods that only convert the file: no data, no fallback

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shrinkflow.errors import UserError
-from tasks.catalog import Catalog
+from tasks.services.catalog import Catalog
 
 if TYPE_CHECKING:
     from shrinkflow import data

@@ -1,6 +1,6 @@
 """The promotion gate's integration check, run in a fresh process as a user's client would.
 
-`python -m tasks.registry_check --root R --name N --version V [--alias A]` loads `models:/N/V`
+`python -m tasks.services.registry_check --root R --name N --version V [--alias A]` loads `models:/N/V`
 (or `models:/N@A`, which must point at V) through `mlflow.pyfunc` (nothing of the pipeline's own
 loading code), predicts the raw test rows of the project at R, and compares the accuracy with the
 test accuracy registered with the version (a check that the registered artifact is the measured
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from shrinkflow.deployable import LABEL
-from tasks import tracking
-from tasks.registry import Rows
+from tasks.services import tracking
+from tasks.services.registry import Rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow.config import Params
-from tasks import io, studies, tracking
-from tasks.candidates import Candidate, headline, load_torch, report_candidate, write_manifest
-from tasks.catalog import Catalog, file_md5
+from tasks.services import io, studies, tracking
+from tasks.services.candidates import Candidate, headline, load_torch, report_candidate, write_manifest
+from tasks.services.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.recipes")
 

@@ -23,10 +23,10 @@ import torch
 from shrinkflow import data, measure, models, plots, train
 from shrinkflow.config import BaselineConfig, Params
 from shrinkflow.search import choose, space
-from tasks import io, tracking
-from tasks.candidates import Candidate, save_torch, write_manifest
-from tasks.catalog import Catalog
-from tasks.io import load_processed
+from tasks.services import io, tracking
+from tasks.services.candidates import Candidate, save_torch, write_manifest
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.baseline")
 HEADLINE = ("val_accuracy", "accuracy", "params_count", "size_bytes")  # in metrics/baseline.json

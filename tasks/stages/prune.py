@@ -24,8 +24,8 @@ import torch
 from shrinkflow import data, prune
 from shrinkflow.config import Params, PruneConfig
 from shrinkflow.distill import distillation_loss
-from tasks import io, tracking
-from tasks.candidates import (
+from tasks.services import io, tracking
+from tasks.services.candidates import (
     Candidate,
     headline,
     load_torch,
@@ -33,8 +33,8 @@ from tasks.candidates import (
     save_torch,
     write_manifest,
 )
-from tasks.catalog import Catalog
-from tasks.io import load_processed
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.prune")
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.catalog import Catalog
+from tasks.services.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.lock")
 _held: dict[Path, int] = {}  # lock file -> depth, for re-entry within this process

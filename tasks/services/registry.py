@@ -4,7 +4,7 @@ One registered model per data set. A new version gets the alias `challenger`; it
 `champion` (what `shrinkflow serve` answers with) only through `promote`, after the gate's checks
 (`shrinkflow.gate`): validation accuracy against the champion, both re-evaluated now on the
 current validation rows, the size and latency budgets, and an integration check in a fresh process
-(`tasks.registry_check`: `mlflow.pyfunc` loads the registered model and predicts the raw test rows,
+(`tasks.services.registry_check`: `mlflow.pyfunc` loads the registered model and predicts the raw test rows,
 which must give the test accuracy logged with it). A failed check moves nothing.
 
 Every move is recorded twice: as tags on the version (when, how, the previous champion, the
@@ -32,8 +32,8 @@ from shrinkflow import gate
 from shrinkflow.config import MODEL_NAME, DeployConfig, Params
 from shrinkflow.deployable import LABEL, PROBABILITIES
 from shrinkflow.errors import UserError
-from tasks import io, tracking
-from tasks.catalog import Catalog
+from tasks.services import io, tracking
+from tasks.services.catalog import Catalog
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "shrinkflow.champion_history"  # on the registered model: JSON list of versions
@@ -214,7 +214,7 @@ def integration_check(root: Path, name: str, version: str) -> gate.Check:
     # this interpreter and this project's module, no shell; the model named as a user's client
     # names it: by alias when the version is the challenger
     alias = CHALLENGER if version_of(root, name, CHALLENGER) == version else None
-    command = [sys.executable, "-m", "tasks.registry_check", "--root", str(root), "--name", name,
+    command = [sys.executable, "-m", "tasks.services.registry_check", "--root", str(root), "--name", name,
                "--version", version, *(["--alias", alias] if alias else [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True,  # nosec B603

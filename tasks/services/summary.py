@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import task
 
-from tasks import io
-from tasks.catalog import Catalog
-from tasks.stage_tasks import RETRIES
+from tasks.services import io
+from tasks.services.catalog import Catalog
+from tasks.services.stage_tasks import RETRIES
 
 
 def summary_markdown(summaries: dict[str, dict[str, Any]], links: dict[str, str]) -> str:

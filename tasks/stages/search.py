@@ -28,8 +28,8 @@ from typing import Any
 
 from shrinkflow.config import BaselineConfig, Params, SearchConfig
 from shrinkflow.search import choose, study
-from tasks import io, studies, tracking
-from tasks.catalog import Catalog
+from tasks.services import io, studies, tracking
+from tasks.services.catalog import Catalog
 
 log = logging.getLogger("shrinkflow.search")
 # metrics/search.json: shared name <- the stage's own (all of them: reports/search/metrics.json)

@@ -23,8 +23,8 @@ import torch
 from shrinkflow import measure, models
 from shrinkflow.data import Splits
 from shrinkflow.export import export_onnx, onnx_predictor
-from tasks import io, tracking
-from tasks.catalog import Catalog
+from tasks.services import io, tracking
+from tasks.services.catalog import Catalog
 
 MANIFEST = "candidates.json"
 
@@ -78,7 +78,7 @@ def read_manifest(folder: Path, produced_by: str) -> list[Candidate]:
 
 
 def read_manifests(catalog: Catalog, stages: tuple[str, ...]) -> list[Candidate]:
-    """Candidates listed in the models/ folder of each of `stages` (names, as `tasks.dag`
+    """Candidates listed in the models/ folder of each of `stages` (names, as `tasks.services.dag`
     declares them) that has written its manifest."""
     found = []
     for stage in stages:

@@ -24,8 +24,8 @@ functions write only under `docs_dir`: the Data Docs HTML plus the suites and re
 and built per call.
 """
 
-from tasks.validation.messages import DataValidationError, Failure, ValidationReport
-from tasks.validation.suites import validate_processed, validate_raw
+from tasks.services.validation.messages import DataValidationError, Failure, ValidationReport
+from tasks.services.validation.suites import validate_processed, validate_raw
 
 __all__ = ["DataValidationError", "Failure", "ValidationReport", "validate_processed",
            "validate_raw"]

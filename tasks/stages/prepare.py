@@ -30,8 +30,8 @@ import pandas as pd
 
 from shrinkflow import data
 from shrinkflow.config import Params, PrepareConfig
-from tasks import io, tracking
-from tasks.catalog import Catalog, file_md5
+from tasks.services import io, tracking
+from tasks.services.catalog import Catalog, file_md5
 
 log = logging.getLogger("shrinkflow.prepare")
 HEADLINE = ("rows_train", "rows_val", "rows_test")  # of the metrics, in metrics/prepare.json
@@ -151,7 +151,7 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
                       spec: data.DatasetSpec, cfg: PrepareConfig, catalog: Catalog,
                       ) -> tuple[_Prepared, list[dict]]:
     """Validate the raw tables, split and normalize, validate the splits; keep every report."""
-    from tasks.validation import DataValidationError, validate_processed, validate_raw
+    from tasks.services.validation import DataValidationError, validate_processed, validate_raw
 
     reports = []
     try:

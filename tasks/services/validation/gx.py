@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.validation.messages import DataValidationError, ValidationReport, failures_of
+from tasks.services.validation.messages import DataValidationError, ValidationReport, failures_of
 
 STORE_DIR = "_gx_store"  # inside docs_dir: the suites and results the Data Docs pages render
 _SECTIONS = ("expectations", "validations", "profiling")  # GX's Data Docs site sections
@@ -47,7 +47,7 @@ def _context(docs_dir: Path):
         ProgressBarsConfig,
     )
 
-    from tasks.validation.views import IndexPageView, PageView
+    from tasks.services.validation.views import IndexPageView, PageView
 
     root = docs_dir.resolve()
     defaults = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from shrinkflow.config import Params, SearchConfig
 from shrinkflow.errors import UserError
-from tasks import io, tracking
-from tasks.catalog import Catalog
+from tasks.services import io, tracking
+from tasks.services.catalog import Catalog
 
 if TYPE_CHECKING:
     import optuna

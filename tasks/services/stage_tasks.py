@@ -1,4 +1,4 @@
-"""The stages as Prefect tasks: cached on `tasks.stages.stage_key`, retried on transient faults.
+"""The stages as Prefect tasks: cached on `tasks.services.runner.stage_key`, retried on transient faults.
 
 An unchanged re-run skips a stage; a changed param, input file or module re-runs that stage and
 whatever reads its outputs. When the outputs on disk are not the ones a cache entry describes
@@ -18,9 +18,9 @@ from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
 
 from shrinkflow.config import Params
-from tasks import dag
-from tasks.faults import retry_when_transient
-from tasks.stages import is_current, run_stage, stage_key
+from tasks.services import dag
+from tasks.services.faults import retry_when_transient
+from tasks.services.runner import is_current, run_stage, stage_key
 
 RETRIES = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_when_transient}
 
@@ -44,7 +44,7 @@ STAGE_TASKS: dict[str, Task] = {
 def stage_task(stage: str, params: Params, root: Path, current: bool | None = None) -> Task:
     """The stage's task, told to refresh its cache when the outputs on disk are not the ones the
     cache entry describes: missing, made from other params or inputs, or half-written
-    (`current`: whether they are, when the caller has asked `tasks.stages.is_current`)."""
+    (`current`: whether they are, when the caller has asked `tasks.services.runner.is_current`)."""
     if current is None:
         current = is_current(stage, params, root)
     return STAGE_TASKS[stage] if current else STAGE_TASKS[stage].with_options(refresh_cache=True)

@@ -30,10 +30,10 @@ from prefect.tasks import exponential_backoff
 
 from shrinkflow.config import safe_load
 from shrinkflow.errors import UserError
-from tasks import dag, io
-from tasks.catalog import Catalog, file_md5, tree_digest
-from tasks.environment import DVC_REMOTE_VARIABLE, S3_ENDPOINT_VARIABLE
-from tasks.faults import retry_when_transient
+from tasks.services import dag, io
+from tasks.services.catalog import Catalog, file_md5, tree_digest
+from tasks.services.environment import DVC_REMOTE_VARIABLE, S3_ENDPOINT_VARIABLE
+from tasks.services.faults import retry_when_transient
 
 SHARED_REMOTE = "shared"  # the remote SHRINKFLOW_DVC_REMOTE configures
 # a push that fails on a transient fault is tried again after 1, 2, 4 and 8 s (+-50 %)

@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
 from shrinkflow.distill import build_student, distill, student_train_config
-from tasks import io, tracking
-from tasks.candidates import (
+from tasks.services import io, tracking
+from tasks.services.candidates import (
     Candidate,
     headline,
     load_torch,
@@ -33,8 +33,8 @@ from tasks.candidates import (
     save_torch,
     write_manifest,
 )
-from tasks.catalog import Catalog
-from tasks.io import load_processed, load_unlabeled
+from tasks.services.catalog import Catalog
+from tasks.services.io import load_processed, load_unlabeled
 
 log = logging.getLogger("shrinkflow.distill")
 

@@ -33,7 +33,7 @@ class Output:
     path: str  # relative to the project root
     note: str = ""  # what it holds (a comment in dvc.yaml)
     cache: bool = True  # False: tracked by DVC but not stored in its cache (small text files)
-    # a models/ folder of candidates, listed in its candidates.json (`tasks.candidates`): what
+    # a models/ folder of candidates, listed in its candidates.json (`tasks.services.candidates`): what
     # the stages with CANDIDATES in their inputs read
     candidates: bool = False
 
@@ -104,20 +104,20 @@ def _declared(stages: tuple[Stage, ...]) -> dict[str, Stage]:
 
 
 STAGES: dict[str, Stage] = _declared((
-    Stage("prepare", "tasks.prepare:run_prepare", ("prepare",), ("data/external",),
+    Stage("prepare", "tasks.stages.prepare:run_prepare", ("prepare",), ("data/external",),
           outs=(Output("data/raw", "the raw table: versioned by DVC, pushed to the remote"),
                 Output("data/processed", "train/val/test splits + normalization statistics"),
                 _all_metrics("prepare")),
           metrics=("metrics/prepare.json",)),
     # searches the teacher's config on train/validation; baseline trains what it chose
-    Stage("search", "tasks.search:run_search", ("search", "baseline"), ("data/processed",),
+    Stage("search", "tasks.stages.search:run_search", ("search", "baseline"), ("data/processed",),
           outs=(Output("models/search", "choice.json: the searched baseline values (or none: "
                                         "params.yaml's stay) and why"),
                 Output("reports/search", "metrics.json (all the figures), summary.md and the "
                                          "study's plots", cache=False)),
           metrics=("metrics/search.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
     # a searched config must win again at the full budget, by the search's rule
-    Stage("baseline", "tasks.baseline:run_baseline", ("baseline", "search.within_se"),
+    Stage("baseline", "tasks.stages.baseline:run_baseline", ("baseline", "search.within_se"),
           ("data/processed", "models/search"),
           outs=(Output("models/baseline", "model.pt (state_dict), architecture.json, model.onnx",
                        candidates=True),
@@ -126,7 +126,7 @@ STAGES: dict[str, Stage] = _declared((
           plots=("metrics/baseline_history.csv", "reports/baseline/confusion_matrix.png",
                  "reports/baseline/training_curves.png")),
     # fine-tuning reuses baseline.train/augment, and the distillation loss's settings
-    Stage("prune", "tasks.prune:run_prune",
+    Stage("prune", "tasks.stages.prune:run_prune",
           ("prune", "baseline", "distill.temperature", "distill.alpha"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/pruned", "structured-* (smaller dense) and unstructured-* "
@@ -136,7 +136,7 @@ STAGES: dict[str, Stage] = _declared((
                 _all_metrics("prune")),
           metrics=("metrics/prune.json",)),
     # students share baseline.train/augment
-    Stage("distill", "tasks.distill:run_distill", ("distill", "baseline"),
+    Stage("distill", "tasks.stages.distill:run_distill", ("distill", "baseline"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/distilled", "<student>-kd and <student>-scratch per student",
                        candidates=True),
@@ -144,7 +144,7 @@ STAGES: dict[str, Stage] = _declared((
                 _all_metrics("distill")),
           metrics=("metrics/distill.json",)),
     # QAT reuses baseline.train/augment
-    Stage("quantize", "tasks.quantize:run_quantize", ("quantize", "baseline"),
+    Stage("quantize", "tasks.stages.quantize:run_quantize", ("quantize", "baseline"),
           (CANDIDATES, "data/processed"),
           outs=(Output("models/quantized", "<candidate>-<method>.onnx for every candidate "
                                            "and method", candidates=True),
@@ -152,7 +152,7 @@ STAGES: dict[str, Stage] = _declared((
                                                            "of the fallback chain", cache=False),
                 _all_metrics("quantize")),
           metrics=("metrics/quantize.json",)),
-    Stage("ensemble", "tasks.ensemble:run_ensemble", ("ensemble",),
+    Stage("ensemble", "tasks.stages.ensemble:run_ensemble", ("ensemble",),
           (CANDIDATES, "data/processed"),
           outs=(Output("models/ensemble", "ensemble-<method>.onnx: the members' graphs and a "
                                           "combining head in one file", candidates=True),
@@ -161,7 +161,7 @@ STAGES: dict[str, Stage] = _declared((
                 _all_metrics("ensemble")),
           metrics=("metrics/ensemble.json",)),
     # compression recipes searched on validation; the front joins the hand-set candidates
-    Stage("recipes", "tasks.recipes:run_recipes", ("search", "baseline"),
+    Stage("recipes", "tasks.stages.recipes:run_recipes", ("search", "baseline"),
           ("models/baseline", "data/processed"),
           outs=(Output("models/searched", "recipe-<trial>.onnx: the recipe study's Pareto front",
                        candidates=True),
@@ -169,7 +169,7 @@ STAGES: dict[str, Stage] = _declared((
                                           "(all the figures), summary.md and the study's plots",
                        cache=False)),
           metrics=("metrics/recipes.json",), services=("SHRINKFLOW_SEARCH_STORAGE",)),
-    Stage("compare", "tasks.compare:run_compare", ("compare", "measure"),
+    Stage("compare", "tasks.stages.compare:run_compare", ("compare", "measure"),
           (CANDIDATES, "data/processed"),
           outs=(Output("reports/compare", "candidates.json (every candidate's figures), "
                                           "metrics.json (all the figures), candidates.csv, "
@@ -178,12 +178,12 @@ STAGES: dict[str, Stage] = _declared((
           metrics=("metrics/compare.json",)),
     # registers in the MLflow Model Registry (another store: run again); the gate reads the
     # registry's current champion
-    Stage("deploy", "tasks.deploy:run_deploy",
+    Stage("deploy", "tasks.stages.deploy:run_deploy",
           ("deploy", "project.experiment", "compare.max_accuracy_drop_pp", "serve.threads"),
           ("reports/compare/candidates.json", CANDIDATES, "data/processed"),
           outs=(Output("models/deploy", "model.onnx: raw feature rows in, label and "
                                         "probabilities out, as registered"),),
-          metrics=("metrics/deploy.json",), subprocesses=("tasks.registry_check",),
+          metrics=("metrics/deploy.json",), subprocesses=("tasks.services.registry_check",),
           services=("MLFLOW_TRACKING_URI",)),
 ))
 # what `dvc plots show` draws besides each stage's own plots files
@@ -362,7 +362,7 @@ def deps(name: str, root: Path = ROOT) -> tuple[str, ...]:
 # dvc.yaml, written from the declarations above
 # ---------------------------------------------------------------------------------------------
 DVC_YAML_HEADER = """\
-# Written by `shrinkflow dvc-yaml` from tasks/dag.py, where the stages are declared once: edit
+# Written by `shrinkflow dvc-yaml` from tasks/services/dag.py, where the stages are declared once: edit
 # that file, not this one (a test fails when they disagree). Each stage runs the same function the
 # Prefect flow runs; its deps are its data inputs plus every project module it imports.
 # `dvc repro` runs what changed, `dvc exp run -S key=value` tries a param,

@@ -98,7 +98,7 @@ def _log_params(run_id: str, root: Path, flat: dict[str, Any]) -> None:
 def start_pipeline_run(params: Params, root: Path, params_file: Path | None = None,
                        started_by: Any = None) -> str:
     """Open the parent run, log all of params.yaml (flattened) and return its id; `started_by`
-    (a `tasks.triggers.Trigger`) names what started it, in the run's name and tags."""
+    (a `tasks.services.triggers.Trigger`) names what started it, in the run's name and tags."""
     tags = {**_base_tags(root, "pipeline"), **(started_by.tags if started_by else {})}
     name = f"pipeline ({started_by.label})" if started_by else "pipeline"
     run = client(root).create_run(experiment_id(root, params.project.experiment),
@@ -339,14 +339,14 @@ def tag_model_file(path: Path) -> None:
     """Mark the active run as the one that made the model file at `path` (by its md5)."""
     import mlflow
 
-    from tasks.catalog import file_md5
+    from tasks.services.catalog import file_md5
 
     mlflow.set_tag(MODEL_FILE_TAG, file_md5(path))
 
 
 def run_that_made(root: Path, experiment_id: str, path: Path) -> str | None:
     """The latest run of this checkout that made a file with `path`'s bytes (None if none did)."""
-    from tasks.catalog import file_md5
+    from tasks.services.catalog import file_md5
 
     found = client(root).search_runs(
         [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],

@@ -1,11 +1,11 @@
 """Running one stage, and knowing whether its outputs are current: cache keys and stamps.
 
 A stage's cache key is the hash of its params sections, the content of its data inputs and of
-every project module it imports (`tasks.dag.deps`), the checkout's folder and the services its
+every project module it imports (`tasks.services.dag.deps`), the checkout's folder and the services its
 outputs live in (the MLflow store deploy registers in). Outputs are stamped
 with the key they were made from, and the stamp is removed before a stage starts writing: outputs
 that are missing, made from other params, or left by a run killed half-way are never taken for
-current. The same `run_stage` runs inside the Prefect flow (`tasks.stage_tasks`), behind
+current. The same `run_stage` runs inside the Prefect flow (`tasks.services.stage_tasks`), behind
 `shrinkflow stage NAME` (what dvc.yaml calls) and from Python; nothing here imports Prefect.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from shrinkflow.config import Params
-from tasks import dag, io
-from tasks.catalog import Catalog, tree_digest
+from tasks.services import dag, io
+from tasks.services.catalog import Catalog, tree_digest
 
 
 def _param(params: Params, dotted: str) -> Any:
