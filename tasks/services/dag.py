@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 
 PROJECT_PACKAGES = ("shrinkflow", "serving", "tasks")  # whose modules count as a stage's code
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = "models"  # each stage that writes models writes one folder in it
 # what the stages read that none of them writes (params.yaml aside: a stage's `params`)
 EXTERNAL = ("data/external",)
