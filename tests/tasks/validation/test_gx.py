@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tasks.services.validation import validate_processed, validate_raw
 from tasks.services.validation.gx import STORE_DIR
-from tests.tasks.services.validation.conftest import RULES, split_table, tiny_table
+from tests.tasks.validation.conftest import RULES, split_table, tiny_table
 
 
 def _pages(docs: Path, section: str = "validations") -> list[Path]:

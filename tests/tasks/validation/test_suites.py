@@ -16,7 +16,7 @@ import pytest
 from shrinkflow.data import Split, Splits
 from tasks.services.validation import Failure, validate_processed, validate_raw
 from tasks.services.validation.suites import imbalance_warnings, sample_summary
-from tests.tasks.services.validation.conftest import (
+from tests.tasks.validation.conftest import (
     RULES,
     failures_in,
     rejected,
