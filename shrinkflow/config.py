@@ -36,10 +36,26 @@ class _Section(BaseModel):
 # prepare
 # ---------------------------------------------------------------------------------------------
 class CsvSource(_Section):
-    """A user CSV: one row per sample, numeric feature columns and one target column."""
+    """A user CSV: one row per sample, feature columns and one target column."""
 
     path: str | None = Field(None, description="path to the CSV file, relative to the project root")
     target: str = Field("label", description="name of the target (class label) column")
+    features: tuple[str, ...] | None = Field(
+        None, description="the feature columns, in the model's order; default: every column but "
+        "the target and `drop`")
+    drop: tuple[str, ...] = Field((), description="columns that are not features (ids, notes)")
+    allow_identifier: tuple[str, ...] = Field(
+        (), description="columns that look like row identifiers but are real features")
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> CsvSource:
+        for key in ("features", "drop", "allow_identifier"):
+            if self.target in (getattr(self, key) or ()):
+                raise ValueError(f"prepare.csv.{key} names the target column {self.target!r}")
+        both = sorted(set(self.features or ()) & set(self.drop))
+        if both:
+            raise ValueError(f"prepare.csv.features and prepare.csv.drop both name {both}")
+        return self
 
 
 class ValidationRules(_Section):

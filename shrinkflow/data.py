@@ -23,6 +23,7 @@ transform is applied at serving time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -169,18 +170,29 @@ def builtin_table(cfg: PrepareConfig) -> tuple[pd.DataFrame, DatasetSpec]:
     raise DataError(f"prepare.source {cfg.source!r} is not a built-in source")
 
 
-def csv_spec(frame: pd.DataFrame, target: str, name: str) -> DatasetSpec:
-    """Spec of a user table: every column but `target` is a feature; classes are sorted labels."""
-    if target not in frame.columns:
-        raise DataError(
-            f"target column {target!r} not found; columns are {list(frame.columns)} "
-            "(set prepare.csv.target)"
-        )
-    features = tuple(column for column in frame.columns if column != target)
-    if not features:
-        raise DataError(f"the table has only the target column {target!r} and no features")
+def csv_spec(frame: pd.DataFrame, target: str, name: str, features: Sequence[str] | None = None,
+             drop: Sequence[str] = ()) -> DatasetSpec:
+    """Spec of a user table: the `features` columns (default: every column but `target` and
+    `drop`), in that order; classes are the sorted labels. A column named in `features` or `drop`
+    that the header lacks is refused, listing the columns there are."""
+    columns = [str(column) for column in frame.columns]
+    for key, names in (("prepare.csv.target", [target]), ("prepare.csv.features", features or ()),
+                       ("prepare.csv.drop", drop)):
+        unknown = [column for column in names if column not in columns]
+        if unknown:
+            raise DataError(f"{key}: no column {_quoted(unknown)} in the table; its columns are "
+                            f"{columns}")
+    chosen = tuple(features) if features is not None else tuple(
+        column for column in columns if column != target and column not in set(drop))
+    if not chosen:
+        raise DataError(f"the table has no feature columns besides the target {target!r}"
+                        + (f" once {list(drop)} are dropped" if drop else ""))
     classes = tuple(sorted({str(value) for value in frame[target].dropna()}))
-    return DatasetSpec(name, "tabular", (len(features),), features, target, classes, classes)
+    return DatasetSpec(name, "tabular", (len(chosen),), chosen, target, classes, classes)
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(repr(name) for name in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,14 +204,19 @@ def table_to_features(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     return features.reshape(len(frame), *spec.input_shape)
 
 
-def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
+def table_labels(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """The target column as int64 class indices (labels matched as text)."""
     index = {label: i for i, label in enumerate(spec.labels)}
     labels = frame[spec.target].map(lambda value: index.get(str(value), -1)).to_numpy(np.int64)
     unknown = sorted({str(v) for v, i in zip(frame[spec.target], labels, strict=True) if i < 0})
     if unknown:
         raise DataError(f"column {spec.target!r} has labels outside {list(spec.labels)}: {unknown}")
-    return table_to_features(frame, spec), labels
+    return labels
+
+
+def table_to_arrays(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Features as float32 of shape (N, *input_shape); labels as int64 class indices."""
+    return table_to_features(frame, spec), table_labels(frame, spec)
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,22 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from shrinkflow import data
+from shrinkflow import data, leaks
 from shrinkflow.config import Params, PrepareConfig
 from tasks.services import io, tracking
 from tasks.services.catalog import Catalog, file_md5
 
+if TYPE_CHECKING:
+    from tasks.services.validation import Leaks
+
 log = logging.getLogger("shrinkflow.prepare")
 HEADLINE = ("rows_train", "rows_val", "rows_test")  # of the metrics, in metrics/prepare.json
+LONE_PREDICTORS_TAG = "data.lone_predictors"  # MLflow tag: features that predict the label alone
 
 
 def read_user_csv(path: Path, key: str = "prepare.csv.path") -> pd.DataFrame:
@@ -73,17 +77,57 @@ def _external_path(relative: str, catalog: Catalog) -> Path:
     return path
 
 
-def load_raw(cfg: PrepareConfig, catalog: Catalog) -> tuple[pd.DataFrame, data.DatasetSpec]:
-    """The raw table and its spec: generated for built-in sources, read for a user CSV."""
+@dataclass(frozen=True)
+class Raw:
+    """The raw table as the pipeline keeps it: the feature columns and the target, rows with a
+    label only."""
+
+    frame: pd.DataFrame
+    spec: data.DatasetSpec
+    rows_without_label: int  # rows of the user's file left out for having no label
+
+
+def load_raw(cfg: PrepareConfig, catalog: Catalog) -> Raw:
+    """The raw table and its spec: generated for built-in sources, read for a user CSV (its chosen
+    columns, the rows that have a label)."""
     if cfg.source != "csv":
-        return data.builtin_table(cfg)
+        return Raw(*data.builtin_table(cfg), rows_without_label=0)
     path = _external_path(cfg.csv.path, catalog)
     frame = read_user_csv(path)
-    spec = data.csv_spec(frame, cfg.csv.target, name=path.stem)
+    spec = data.csv_spec(frame, cfg.csv.target, path.stem, cfg.csv.features, cfg.csv.drop)
+    unlabeled = frame[spec.target].isna()
+    if unlabeled.all():
+        raise data.DataError(f"prepare.csv.target: the label column {spec.target!r} of {path} has "
+                             "no values; name the column that holds the class labels")
+    if unlabeled.any():
+        log.warning("%s: %d of %d rows have no label in %r and are left out", path,
+                    int(unlabeled.sum()), len(frame), spec.target)
     if len(spec.classes) == 1:
         raise data.DataError(f"prepare.csv.path: {path}: the label column {spec.target!r} holds a "
                              f"single class, {spec.classes[0]!r}; a classifier needs at least two")
-    return frame, spec
+    kept = frame.loc[~unlabeled, [*spec.feature_columns, spec.target]].reset_index(drop=True)
+    return Raw(kept, spec, int(unlabeled.sum()))
+
+
+def find_leaks(frame: pd.DataFrame, spec: data.DatasetSpec, cfg: PrepareConfig) -> Leaks | None:
+    """Row identifiers among a user table's features, and how well each predicts the label alone
+    (fitted on the training split, scored on validation: the split the stage makes next). None for
+    built-in sources."""
+    if cfg.source != "csv":
+        return None
+    from tasks.services.validation import Leaks
+
+    log.info("checking %d feature columns for row identifiers and lone predictors of the label",
+             len(spec.feature_columns))
+    found = leaks.identifiers(frame, spec.feature_columns, cfg.csv.allow_identifier)
+    labels = data.table_labels(frame, spec)
+    try:
+        rows = data.stratified_split(np.arange(len(frame)), labels, cfg.val_fraction,
+                                     cfg.test_fraction, cfg.seed)
+    except ValueError:  # too few rows of a class: the split itself reports it, after validation
+        return Leaks(found, None)
+    return Leaks(found, leaks.lone_accuracies(frame, labels, spec.feature_columns, rows.train.x,
+                                              rows.val.x, cfg.seed))
 
 
 def _unlabeled_key(cfg: PrepareConfig) -> str:
@@ -95,7 +139,9 @@ def load_unlabeled(cfg: PrepareConfig, spec: data.DatasetSpec,
                    catalog: Catalog) -> pd.DataFrame | None:
     """The unlabeled pool as a table of the feature columns; None when none is configured.
 
-    A user CSV may carry the target column (it is dropped) but no column the data set lacks.
+    A user CSV may carry the target column and the columns of `prepare.csv.drop` (both are
+    dropped), and any other column when `prepare.csv.features` names the features; otherwise no
+    column the data set lacks.
     """
     if cfg.unlabeled_samples:
         return data.mnist1d_unlabeled(cfg.unlabeled_samples, cfg.seed)
@@ -104,11 +150,12 @@ def load_unlabeled(cfg: PrepareConfig, spec: data.DatasetSpec,
     key = _unlabeled_key(cfg)
     path = _external_path(cfg.unlabeled_csv, catalog)
     frame = read_user_csv(path, key=key)
-    unknown = sorted(set(frame.columns) - set(spec.feature_columns) - {spec.target})
-    if unknown:
+    ignored = {spec.target, *cfg.csv.drop}
+    unknown = sorted(set(frame.columns) - set(spec.feature_columns) - ignored)
+    if unknown and cfg.csv.features is None:
         raise data.DataError(f"{key}: {path} has columns that are not features "
                              f"of {spec.name!r}: {unknown}")
-    return frame.drop(columns=[spec.target], errors="ignore")
+    return frame.drop(columns=[*ignored, *unknown], errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -154,8 +201,13 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
     from tasks.services.validation import DataValidationError, validate_processed, validate_raw
 
     reports = []
+    found = find_leaks(frame, spec, cfg)
+    if found is not None and found.lone is not None and found.lone.flagged():
+        # on the run whether validation passes or not: the user decides, the run says it
+        tracking.set_tags({LONE_PREDICTORS_TAG: ", ".join(found.lone.flagged())})
     try:
-        reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir))
+        reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir,
+                                    leaks=found))
         if unlabeled is not None:
             reports.append(validate_raw(unlabeled, spec, cfg.validation, catalog.data_docs_dir,
                                         labeled=False))
@@ -210,7 +262,8 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
     catalog, cfg = Catalog.at(root), params.prepare
     with tracking.stage_run("prepare", params, catalog.root, parent_run_id, cfg) as run:
         log.info("loading source %r", cfg.source)
-        frame, spec = load_raw(cfg, catalog)
+        raw = load_raw(cfg, catalog)
+        frame, spec = raw.frame, raw.spec
         unlabeled = load_unlabeled(cfg, spec, catalog)
 
         log.info("validating %d raw rows, splitting (stratified, seed %d), validating splits",
@@ -225,6 +278,7 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
             "rows_test": len(splits.test),
             "rows_unlabeled": prepared.rows_unlabeled,
             "unlabeled_rows_dropped": prepared.unlabeled_dropped,
+            "rows_without_label": raw.rows_without_label,
             "n_features": int(np.prod(spec.input_shape)),
             "n_classes": len(spec.classes),
             "expectations_evaluated": sum(report["evaluated"] for report in reports),

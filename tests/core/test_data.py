@@ -128,14 +128,28 @@ def test_csv_spec_uses_every_other_column_as_a_feature_and_sorted_labels_as_clas
     assert y.tolist() == [0, 2, 0, 1, 2, 0], "labels should map to their index in spec.labels"
 
 
-def test_csv_spec__missing_target_column_fails_naming_it():
-    with pytest.raises(DataError, match=r"'label'.*prepare\.csv\.target"):
+def test_csv_spec__missing_target_column_fails_naming_it_and_the_columns_there_are():
+    with pytest.raises(DataError, match=r"prepare\.csv\.target: no column 'label'.*\['a', 'b', 'species'\]"):
         csv_spec(_iris_like(), "label", "iris")
 
 
 def test_csv_spec__table_with_only_the_target_fails():
-    with pytest.raises(DataError, match="no features"):
+    with pytest.raises(DataError, match="no feature columns besides the target 'y'"):
         csv_spec(pd.DataFrame({"y": [0, 1]}), "y", "empty")
+
+
+def test_csv_spec__features_are_the_ones_chosen_in_their_order_or_all_but_the_dropped():
+    frame = _iris_like().assign(note=["x"] * 6)
+    assert csv_spec(frame, "species", "iris", features=["b", "a"]).feature_columns == ("b", "a")
+    assert csv_spec(frame, "species", "iris", drop=["note"]).feature_columns == ("a", "b")
+    with pytest.raises(DataError, match="once \\['a', 'b', 'note'\\] are dropped"):
+        csv_spec(frame, "species", "iris", drop=["a", "b", "note"])
+
+
+@pytest.mark.parametrize("key", ["features", "drop"])
+def test_csv_spec__a_chosen_column_the_header_lacks_is_named_with_the_key(key):
+    with pytest.raises(DataError, match=rf"prepare\.csv\.{key}: no column 'c'.*\['a', 'b', 'species'\]"):
+        csv_spec(_iris_like(), "species", "iris", **{key: ["a", "c"]})
 
 
 def test_table_to_arrays__label_outside_the_spec_fails_naming_column_and_value():

@@ -8,6 +8,7 @@ features), whose outputs each refused run must leave as they were.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,7 +155,7 @@ BROKEN = {
     "nan": (lambda f: f.assign(width=f["width"].where(f.index != 5, np.nan)), ["width", "null"]),
     "inf": (lambda f: f.assign(width=f["width"].where(f.index != 7, np.inf)),
             ["width", "outside"]),
-    "missing_column": (lambda f: f.drop(columns=["label"]), ["label", "not found"]),
+    "missing_column": (lambda f: f.drop(columns=["label"]), ["label", "no column"]),
     "wrong_dtype": (lambda f: f.assign(depth=f["depth"].astype(object).where(f.index != 3, "abc")),
                     ["depth", "dtype"]),
     "too_few_rows": (lambda f: f.head(20), ["row count", "20"]),
@@ -198,6 +199,93 @@ def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(prepared_c
     error = refused(project, load_params(project / "params.yaml", overrides=TINY))
     assert isinstance(error, DataValidationError)
     assert "column 'label'" in str(error) and "10 at row 4" in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# columns chosen, row identifiers refused, lone predictors warned about
+# ---------------------------------------------------------------------------------------------
+def _sorted_by_class(rows: int = 120) -> pd.DataFrame:
+    """`user_table()` with its rows sorted by label, as many public tables are."""
+    return user_table(rows).sort_values("label", kind="stable").reset_index(drop=True)
+
+
+def _r_export(frame: pd.DataFrame) -> str:
+    """`frame` as R's write.csv writes it: an empty first header cell, row names 1..N."""
+    return frame.set_axis(range(1, len(frame) + 1)).to_csv(index_label="")
+
+
+EXPORTS = {  # a user table as exported with a row identifier, and the column pandas reads it as
+    "r_write_csv": (lambda f: _r_export(f), "Unnamed: 0"),
+    "pandas_to_csv": (lambda f: f.to_csv(), "Unnamed: 0"),
+    "id_column": (lambda f: f.assign(id=np.random.default_rng(0).permutation(len(f)) + 1000)
+                  .to_csv(index=False), "id"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPORTS))
+def test_run_prepare__a_row_identifier_is_refused_naming_it_and_the_way_out(prepared_csv, kind):
+    # given a table sorted by class, exported with a column that numbers its rows
+    project, _ = prepared_csv
+    export, column = EXPORTS[kind]
+    write_user_csv(project, None, export(_sorted_by_class()))
+    params = load_params(project / "params.yaml", overrides=[*TINY, *CSV_SOURCE])
+    # when / then it is refused before anything is written, naming the column and both ways out
+    error = refused(project, params)
+    assert isinstance(error, DataValidationError)
+    assert f"column '{column}': expect_features_to_not_be_row_identifiers" in str(error)
+    assert f"prepare.csv.drop: ['{column}']" in str(error)
+    assert f"prepare.csv.allow_identifier: ['{column}']" in str(error)
+
+
+def test_run_prepare__a_table_with_identifiers_dropped_runs_and_says_what_it_left_out(project):
+    # given a pandas export sorted by class, with an id column, a legitimate integer feature with
+    # repeats, a note column, two rows without a label, and `length` deciding the label alone
+    table = _sorted_by_class().assign(
+        id=lambda f: np.arange(len(f)) + 1, rooms=lambda f: np.arange(len(f)) % 7,
+        note="measured")
+    table.loc[[3, 50], "label"] = None
+    write_user_csv(project, None, table.to_csv())
+    params = load_params(project / "params.yaml", overrides=[
+        *TINY, *CSV_SOURCE, "prepare.csv.drop=['Unnamed: 0', id, note]"])
+    # when
+    summary = run_prepare(params, project)
+    # then the features are the columns not dropped, the raw table keeps them and the labeled rows
+    catalog = Catalog.at(project)
+    meta = json.loads(catalog.dataset_file().read_text())
+    assert meta["spec"]["feature_columns"] == [*FEATURES, "rooms"]
+    raw = pd.read_csv(catalog.raw_table("user"))
+    assert list(raw.columns) == [*FEATURES, "rooms", "label"] and len(raw) == 118
+    # and the rows without a label are counted
+    assert summary["metrics"]["rows_without_label"] == 2
+    assert _mlflow_run(summary["run_id"]).data.metrics["rows_without_label"] == 2
+    # and `length`, which decides the label alone, is a warning: in the report, the run's tags
+    # and the Data Docs, beside the identifier expectation that passed
+    (raw_report, *_) = json.loads(catalog.validation_report.read_text())
+    assert any("column 'length' alone predicts the label" in warning
+               for warning in raw_report["warnings"]), raw_report["warnings"]
+    assert _mlflow_run(summary["run_id"]).data.tags["data.lone_predictors"] == "length"
+    docs = "".join(page.read_text() for page in (catalog.data_docs_dir / "validations").rglob(
+        "raw-user-columns.html"))
+    assert "No feature column alone predicts the label" in docs
+    assert "No feature column is a row identifier" in docs
+
+
+def test_run_prepare__an_identifier_the_user_allows_is_a_feature(project):
+    # given a column of distinct consecutive integers the user says is a real feature
+    table = user_table().assign(rank=lambda f: np.arange(len(f)))
+    write_user_csv(project, table)
+    params = load_params(project / "params.yaml", overrides=[
+        *TINY, *CSV_SOURCE, "prepare.csv.allow_identifier=[rank]"])
+    # when / then it is prepared, with the column among the features
+    run_prepare(params, project)
+    meta = json.loads(Catalog.at(project).dataset_file().read_text())
+    assert meta["spec"]["feature_columns"] == [*FEATURES, "rank"]
+
+
+def test_run_prepare__a_label_column_without_values_is_refused(prepared_csv):
+    project, _ = prepared_csv
+    error = refused(project, csv_params(project, user_table().assign(label=None)))
+    assert "the label column 'label'" in str(error) and "has no values" in str(error)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -308,6 +396,28 @@ def test_prepare_config__unlabeled_samples_need_mnist1d_and_exclude_a_csv_pool()
         PrepareConfig(unlabeled_samples=100)
     with pytest.raises(ValueError, match="one of prepare.unlabeled_samples"):
         PrepareConfig(source="mnist1d", unlabeled_samples=100, unlabeled_csv="pool.csv")
+
+
+@pytest.mark.parametrize(("csv", "says"), [
+    ({"target": "y", "drop": ["y"]}, "prepare.csv.drop names the target column 'y'"),
+    ({"target": "y", "features": ["a", "y"]}, "prepare.csv.features names the target column 'y'"),
+    ({"features": ["a", "b"], "drop": ["b", "c"]}, "features and prepare.csv.drop both name ['b']"),
+])
+def test_csv_source__columns_chosen_twice_or_the_target_as_a_feature_are_refused(csv, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        PrepareConfig(source="csv", csv={"path": "t.csv", **csv})
+
+
+def test_run_prepare__an_unlabeled_csv_may_keep_the_dropped_columns(project):
+    # given a table with an id column the user drops, and a pool that has it too
+    table = user_table().assign(id=lambda f: np.arange(len(f)))
+    write_user_csv(project, table)
+    pool = user_table(rows=50, seed=3).drop(columns="label").assign(id=lambda f: np.arange(len(f)))
+    params = unlabeled_csv_params(project, pool, *CSV_SOURCE, "prepare.csv.drop=[id]")
+    # when / then the pool is stored without it
+    run_prepare(params, project)
+    stored, _ = _stored_pool(project)
+    assert stored.shape == (50, 3)
 
 
 def test_run_prepare__mnist1d_unlabeled_samples_are_generated(project):

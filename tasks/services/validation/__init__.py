@@ -25,7 +25,7 @@ and built per call.
 """
 
 from tasks.services.validation.messages import DataValidationError, Failure, ValidationReport
-from tasks.services.validation.suites import validate_processed, validate_raw
+from tasks.services.validation.suites import Leaks, validate_processed, validate_raw
 
-__all__ = ["DataValidationError", "Failure", "ValidationReport", "validate_processed",
+__all__ = ["DataValidationError", "Failure", "Leaks", "ValidationReport", "validate_processed",
            "validate_raw"]

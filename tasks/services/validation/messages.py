@@ -118,7 +118,7 @@ def failures_of(result: Any, frame: pd.DataFrame) -> tuple[Failure, ...]:
     split = _split_of(kwargs.get("row_condition"))
     in_split = f"split '{split}': " if split is not None else ""
     return tuple(
-        Failure(config.type, column, in_split + _observed(config.type, kwargs, part))
+        Failure(config.type, column, in_split + _observed(config.type, kwargs, part, column))
         for column, part in parts.items()
     )
 
@@ -145,7 +145,9 @@ def _per_column(
     }
 
 
-def _observed(kind: str, kwargs: dict, result: dict) -> str:
+def _observed(kind: str, kwargs: dict, result: dict, located: Any = None) -> str:
+    """What `result` observed; `located` is the table's column it is about, when the validated
+    frame was a reshaped view of the table."""
     column = kwargs.get("column")
     if kind == "expect_table_row_count_to_be_between":
         expected = kwargs.get("min_value")
@@ -164,6 +166,13 @@ def _observed(kind: str, kwargs: dict, result: dict) -> str:
     # the per-column view of validate_raw
     if column == "dtype":
         return f"dtype {_distinct(result)}, expected a number"
+    if column == "identifier":
+        return (f"a row identifier, not a feature: {_distinct(result)}; drop it "
+                f"(prepare.csv.drop: [{located!r}]), or keep it if it is a real feature "
+                f"(prepare.csv.allow_identifier: [{located!r}])")
+    if column == "alone_accuracy":
+        return (f"alone predicts the label with validation accuracy {_distinct(result)}, "
+                f"at or above {_num(kwargs.get('max_value'))}")
     # the per-sample summary columns of validate_processed, in their own words
     if column == "x_shape":
         return (

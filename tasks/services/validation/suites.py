@@ -10,8 +10,10 @@ expectation that fails.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import pandas as pd
 
 from shrinkflow.config import ValidationRules
 from shrinkflow.data import DatasetSpec, Splits
+from shrinkflow.leaks import LonePredictors
 from tasks.services.validation.gx import View, import_gx, run_suite
 from tasks.services.validation.messages import ValidationReport
 
@@ -35,36 +38,52 @@ NUMERIC_DTYPES = [
 # ---------------------------------------------------------------------------------------------
 # Raw table
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Leaks:
+    """What `shrinkflow.leaks` found in a user table's feature columns, for its raw suite."""
+
+    identifiers: Mapping[str, str]  # column -> why it looks like a row identifier (not allowed)
+    lone: LonePredictors | None  # None when the table could not be split to measure it
+
+
 def validate_raw(
     frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, docs_dir: Path,
-    labeled: bool = True,
+    labeled: bool = True, leaks: Leaks | None = None,
 ) -> ValidationReport:
     """Validate the raw table of `spec` and write Data Docs under `docs_dir`.
 
     `labeled=False` validates an unlabeled pool: the same feature checks, no target column.
-    Failures are listed table-level first, then column by column in the order of the spec.
+    `leaks` adds the row-identifier expectation (a failure) and the lone-predictor one (a
+    warning) to the columns view. Failures are listed table-level first, then column by column
+    in the order of the spec.
 
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
     """
     expected = _expected_columns(spec, labeled)
-    views = raw_views(frame, spec, rules, labeled)
+    views = raw_views(frame, spec, rules, labeled, leaks)
     if not labeled:
         return run_suite(f"unlabeled:{spec.name}", views, (), docs_dir, expected)
     warnings = imbalance_warnings(frame, spec, rules)
+    if leaks is not None and leaks.lone is not None:
+        warnings += tuple(leaks.lone.describe(column) for column in leaks.lone.flagged())
     return run_suite(f"raw:{spec.name}", views, warnings, docs_dir, expected)
 
 
 def raw_views(
-    frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, labeled: bool = True
+    frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, labeled: bool = True,
+    leaks: Leaks | None = None,
 ) -> list[View]:
     """The views of a raw table (or, `labeled=False`, of an unlabeled pool) of `spec` and their
-    suites: 7 expectations (6 for a csv source, 5 unlabeled) whatever the number of features.
+    suites: 7 expectations (6 for a csv source, 5 unlabeled) whatever the number of features,
+    2 more with `leaks`.
 
       table    the table itself: enough rows, every expected column present (one expectation
                naming each missing column), the target not null and, for built-in sources, in
                the label set
-      columns  one row per feature column (`column_view`): of a numeric dtype
+      columns  one row per feature column (`column_view`): of a numeric dtype; with `leaks`, not
+               a row identifier, and (a warning) not predicting the label alone nearly as well as
+               all columns together
       cells    one row per feature value (`cell_view`): not null and, in numeric columns, within
                the known value range (else +/- `max_abs_value`, so inf fails)
     """
@@ -96,13 +115,52 @@ def raw_views(
 
     # the views hold the feature columns that are there, in the spec's order
     features = [column for column in spec.feature_columns if column in frame.columns]
+    columns = column_view(frame, features)
+    per_column: list = [gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=NUMERIC_DTYPES)]
+    if leaks is not None:
+        columns, more = _leak_checks(columns, leaks)
+        per_column += more
     return [
         View("table", frame, table),
-        View("columns", column_view(frame, features),
-             [gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=NUMERIC_DTYPES)],
-             located_by=("feature",)),
+        View("columns", columns, per_column, located_by=("feature",)),
         View("cells", cell_view(frame, features), cells, located_by=("feature", "row")),
     ]
+
+
+@functools.cache
+def leak_expectations() -> tuple[type, type]:
+    """The two GX expectations of `Leaks`, as classes of their own so that Data Docs and failures
+    name them: built on first use, as GX is imported lazily."""
+    gxe = import_gx().expectations
+
+    class ExpectFeaturesToNotBeRowIdentifiers(gxe.ExpectColumnValuesToBeInSet):
+        description: str = ("No feature column is a row identifier: an unnamed column, integers "
+                            "that are all distinct and consecutive, all-distinct text, or an id "
+                            "column with all-distinct values (prepare.csv.drop or "
+                            "prepare.csv.allow_identifier decide)")
+
+    class ExpectFeaturesToNotPredictTheLabelAlone(gxe.ExpectColumnValuesToBeBetween):
+        description: str = ("No feature column alone predicts the label on validation nearly as "
+                            "well as all columns together (within 1 pp, and 5 pp above the "
+                            "majority class): a warning, the user decides")
+
+    return ExpectFeaturesToNotBeRowIdentifiers, ExpectFeaturesToNotPredictTheLabelAlone
+
+
+def _leak_checks(columns: pd.DataFrame, leaks: Leaks) -> tuple[pd.DataFrame, list]:
+    """The column view with `identifier` (the reason, "" for none) and, when measured,
+    `alone_accuracy`; and the expectations on them."""
+    not_identifier, not_alone = leak_expectations()
+    columns = columns.assign(identifier=[leaks.identifiers.get(name, "")
+                                         for name in columns["feature"]])
+    expectations = [not_identifier(column="identifier", value_set=[""])]
+    if leaks.lone is not None:
+        columns["alone_accuracy"] = [leaks.lone.alone.get(name, np.nan)
+                                     for name in columns["feature"]]
+        columns = columns.astype({"alone_accuracy": np.float64})
+        expectations.append(not_alone(column="alone_accuracy", max_value=leaks.lone.threshold,
+                                      strict_max=True, severity="warning"))
+    return columns, expectations
 
 
 def _expected_columns(spec: DatasetSpec, labeled: bool) -> list[str]:
