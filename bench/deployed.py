@@ -74,11 +74,12 @@ def retime(project: Path, deployed_file: str, threads: int, rounds: int = 10) ->
     from shrinkflow.export import onnx_predictor
     from shrinkflow.measure import THROUGHPUT_BATCH, Noise, time_side_by_side, torch_predictor, torch_threads
     from tasks.services.candidates import load_torch
+    from tasks.services.registry import Rows
 
     cfg = MeasureConfig(threads=threads, warmup=50, repeats=2000, throughput_repeats=20,
                         rounds=rounds)
-    val = np.load(project / "data" / "processed" / "val.npz")
-    sample, raw = val["x"], val["raw"]
+    sample = np.load(project / "data" / "processed" / "val.npz")["x"]
+    raw = Rows.of_split(project, "val").x
     _, teacher = load_torch(project / "models" / "baseline", "baseline")
     spec = json.loads((project / "data" / "processed" / "dataset.json").read_text())["spec"]
     width, classes = int(np.prod(sample.shape[1:])), len(spec["classes"])

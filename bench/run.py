@@ -311,15 +311,14 @@ def _confirmation(baseline: dict) -> str:
 
 def serving_section(project: Path) -> dict:
     """Both servers on the champion the pipeline run in `project` registered."""
-    import numpy as np
-
     from bench.serving import serving
+    from tasks.services.registry import Rows
 
     print("serving: shrinkflow serve vs mlflow models serve ...", flush=True)
     deployed = json.loads((project / "models" / "deploy" / "deploy.json").read_text())
     if not deployed.get("champion"):
         return {}
-    rows = np.load(project / "data" / "processed" / "test.npz")["raw"]
+    rows = Rows.of_split(project, "test").x
     env = {**project_env(project), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     return {**serving(project, deployed["registered_model"], rows, env),
             "candidate": deployed["candidate"]}

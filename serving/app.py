@@ -78,7 +78,8 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
         model = live.get()
         _check_content_type(request)
         body = await _read_body(request, max_body_bytes)
-        rows = parse_body(body, model.feature_names, max_rows=max_request_rows, max_bytes=max_body_bytes)
+        rows = parse_body(body, model.feature_names, text=model.text_columns, nullable=model.nullable,
+                          max_rows=max_request_rows, max_bytes=max_body_bytes)
         served, labels, probabilities = await batcher.submit(rows, model.feature_names)
         _check_finite(probabilities)
         return served, labels, probabilities
@@ -109,7 +110,8 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
     async def model_info() -> dict:
         model = live.get()
         return {**model.info, "version": model.version, "feature_names": list(model.feature_names),
-                "classes": list(model.classes)}
+                "text_columns": [name for name in model.feature_names if name in model.text_columns],
+                "nullable": model.nullable, "classes": list(model.classes)}
 
     return app
 

@@ -1,9 +1,11 @@
 """One loaded model version, ready to predict, and the protocol of the place versions come from.
 
-A served model is an ONNX file with one float32 input of shape [N, F] (raw feature rows) and two
+A served model is an ONNX file with one float32 input of shape [N, F] (raw feature rows), or, for a
+table with text columns, one input of shape [N] per column (strings or float32), and two
 outputs: `label` (string [N], the predicted class names) and `probabilities` (float32 [N, K]). Its
 metadata_props say what the columns are: `feature_names` (JSON list of F names) and `classes` (JSON
-list of K names, in the order of the probability columns). Without them the features are called
+list of K names, in the order of the probability columns), and `nullable` (JSON true when the graph
+fills missing values itself). Without them the features are called
 f0..f{F-1} and the classes 0..K-1, with F and K read from the graph's shapes.
 
 The server never opens a registry itself: a `ModelSource` (an MLflow alias, a folder, a dict in a
@@ -23,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 # the outputs and metadata keys `shrinkflow.deployable` writes
-from shrinkflow.deployable import CLASSES_KEY, FEATURE_NAMES_KEY
+from shrinkflow.deployable import CLASSES_KEY, FEATURE_NAMES_KEY, NULLABLE_KEY
 from shrinkflow.deployable import LABEL as LABEL_OUTPUT
 from shrinkflow.deployable import PROBABILITIES as PROBABILITIES_OUTPUT
 
@@ -42,6 +44,8 @@ class ServedModel:
     session: ort.InferenceSession = field(compare=False, repr=False)
     feature_names: tuple[str, ...]
     classes: tuple[str, ...]
+    text_columns: frozenset[str] = frozenset()  # features the graph reads as strings
+    nullable: bool = False  # whether a missing value (null) is filled in the graph
 
     @classmethod
     def from_onnx(cls, model: bytes | str | Path, version: str, info: dict[str, Any] | None = None,
@@ -58,22 +62,40 @@ class ServedModel:
         source = model if isinstance(model, bytes) else str(model)
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         feature_names, classes = _columns(session)
+        text = frozenset(item.name for item in session.get_inputs() if item.type == "tensor(string)")
+        nullable = json.loads(session.get_modelmeta().custom_metadata_map.get(NULLABLE_KEY, "false"))
         return cls(version=str(version), info=dict(info or {}), session=session,
-                   feature_names=feature_names, classes=classes)
+                   feature_names=feature_names, classes=classes, text_columns=text,
+                   nullable=bool(nullable))
 
     @property
     def name(self) -> str | None:
         return self.info.get("name")
 
     @cached_property
-    def input_name(self) -> str:
-        return self.session.get_inputs()[0].name
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(item.name for item in self.session.get_inputs())
+
+    @property
+    def per_column(self) -> bool:
+        """Whether the graph takes one input per column (a table with text) rather than rows."""
+        return len(self.input_names) > 1 or self.input_names == self.feature_names
 
     def predict(self, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Labels (one per row) and float32 probabilities [n, K] for float32 rows [n, F]."""
-        feed = {self.input_name: np.ascontiguousarray(rows, dtype=np.float32)}
-        labels, probabilities = self.session.run([LABEL_OUTPUT, PROBABILITIES_OUTPUT], feed)
+        """Labels (one per row) and float32 probabilities [n, K] for rows [n, F] in the order of
+        `feature_names`: float32, or objects (numbers, strings, None for missing) for a graph that
+        reads text."""
+        labels, probabilities = self.session.run([LABEL_OUTPUT, PROBABILITIES_OUTPUT],
+                                                 self.feed(rows))
         return [str(label) for label in labels], np.asarray(probabilities, dtype=np.float32)
+
+    def feed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's inputs for `rows` (see `predict`): missing text becomes "" and a missing
+        number NaN, which the graph fills."""
+        if not self.per_column:
+            return {self.input_names[0]: np.ascontiguousarray(rows, dtype=np.float32)}
+        return {name: _column(rows[:, index], name in self.text_columns)
+                for index, name in enumerate(self.feature_names)}
 
 
 class ModelSource(Protocol):
@@ -90,18 +112,32 @@ class ModelSource(Protocol):
     def load(self, version: str) -> ServedModel: ...
 
 
+def _column(values: np.ndarray, text: bool) -> np.ndarray:
+    """One column of rows as its graph input: strings ("" for None), or float32 (NaN for None)."""
+    if text:
+        return np.array(["" if value is None else str(value) for value in values], dtype=object)
+    if values.dtype == object:
+        values = np.array([np.nan if value is None else value for value in values], np.float64)
+    return values.astype(np.float32)
+
+
 def _columns(session: ort.InferenceSession) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Feature and class names from the metadata, checked against the graph's shapes."""
+    """Feature and class names from the metadata, checked against the graph's inputs and shapes."""
     inputs, outputs = session.get_inputs(), {out.name: out for out in session.get_outputs()}
-    if len(inputs) != 1 or len(inputs[0].shape) != 2:
-        raise ModelFileError(f"a served model has one input of shape [N, F]; this one has "
-                             f"{[(i.name, i.shape) for i in inputs]}")
+    per_column = bool(inputs) and all(len(item.shape) == 1 for item in inputs)
+    if not per_column and (len(inputs) != 1 or len(inputs[0].shape) != 2):
+        raise ModelFileError(f"a served model has one input of shape [N, F], or one of shape [N] "
+                             f"per column; this one has {[(i.name, i.shape) for i in inputs]}")
     missing = {LABEL_OUTPUT, PROBABILITIES_OUTPUT} - set(outputs)
     if missing:
         raise ModelFileError(f"a served model has outputs {LABEL_OUTPUT!r} and {PROBABILITIES_OUTPUT!r}; "
                              f"this one lacks {sorted(missing)} (it has {sorted(outputs)})")
     metadata = session.get_modelmeta().custom_metadata_map
-    features = _names(metadata, FEATURE_NAMES_KEY, inputs[0].shape[1], "f")
+    width = len(inputs) if per_column else inputs[0].shape[1]
+    features = _names(metadata, FEATURE_NAMES_KEY, width, "f")
+    if per_column and features != tuple(item.name for item in inputs):
+        raise ModelFileError(f"metadata_props {FEATURE_NAMES_KEY!r} {list(features)} must name the "
+                             f"graph's inputs, in order: {[item.name for item in inputs]}")
     classes = _names(metadata, CLASSES_KEY, outputs[PROBABILITIES_OUTPUT].shape[-1], "")
     return features, classes
 

@@ -10,10 +10,14 @@ unchanged:
                                                       columns optional; when given, exactly the
                                                       model's feature names, in any order
   {"dataframe_records": [{"name": value, ...}, ...]}  one object per row, keyed by feature name
+  {"inputs": {"name": [...], ...}}                    one list per column (MLflow's form for a
+                                                      model with one input per column)
 
 Every value must be a finite JSON number. Python's json module reads the literals NaN and Infinity,
 and numpy would turn the strings "nan" or "1.5" into floats: both are refused, and so are booleans
-(true is not 1 here). Rows in error messages count from 0 and are also given as a JSON path.
+(true is not 1 here). A model that reads text columns takes strings there (numbers are read as
+text), and null for a missing one; a model that fills missing values (`nullable`) takes null in
+its number columns too. Rows in error messages count from 0 and are also given as a JSON path.
 
 The common case (a list of lists of numbers) costs one numpy conversion and one finiteness check;
 rows are only walked one by one, in Python, when that fails, to find and name the bad value.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,13 +48,18 @@ class BadRequest(Exception):
         self.message = message
 
 
-def parse_body(body: bytes, feature_names: Sequence[str], *, max_rows: int = 1024,
+def parse_body(body: bytes, feature_names: Sequence[str], *, text: Collection[str] = (),
+               nullable: bool = False, max_rows: int = 1024,
                max_bytes: int = 4_000_000) -> np.ndarray:
-    """The rows of a JSON request body as float32 [n, F], columns in the order of `feature_names`.
+    """The rows of a JSON request body as float32 [n, F] (objects when `text` names columns),
+    columns in the order of `feature_names`.
 
     Args:
         body: the raw request body (UTF-8 JSON).
         feature_names: the model's F feature names, in its input order.
+        text: the columns that hold text: a string there is a category (a number is read as
+            one too), null a missing one.
+        nullable: whether null is accepted in number columns, as a missing value (NaN).
         max_rows: largest accepted batch; more rows are refused with 413.
         max_bytes: largest accepted body; a bigger one is refused with 413 before it is parsed.
 
@@ -68,9 +77,11 @@ def parse_body(body: bytes, feature_names: Sequence[str], *, max_rows: int = 102
                               f"(split the batch)")
     # `true`/`false` anywhere in the text (a column name, at worst) sends the rows down the slow path,
     # the only one that tells a boolean from 1 or 0
-    array = None if b"true" in body or b"false" in body else _fast_array(rows, len(columns))
+    text = frozenset(text)
+    fast = not text and b"true" not in body and b"false" not in body
+    array = _fast_array(rows, len(columns)) if fast else None
     if array is None:
-        array = _array_row_by_row(rows, columns, where)
+        array = _array_row_by_row(rows, columns, where, text, nullable)
     if columns != feature_names:
         position = {name: index for index, name in enumerate(columns)}
         array = array[:, [position[name] for name in feature_names]]
@@ -103,6 +114,8 @@ def _rows(payload: dict[str, Any], feature_names: tuple[str, ...]
     key = keys[0]
     value = payload[key]
     if key == "inputs":
+        if isinstance(value, dict) and len(value) > 1:  # one tensor per column: {"a": [...], ...}
+            return _columns_rows(value, feature_names), feature_names, "inputs"
         if isinstance(value, dict) and len(value) == 1:  # a named tensor: {"features": [[...]]}
             value = next(iter(value.values()))
         if not isinstance(value, list):
@@ -113,6 +126,23 @@ def _rows(payload: dict[str, Any], feature_names: tuple[str, ...]
     if key == "dataframe_split":
         return _split_rows(value, feature_names)
     return _records_rows(value, feature_names), feature_names, "dataframe_records"
+
+
+def _columns_rows(tensors: dict[str, Any], feature_names: tuple[str, ...]) -> list[list[Any]]:
+    """{"column": [values...], ...} (one tensor per column, as MLflow sends a model with one input
+    per column) as rows."""
+    missing = [name for name in feature_names if name not in tensors]
+    unknown = [name for name in tensors if name not in set(feature_names)]
+    if missing or unknown:
+        problems = [f"{label} {_names(names)}" for label, names in
+                    (("missing", missing), ("unknown", unknown)) if names]
+        raise BadRequest(400, f"'inputs' as one list per column must name the model's features: "
+                              f"{'; '.join(problems)} (expected {_names(feature_names)})")
+    columns = [tensors[name] for name in feature_names]
+    if not all(isinstance(column, list) for column in columns) or len({len(c) for c in columns}) != 1:
+        raise BadRequest(400, "'inputs' as one list per column needs a list of the same length for "
+                              "every column")
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def _split_rows(split: Any, feature_names: tuple[str, ...]) -> tuple[list[Any], tuple[str, ...], str]:
@@ -175,28 +205,35 @@ def _fast_array(rows: list[Any], width: int) -> np.ndarray | None:
     return array if np.isfinite(array).all() else None
 
 
-def _array_row_by_row(rows: list[Any], columns: tuple[str, ...], where: str) -> np.ndarray:
+def _array_row_by_row(rows: list[Any], columns: tuple[str, ...], where: str,
+                      text: frozenset[str] = frozenset(), nullable: bool = False) -> np.ndarray:
     """The slow path: check every row's shape and every value's type in Python, then convert with
-    numpy; raise on the first bad row or value, naming it."""
+    numpy; raise on the first bad row or value, naming it. With `text` columns the rows come back
+    as objects: their strings (None for null) beside the numbers."""
     width = len(columns)
+    is_text = [name in text for name in columns]
     for index, row in enumerate(rows):
         if not isinstance(row, list):
-            raise BadRequest(400, f"{_row(index, where)} must be a list of {width} numbers; got {_kind(row)}")
+            kind = "values" if text else "numbers"
+            raise BadRequest(400, f"{_row(index, where)} must be a list of {width} {kind}; got {_kind(row)}")
         if len(row) != width:
             raise BadRequest(400, f"{_row(index, where)} has {len(row)} values; the model expects {width} "
                                   f"({_names(columns)})")
         for position, value in enumerate(row):
-            if type(value) is not float and type(value) is not int:  # a bool's type is bool, not int
-                cell = _cell(index, where, position, columns)
-                raise BadRequest(400, f"{cell}: {_show(value)} is not a number")
+            problem = _value_problem(value, is_text[position], nullable)
+            if problem:
+                raise BadRequest(400, f"{_cell(index, where, position, columns)}: {_show(value)} {problem}")
+    if text:
+        return np.array([[_as_text(value) if is_text[position] else _as_number(value)
+                          for position, value in enumerate(row)] for row in rows], dtype=object)
     with np.errstate(over="ignore"):  # out of float32 range becomes inf, refused below
         try:
-            array = np.array(rows, dtype=np.float64)
+            array = np.array([[_as_number(value) for value in row] for row in rows], dtype=np.float64)
         except OverflowError:  # an integer beyond float64: make it inf, to be named below
-            array = np.array([[value if abs(value) < _FLOAT64_MAX else math.inf if value > 0 else -math.inf
-                               for value in row] for row in rows], dtype=np.float64)
+            array = np.array([[value if value is None or abs(value) < _FLOAT64_MAX else math.inf if value > 0
+                               else -math.inf for value in row] for row in rows], dtype=np.float64)
         array = array.astype(np.float32)
-    bad = np.argwhere(~np.isfinite(array))
+    bad = np.argwhere(~np.isfinite(array) & ~_nulls(rows))
     if bad.size:
         index, position = (int(i) for i in bad[0])
         value = rows[index][position]
@@ -206,6 +243,29 @@ def _array_row_by_row(rows: list[Any], columns: tuple[str, ...], where: str) -> 
             reason = "out of float32 range"
         raise BadRequest(400, f"{_cell(index, where, position, columns)}: {_show(value)} is {reason}")
     return array
+
+
+def _value_problem(value: Any, text: bool, nullable: bool) -> str | None:
+    """Why a cell's value cannot be sent to its column, or None."""
+    if value is None:
+        return None if text or nullable else "is not a number (this model takes no missing values)"
+    if type(value) is bool:  # a bool's type is bool, not int
+        return "is not a number or text" if text else "is not a number"
+    if text:
+        return None if type(value) in (str, int, float) else "is not text"
+    return None if type(value) in (float, int) else "is not a number"
+
+
+def _as_text(value: Any) -> Any:
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _as_number(value: Any) -> float:
+    return math.nan if value is None else value
+
+
+def _nulls(rows: list[list[Any]]) -> np.ndarray:
+    return np.array([[value is None for value in row] for row in rows], dtype=bool)
 
 
 def _row(index: int, where: str) -> str:

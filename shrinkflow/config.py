@@ -46,15 +46,27 @@ class CsvSource(_Section):
     drop: tuple[str, ...] = Field((), description="columns that are not features (ids, notes)")
     allow_identifier: tuple[str, ...] = Field(
         (), description="columns that look like row identifiers but are real features")
+    ordinal: dict[str, tuple[str, ...]] = Field(
+        {}, description="text columns encoded as one code per category, in the order given "
+        "(others: one-hot); e.g. {size: [S, M, L]}")
+    missing: Literal["impute", "refuse"] = Field(
+        "impute", description="missing feature values: filled with the training split's median "
+        "(numbers) or most frequent category (text), also when served; or refused")
+    missing_indicator: bool = Field(
+        False, description="add a 0/1 'was missing' input for each column with missing values")
 
     @model_validator(mode="after")
     def _columns_agree(self) -> CsvSource:
-        for key in ("features", "drop", "allow_identifier"):
+        for key in ("features", "drop", "allow_identifier", "ordinal"):
             if self.target in (getattr(self, key) or ()):
                 raise ValueError(f"prepare.csv.{key} names the target column {self.target!r}")
         both = sorted(set(self.features or ()) & set(self.drop))
         if both:
             raise ValueError(f"prepare.csv.features and prepare.csv.drop both name {both}")
+        for column, order in self.ordinal.items():
+            if not order or len(set(order)) != len(order):
+                raise ValueError(f"prepare.csv.ordinal.{column}: list each category once, in "
+                                 f"order; got {list(order)}")
         return self
 
 

@@ -59,7 +59,8 @@ SHARED_FIXTURE_FILES = {
 _GROUP_OF_FILE = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
 # The longest scopes (a group, or a file), started first: a worker takes the next scope when the
 # one it runs is nearly done, so a long one left for last would keep the others waiting.
-LONGEST_FIRST = ("flows", "trained", "tests/flows/test_triggers.py", "tests/flows/test_services.py")
+LONGEST_FIRST = ("flows", "trained", "tests/flows/test_triggers.py", "tests/flows/test_services.py",
+                 "tests/flows/test_user_table.py")
 
 
 def _scope(nodeid: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from shrinkflow.errors import UserError
 from tasks.services.catalog import Catalog
@@ -180,13 +181,16 @@ def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dic
     return data.Splits(*splits), data.DatasetSpec.from_dict(meta["spec"]), meta
 
 
-def load_raw_rows(catalog: Catalog, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's feature rows as the raw table has them (N, features) and its class indices."""
+def load_raw_rows(catalog: Catalog, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A split's rows as the raw table has them (its feature columns: what a user sends the
+    deployed model, text and missing values included) and its class indices."""
     arrays = _arrays(catalog.split_file(split), produced_by="prepare")
-    if "raw" not in arrays:
-        raise MissingInputError(f"{catalog.split_file(split)} has no raw rows: run the 'prepare' "
-                                "stage again")
-    return arrays["raw"], arrays["y"]
+    if "rows" not in arrays:
+        raise MissingInputError(f"{catalog.split_file(split)} has no row numbers: run the "
+                                "'prepare' stage again")
+    meta = read_json(catalog.dataset_file(), produced_by="prepare")
+    table = pd.read_csv(catalog.path(meta["raw_file"]), usecols=meta["spec"]["feature_columns"])
+    return table[meta["spec"]["feature_columns"]].iloc[arrays["rows"]].reset_index(drop=True), arrays["y"]
 
 
 def load_unlabeled(catalog: Catalog) -> np.ndarray | None:

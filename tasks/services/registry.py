@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shrinkflow import gate
 from shrinkflow.config import MODEL_NAME, DeployConfig, Params
@@ -145,13 +146,17 @@ def list_versions(root: Path, name: str) -> list[dict[str, Any]]:
 def register(root: Path, name: str, model_file: Path, example: np.ndarray,
              lineage: dict[str, Any], threads: int = 1) -> str:
     """Log the deployable ONNX file on the active run, register it as a new version of `name`
-    with its lineage as tags, and point `challenger` at it; returns the version. `threads`:
-    ONNX Runtime intra-op threads of the sessions `mlflow.pyfunc` opens for it."""
+    with its lineage as tags, and point `challenger` at it; returns the version. `example`: a
+    few raw rows (`Rows.x`), the signature's input example. `threads`: ONNX Runtime intra-op
+    threads of the sessions `mlflow.pyfunc` opens for it."""
     from serving.model import ServedModel
 
     model = ServedModel.from_onnx(model_file.read_bytes(), version="new", info={})
     labels, probabilities = model.predict(example)
-    info = tracking.log_onnx_model(model_file, example,
+    # the graph's own inputs: one tensor per column of a table with text, so the signature
+    # says which columns are strings and mlflow.pyfunc feeds each column as its own array
+    inputs = model.feed(example)
+    info = tracking.log_onnx_model(model_file, inputs if model.per_column else example,
                                    {LABEL: np.asarray(labels), PROBABILITIES: probabilities},
                                    registered_model_name=name, threads=threads)
     version = str(info.registered_model_version)
@@ -167,17 +172,25 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
-    """Raw feature rows and their labels in the data set's own names."""
+    """A split's rows as the raw table has them, and their labels in the data set's own names."""
 
-    x: np.ndarray
+    frame: pd.DataFrame  # the feature columns: what a user's client sends, text and gaps included
     labels: np.ndarray
 
     @classmethod
     def of_split(cls, root: Path, split: str) -> Rows:
         catalog = Catalog.at(root)
-        x, y = io.load_raw_rows(catalog, split)
+        frame, y = io.load_raw_rows(catalog, split)
         names = io.read_json(catalog.dataset_file(), produced_by="prepare")["spec"]["labels"]
-        return cls(x, np.asarray(names)[y])
+        return cls(frame, np.asarray(names)[y])
+
+    @property
+    def x(self) -> np.ndarray:
+        """The rows as `ServedModel.predict` takes them: float32, or, when a column holds text,
+        objects (strings and numbers, None where a value is missing)."""
+        if all(pd.api.types.is_numeric_dtype(dtype) for dtype in self.frame.dtypes):
+            return self.frame.to_numpy(np.float32)
+        return self.frame.astype(object).where(self.frame.notna(), None).to_numpy()
 
     def accuracy(self, predicted: Sequence[str] | np.ndarray) -> float:
         return float(np.mean(np.asarray(predicted) == self.labels))

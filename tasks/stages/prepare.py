@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from shrinkflow import data, leaks
-from shrinkflow.config import Params, PrepareConfig
+from shrinkflow.config import CsvSource, Params, PrepareConfig
+from shrinkflow.encode import TableEncoder
 from tasks.services import io, tracking
 from tasks.services.catalog import Catalog, file_md5
 
@@ -122,8 +123,7 @@ def find_leaks(frame: pd.DataFrame, spec: data.DatasetSpec, cfg: PrepareConfig) 
     found = leaks.identifiers(frame, spec.feature_columns, cfg.csv.allow_identifier)
     labels = data.table_labels(frame, spec)
     try:
-        rows = data.stratified_split(np.arange(len(frame)), labels, cfg.val_fraction,
-                                     cfg.test_fraction, cfg.seed)
+        rows = _row_splits(labels, cfg)
     except ValueError:  # too few rows of a class: the split itself reports it, after validation
         return Leaks(found, None)
     return Leaks(found, leaks.lone_accuracies(frame, labels, spec.feature_columns, rows.train.x,
@@ -160,10 +160,13 @@ def load_unlabeled(cfg: PrepareConfig, spec: data.DatasetSpec,
 
 @dataclass(frozen=True)
 class _Prepared:
-    """The normalized splits, their normalizer and the unlabeled inputs, normalized alike."""
+    """The normalized splits, the encoding and normalization fitted on train, the rows of the raw
+    table each split holds, and the unlabeled inputs, encoded and normalized alike."""
 
+    spec: data.DatasetSpec  # input_shape: the encoded width
     splits: data.Splits
-    raw: data.Splits  # the same rows before normalization: what a user sends the served model
+    rows: data.Splits  # x: each sample's row in the raw table, what a user sends the served model
+    encoder: TableEncoder | None  # None for built-in sources: their rows are the features
     normalizer: data.Normalizer
     unlabeled_x: np.ndarray | None  # None without a pool; never a validation or test row
     unlabeled_dropped: int  # pool rows left out for being identical to a validation or test row
@@ -173,25 +176,58 @@ class _Prepared:
         return 0 if self.unlabeled_x is None else len(self.unlabeled_x)
 
 
+def _row_splits(labels: np.ndarray, cfg: PrepareConfig) -> data.Splits:
+    """The stratified split of the rows: x holds row numbers. Raises ValueError when a class has
+    too few rows."""
+    return data.stratified_split(np.arange(len(labels)), labels, cfg.val_fraction,
+                                 cfg.test_fraction, cfg.seed)
+
+
+def _encoder(train: pd.DataFrame, spec: data.DatasetSpec, cfg: PrepareConfig
+             ) -> TableEncoder | None:
+    """A user table's encoding, fitted on its training rows; None for built-in sources."""
+    if cfg.source != "csv":
+        return None
+    return TableEncoder.fit(train, spec.feature_columns, cfg.csv.ordinal, cfg.csv.missing_indicator)
+
+
 def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
                          spec: data.DatasetSpec, cfg: PrepareConfig) -> _Prepared:
-    x, y = data.table_to_arrays(frame, spec)
+    labels = data.table_labels(frame, spec)
     try:
-        raw = data.stratified_split(x, y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        rows = _row_splits(labels, cfg)
     except ValueError as exc:  # e.g. a class with fewer members than there are splits
         raise data.DataError(f"cannot split {spec.name!r} by class: {exc}") from None
-    splits, normalizer = data.normalize_splits(raw, spec.kind)
+    encoder = _encoder(frame.iloc[rows.train.x], spec, cfg)
+    if encoder is not None:
+        spec = replace(spec, input_shape=(encoder.width,))
+
+    def features(table: pd.DataFrame) -> np.ndarray:
+        if encoder is None:
+            return data.table_to_features(table, spec)
+        return encoder.transform(table)
+
+    x = features(frame)
+    encoded = data.Splits(*(data.Split(x[part.x], part.y) for part in
+                            (rows.train, rows.val, rows.test)))
+    splits, normalizer = data.normalize_splits(encoded, spec.kind)
     if unlabeled is None:
-        return _Prepared(splits, raw, normalizer, None, 0)
-    # the pool is compared as the model reads it, raw float32 features: distilling on a row the
-    # students are later scored on would inflate their validation and test accuracy
-    pool = data.table_to_features(unlabeled, spec)
-    held_out = data.rows_found_in(pool, np.concatenate([raw.val.x, raw.test.x]))
+        return _Prepared(spec, splits, rows, encoder, normalizer, None, 0)
+    # the pool is compared as the model reads it, encoded float32 features: distilling on a row
+    # the students are later scored on would inflate their validation and test accuracy
+    pool = features(unlabeled)
+    held_out = data.rows_found_in(pool, np.concatenate([encoded.val.x, encoded.test.x]))
     dropped = int(held_out.sum())
     if dropped:
         log.warning("%s: dropped %d rows identical to validation or test rows",
                     _unlabeled_key(cfg), dropped)
-    return _Prepared(splits, raw, normalizer, normalizer(pool[~held_out]), dropped)
+    return _Prepared(spec, splits, rows, encoder, normalizer, normalizer(pool[~held_out]), dropped)
+
+
+def _user_csv(cfg: PrepareConfig) -> CsvSource | None:
+    """The user table's settings when the source is one: text and (with impute) missing values
+    are then valid input."""
+    return cfg.csv if cfg.source == "csv" else None
 
 
 def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
@@ -207,12 +243,12 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
         tracking.set_tags({LONE_PREDICTORS_TAG: ", ".join(found.lone.flagged())})
     try:
         reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir,
-                                    leaks=found))
+                                    leaks=found, csv=_user_csv(cfg)))
         if unlabeled is not None:
             reports.append(validate_raw(unlabeled, spec, cfg.validation, catalog.data_docs_dir,
-                                        labeled=False))
+                                        labeled=False, csv=_user_csv(cfg)))
         prepared = _split_and_normalize(frame, unlabeled, spec, cfg)
-        reports.append(validate_processed(prepared.splits, spec, cfg.validation,
+        reports.append(validate_processed(prepared.splits, prepared.spec, cfg.validation,
                                           catalog.data_docs_dir))
     except DataValidationError as error:
         reports.append(error.report)
@@ -239,14 +275,15 @@ def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, prepared: _Prepa
     with io.atomic_dir(catalog.processed_dir) as staging:
         for name in ("train", "val", "test"):
             split: data.Split = getattr(splits, name)
-            # raw: the feature rows as the table has them, one per sample (what the deployed
-            # model is checked on: it normalizes its input itself)
-            raw_rows = getattr(prepared.raw, name).x.reshape(len(split), -1)
-            np.savez(catalog.split_file(name, staging), x=split.x, y=split.y, raw=raw_rows)
+            # rows: each sample's row in the raw table, as a user sends it to the deployed
+            # model (which encodes and normalizes it itself): what it is checked on
+            rows = getattr(prepared.rows, name).x
+            np.savez(catalog.split_file(name, staging), x=split.x, y=split.y, rows=rows)
         if prepared.unlabeled_x is not None:
             np.savez(catalog.unlabeled_file(staging), x=prepared.unlabeled_x)
         io.write_json(catalog.dataset_file(staging), {
-            "spec": spec.to_dict(),
+            "spec": prepared.spec.to_dict(),
+            "encoder": prepared.encoder.to_dict() if prepared.encoder else None,
             "normalizer": prepared.normalizer.to_dict(),
             "raw_file": str(catalog.raw_table(spec.name).relative_to(catalog.root)),
             "raw_md5": raw_md5,
@@ -279,7 +316,9 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
             "rows_unlabeled": prepared.rows_unlabeled,
             "unlabeled_rows_dropped": prepared.unlabeled_dropped,
             "rows_without_label": raw.rows_without_label,
-            "n_features": int(np.prod(spec.input_shape)),
+            "missing_values": int(frame[list(spec.feature_columns)].isna().to_numpy().sum()),
+            "n_columns": len(spec.feature_columns),
+            "n_features": int(np.prod(prepared.spec.input_shape)),
             "n_classes": len(spec.classes),
             "expectations_evaluated": sum(report["evaluated"] for report in reports),
             "data_warnings": sum(len(report["warnings"]) for report in reports),

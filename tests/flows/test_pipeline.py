@@ -252,12 +252,13 @@ def test_pipeline__bad_data_fails_and_marks_the_parent_run_failed(prefect_api, t
     from tests.conftest import TINY, copy_project
 
     project = copy_project(tmp_path / "project")
-    # given: a user CSV with a NaN
+    # given: a user CSV with a NaN, and missing values refused
     (project / "data/external/bad.csv").write_text("a,b,label\n" + "1,2,0\n" * 30 + "nan,1,1\n" * 30)
     # when
     with pytest.raises(Exception, match="null"):
         pipeline(root=str(project), overrides=[*TINY, "prepare.source=csv",
-                                               "prepare.csv.path=data/external/bad.csv"])
+                                               "prepare.csv.path=data/external/bad.csv",
+                                               "prepare.csv.missing=refuse"])
     # then
     client = mlflow_client()
     experiment = client.get_experiment_by_name("shrinkflow")

@@ -81,7 +81,11 @@ REFUSED = {
                                                 "'instances'"]),
     "two keys": ({"inputs": [ROW], "dataframe_records": []}, 400,
                  ["exactly one", "it has 'inputs', 'dataframe_records'"]),
-    "inputs not a list": ({"inputs": {"a": ROW, "b": ROW}}, 400, ["'inputs' must be a list", "an object"]),
+    "inputs not a list": ({"inputs": 3}, 400, ["'inputs' must be a list", "a number"]),
+    "columns not the features": ({"inputs": {"a": ROW, "b": ROW}}, 400,
+                                 ["'inputs' as one list per column", "unknown 'a', 'b'"]),
+    "null in a model without gaps": ({"inputs": [[0.5, None, 2.0, 0.25]]}, 400,
+                                     ["column 1 ('width')", "takes no missing values"]),
     "empty batch": ({"inputs": []}, 400, ["inputs is empty"]),
     "empty records": ({"dataframe_records": []}, 400, ["empty"]),
     "short row": ({"inputs": [ROW, ROW[:3]]}, 400,
@@ -154,3 +158,38 @@ def test_long_names_and_values_are_shortened_in_messages():
 
     assert "column 299 ('pixel_299')" in caught.value.message
     assert len(caught.value.message) < 200, "a bad value should be quoted briefly"
+
+
+class TestTextAndMissing:
+    """A model that reads text columns and fills missing values (a user table's)."""
+
+    def test_strings_numbers_and_nulls_come_back_as_objects_in_feature_order(self):
+        body = json.dumps({"dataframe_records": [
+            {"depth": "deep", "height": 1.5, "weight": None, "width": 2},
+            {"height": None, "width": 3, "depth": None, "weight": 7}]}).encode()
+        rows = parse_body(body, FEATURES, text={"depth"}, nullable=True)
+        assert rows.dtype == object
+        assert rows.tolist()[0][:3] == [1.5, 2, "deep"] and np.isnan(rows[0, 3])
+        assert np.isnan(rows[1, 0]) and rows[1, 2] is None and rows[1, 3] == 7
+
+    def test_a_number_sent_to_a_text_column_is_read_as_its_text(self):
+        rows = parse_body(json.dumps({"inputs": [[1.0, 2.0, 3, 4.0]]}).encode(), FEATURES,
+                          text={"depth"})
+        assert rows[0, 2] == "3"
+
+    def test_one_list_per_column_as_mlflow_sends_it(self):
+        body = json.dumps({"inputs": {name: [value, value] for name, value in
+                                      zip(FEATURES, ROW, strict=True)}}).encode()
+        np.testing.assert_array_equal(parse_body(body, FEATURES), [ROW, ROW])
+
+    def test_nulls_in_number_columns_become_nan_when_the_model_fills_them(self):
+        rows = parse_body(json.dumps({"inputs": [[None, 1.0, 2.0, 3.0]]}).encode(), FEATURES,
+                          nullable=True)
+        assert rows.dtype == np.float32 and np.isnan(rows[0, 0])
+
+    @pytest.mark.parametrize(("value", "says"), [
+        (True, "is not a number or text"), ({"a": 1}, "is not text")])
+    def test_a_text_column_refuses_what_is_not_text(self, value, says):
+        body = json.dumps({"inputs": [[1.0, 2.0, value, 4.0]]}).encode()
+        with pytest.raises(BadRequest, match=says):
+            parse_body(body, FEATURES, text={"depth"})

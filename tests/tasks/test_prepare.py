@@ -152,12 +152,11 @@ def test_run_prepare__user_csv_with_string_labels_is_prepared(prepared_csv):
 # refused sources
 # ---------------------------------------------------------------------------------------------
 BROKEN = {
-    "nan": (lambda f: f.assign(width=f["width"].where(f.index != 5, np.nan)), ["width", "null"]),
     "inf": (lambda f: f.assign(width=f["width"].where(f.index != 7, np.inf)),
             ["width", "outside"]),
     "missing_column": (lambda f: f.drop(columns=["label"]), ["label", "no column"]),
     "wrong_dtype": (lambda f: f.assign(depth=f["depth"].astype(object).where(f.index != 3, "abc")),
-                    ["depth", "dtype"]),
+                    ["depth", "numbers and text (e.g. 'abc' at row 3)", "prepare.csv.drop"]),
     "too_few_rows": (lambda f: f.head(20), ["row count", "20"]),
     # pandas would read the second 'width' as 'width.1'
     "repeated_column": (lambda f: f.rename(columns={"depth": "width"}),
@@ -183,6 +182,16 @@ def test_run_prepare__broken_csv_is_rejected_and_previous_outputs_kept(prepared_
         reports = json.loads(Catalog.at(project).validation_report.read_text())
         assert reports[-1] == error.report.to_dict()
         assert Path(error.report.docs_index).is_file()
+
+
+def test_run_prepare__a_missing_value_is_refused_when_the_user_says_so(prepared_csv):
+    project, _ = prepared_csv
+    table = user_table().assign(width=lambda f: f["width"].where(f.index != 5, np.nan))
+    write_user_csv(project, table)
+    params = load_params(project / "params.yaml",
+                         overrides=[*TINY, *CSV_SOURCE, "prepare.csv.missing=refuse"])
+    error = refused(project, params)
+    assert "column 'width'" in str(error) and "1 of 120 values are null" in str(error)
 
 
 def test_run_prepare__label_out_of_range_in_builtin_table_is_rejected(prepared_csv, monkeypatch):
@@ -371,13 +380,11 @@ def test_run_prepare__unlabeled_rows_identical_to_validation_or_test_rows_are_dr
 
 
 @pytest.mark.parametrize("breaker, words", [
-    (lambda f: f.assign(width=f["width"].where(f.index != f.index[4], np.nan)),
-     ["unlabeled data", "width", "null"]),
     (lambda f: f.drop(columns=["depth"]), ["unlabeled data", "depth", "column missing"]),
     (lambda f: f.assign(extra=1.0), ["prepare.unlabeled_csv", "unlabeled.csv", "extra"]),
     (lambda f: f.rename(columns={"depth": "width"}),
      ["prepare.unlabeled_csv", "unlabeled.csv", "['width']"]),
-], ids=["null", "missing_column", "extra_column", "repeated_column"])
+], ids=["missing_column", "extra_column", "repeated_column"])
 def test_run_prepare__broken_unlabeled_csv_is_rejected_and_previous_outputs_kept(
         prepared_csv, breaker, words):
     # given: a good run's outputs (without a pool), when: a broken pool is added

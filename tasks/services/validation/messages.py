@@ -166,6 +166,9 @@ def _observed(kind: str, kwargs: dict, result: dict, located: Any = None) -> str
     # the per-column view of validate_raw
     if column == "dtype":
         return f"dtype {_distinct(result)}, expected a number"
+    if column == "kind":
+        return (f"{_distinct(result)}: a feature column holds numbers or text; fix those cells, "
+                "or drop the column (prepare.csv.drop)")
     if column == "identifier":
         return (f"a row identifier, not a feature: {_distinct(result)}; drop it "
                 f"(prepare.csv.drop: [{located!r}]), or keep it if it is a real feature "

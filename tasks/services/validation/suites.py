@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shrinkflow.config import ValidationRules
+from shrinkflow.config import CsvSource, ValidationRules
 from shrinkflow.data import DatasetSpec, Splits
+from shrinkflow.encode import column_kind
 from shrinkflow.leaks import LonePredictors
 from tasks.services.validation.gx import View, import_gx, run_suite
 from tasks.services.validation.messages import ValidationReport
@@ -48,20 +49,21 @@ class Leaks:
 
 def validate_raw(
     frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, docs_dir: Path,
-    labeled: bool = True, leaks: Leaks | None = None,
+    labeled: bool = True, leaks: Leaks | None = None, csv: CsvSource | None = None,
 ) -> ValidationReport:
     """Validate the raw table of `spec` and write Data Docs under `docs_dir`.
 
     `labeled=False` validates an unlabeled pool: the same feature checks, no target column.
     `leaks` adds the row-identifier expectation (a failure) and the lone-predictor one (a
-    warning) to the columns view. Failures are listed table-level first, then column by column
-    in the order of the spec.
+    warning) to the columns view. `csv` (a user table's settings) accepts text columns, and
+    missing values unless `csv.missing` is "refuse". Failures are listed table-level first, then
+    column by column in the order of the spec.
 
     Raises:
         DataValidationError: after the Data Docs are written, if any expectation failed.
     """
     expected = _expected_columns(spec, labeled)
-    views = raw_views(frame, spec, rules, labeled, leaks)
+    views = raw_views(frame, spec, rules, labeled, leaks, csv)
     if not labeled:
         return run_suite(f"unlabeled:{spec.name}", views, (), docs_dir, expected)
     warnings = imbalance_warnings(frame, spec, rules)
@@ -72,7 +74,7 @@ def validate_raw(
 
 def raw_views(
     frame: pd.DataFrame, spec: DatasetSpec, rules: ValidationRules, labeled: bool = True,
-    leaks: Leaks | None = None,
+    leaks: Leaks | None = None, csv: CsvSource | None = None,
 ) -> list[View]:
     """The views of a raw table (or, `labeled=False`, of an unlabeled pool) of `spec` and their
     suites: 7 expectations (6 for a csv source, 5 unlabeled) whatever the number of features,
@@ -81,11 +83,12 @@ def raw_views(
       table    the table itself: enough rows, every expected column present (one expectation
                naming each missing column), the target not null and, for built-in sources, in
                the label set
-      columns  one row per feature column (`column_view`): of a numeric dtype; with `leaks`, not
-               a row identifier, and (a warning) not predicting the label alone nearly as well as
-               all columns together
-      cells    one row per feature value (`cell_view`): not null and, in numeric columns, within
-               the known value range (else +/- `max_abs_value`, so inf fails)
+      columns  one row per feature column (`column_view`): of a numeric dtype (with `csv`: numbers
+               or text, not numbers with a few text cells); with `leaks`, not a row identifier,
+               and (a warning) not predicting the label alone nearly as well as all columns
+      cells    one row per feature value (`cell_view`): not null (unless `csv` imputes) and, in
+               numeric columns, within the known value range (else +/- `max_abs_value`, so inf
+               fails)
     """
     gx = import_gx()
     gxe, Column = gx.expectations, gx.expectations.row_conditions.Column
@@ -103,8 +106,9 @@ def raw_views(
         if spec.name in BUILTIN_SOURCES:  # built-in tables store labels as 0..len(classes)-1
             labels = list(range(len(spec.classes)))
             table.append(gxe.ExpectColumnValuesToBeInSet(column=spec.target, value_set=labels))
+    nulls_allowed = csv is not None and csv.missing == "impute"
     cells = [
-        gxe.ExpectColumnValuesToNotBeNull(column="value"),
+        *([] if nulls_allowed else [gxe.ExpectColumnValuesToNotBeNull(column="value")]),
         # the values of a non-numeric column are reported by its dtype, and GX could not compare
         # them to the range
         gxe.ExpectColumnValuesToBeBetween(
@@ -116,7 +120,12 @@ def raw_views(
     # the views hold the feature columns that are there, in the spec's order
     features = [column for column in spec.feature_columns if column in frame.columns]
     columns = column_view(frame, features)
-    per_column: list = [gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=NUMERIC_DTYPES)]
+    if csv is None:
+        per_column: list = [gxe.ExpectColumnValuesToBeInSet(column="dtype",
+                                                             value_set=NUMERIC_DTYPES)]
+    else:
+        columns["kind"] = [column_kind(frame[name]) for name in features]
+        per_column = [gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=["number", "text"])]
     if leaks is not None:
         columns, more = _leak_checks(columns, leaks)
         per_column += more
