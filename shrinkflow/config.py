@@ -13,6 +13,7 @@ the shipped configuration (tests/core/test_config.py fails naming any key where 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -144,7 +145,13 @@ class TrainConfig(_Section):
     """The one training loop: optimizer, schedule, early stopping, device and precision."""
 
     epochs: int = Field(60, ge=1, description="upper bound on epochs; early stopping may end sooner")
-    batch_size: int = Field(64, ge=1, description="mini-batch size")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="mini-batch size; auto: 64, doubled for each doubling of the training "
+        "rows beyond reference_rows, at most 1024")
+    reference_rows: int | None = Field(
+        10_000, ge=1, description="epochs and patience hold as given up to this many training "
+        "rows; beyond, they shrink in proportion (at least 1), so a big table gets a budget "
+        "of samples like a small one; null: as given whatever the rows")
     lr: float = Field(3e-3, gt=0, description="peak learning rate of AdamW (one-cycle schedule)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
@@ -152,6 +159,19 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA if present")
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported, else fp16)")
     seed: int = Field(0, description="seed for init, shuffling and augmentation")
+
+    def for_rows(self, rows: int) -> TrainConfig:
+        """This loop's budget for `rows` training rows: a concrete batch size, and the epochs
+        and patience `reference_rows` implies (see the fields)."""
+        scale = 1.0 if self.reference_rows is None else max(1.0, rows / self.reference_rows)
+        batch = self.batch_size if self.batch_size != "auto" else min(
+            MAX_AUTO_BATCH, AUTO_BATCH * 2 ** int(math.log2(scale)))
+        return self.model_copy(update={
+            "batch_size": batch, "epochs": max(1, math.ceil(self.epochs / scale)),
+            "patience": max(1, math.ceil(self.patience / scale))})
+
+
+AUTO_BATCH, MAX_AUTO_BATCH = 64, 1024  # batch_size auto: up to reference_rows, and at most
 
 
 class BaselineConfig(_Section):
@@ -343,6 +363,9 @@ class SearchConfig(_Section):
                         "holds at the end; a resumed study only runs the missing ones")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock budget of one search run")
     epochs: int = Field(8, ge=1, description="epochs of a trial that is not pruned")
+    max_rows: int | None = Field(20_000, ge=100, description="trials train on a stratified "
+                                 "sample of at most this many training rows (null: all); the "
+                                 "baseline confirms the proposal on all of them")
     min_epochs: int = Field(2, ge=1, description="pruners judge a trial from this epoch on")
     objectives: tuple[Literal["val_accuracy", "params", "latency_ms"], ...] = Field(
         ("val_accuracy",), description="val_accuracy (maximised) first, optionally params or "

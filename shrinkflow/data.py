@@ -264,6 +264,19 @@ def rows_found_in(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.fromiter((row in seen for row in row_bytes(rows)), dtype=bool, count=len(rows))
 
 
+def sample_rows(split: Split, max_rows: int | None, seed: int) -> Split:
+    """At most `max_rows` rows of `split`, with its class proportions (seeded); all of them when
+    there are no more than that or `max_rows` is None."""
+    if max_rows is None or len(split) <= max_rows:
+        return split
+    from sklearn.model_selection import train_test_split
+
+    kept, _ = train_test_split(np.arange(len(split)), train_size=max_rows, stratify=split.y,
+                               random_state=seed)
+    kept = np.sort(kept)
+    return Split(split.x[kept], split.y[kept])
+
+
 @dataclass(frozen=True)
 class Splits:
     train: Split

@@ -23,6 +23,7 @@ same timing harness serves eager torch and ONNX Runtime, so their numbers are co
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -36,6 +37,9 @@ import torch
 from torch import nn
 
 from shrinkflow.config import MeasureConfig
+from shrinkflow.progress import Heartbeat
+
+_log = logging.getLogger("shrinkflow.measure")
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 THROUGHPUT_BATCH = 256  # fixed: it is part of the standard metric name throughput_sps_b256
@@ -185,8 +189,12 @@ def time_side_by_side(loaders: Mapping[str, Callable[[], Predictor]], sample: np
     at_one: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
     at_batch: dict[str, list[np.ndarray]] = {name: [] for name in loaders}
     order = np.random.default_rng(seed)
-    for _ in range(rounds):
-        for name in order.permutation(list(loaders)):
+    heartbeat = Heartbeat()
+    for round_number in range(1, rounds + 1):
+        for position, name in enumerate(order.permutation(list(loaders)), 1):
+            if heartbeat.due():
+                _log.info("timing round %d/%d, model %d/%d (%s)", round_number, rounds, position,
+                          len(loaders), name)
             predict = loaders[name]()
             for _ in range(-(-cfg.warmup // rounds)):
                 predict(one)

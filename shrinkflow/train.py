@@ -20,6 +20,7 @@ the end.
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from torch import nn
 from shrinkflow.config import TrainConfig
 from shrinkflow.data import UNLABELED, Augmenter, Split, make_loader
 from shrinkflow.measure import classification_metrics
+from shrinkflow.progress import Heartbeat, rate
+
+_log = logging.getLogger("shrinkflow.train")
 
 # loss(model, inputs, logits, targets) -> scalar tensor, computed on every training batch
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,6 +93,8 @@ class FitResult:
     stopped_early: bool = False
     device: str = "cpu"
     precision: str = "fp32"
+    epochs: int = 0  # the budget the rows gave (`TrainConfig.for_rows`): at most this many ran
+    batch_size: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -144,6 +150,7 @@ def fit(
     restore its best weights by validation accuracy."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    cfg = cfg.for_rows(int((train.y != UNLABELED).sum()))
     objective = loss or cross_entropy(cfg.label_smoothing)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -159,18 +166,24 @@ def fit(
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
-    result = FitResult(device=str(device), precision=precision)
+    result = FitResult(device=str(device), precision=precision, epochs=cfg.epochs,
+                       batch_size=int(cfg.batch_size))
     best_state, best_key, stale = copy.deepcopy(model.state_dict()), (-1.0, 0.0), 0
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
+    heartbeat = Heartbeat()
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task(description, total=cfg.epochs, status="")
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             model.train()
             total_loss, seen = 0.0, 0
-            for inputs, targets in loader:
+            for batch, (inputs, targets) in enumerate(loader, 1):
+                if heartbeat.due():
+                    _log.info("%s: epoch %d/%d, batch %d/%d, %s, best val acc %.4f", description,
+                              epoch, cfg.epochs, batch, len(loader),
+                              rate(seen, time.perf_counter() - started), result.best_val_accuracy)
                 inputs, targets = inputs.to(device), targets.to(device)
                 if augment is not None:
                     inputs = augment(inputs)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -88,6 +88,38 @@ def s3_server(folder: Path, port: int | None = None) -> Iterator[str]:
     with service(command, folder, service_env(), lambda: answers(f"{url}/moto-api/"),
                  folder / f"moto-{port}.log"):
         yield url
+
+
+@contextmanager
+def forwarding(port: int, target: int) -> Iterator[None]:
+    """Connections to 127.0.0.1:`port` relayed to 127.0.0.1:`target` while the block runs: a
+    service that becomes reachable at a chosen moment, already set up behind it."""
+    import socketserver
+    import threading
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    class Relay(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.create_connection(("127.0.0.1", target)) as upstream:
+                back = threading.Thread(target=pipe, args=(upstream, self.request), daemon=True)
+                back.start()
+                pipe(self.request, upstream)
+                back.join()
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    with socketserver.ThreadingTCPServer(("127.0.0.1", port), Relay) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield
+        finally:
+            server.shutdown()
 
 
 def aws_test_credentials(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:

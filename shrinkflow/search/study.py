@@ -184,3 +184,15 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], Any], tria
         while finished(study) < trials and not study._stop_flag and (
                 deadline is None or time.monotonic() < deadline):
             _run_one(study, objective)
+            log.info("study %s: %d of %d trials finished, %s", study.study_name, finished(study),
+                     trials, _best_so_far(study))
+
+
+def _best_so_far(study: optuna.Study) -> str:
+    """'best value 0.9815 (trial 3)', or the size of a multi-objective study's front."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "none complete yet"
+    if len(study.directions) > 1:
+        return f"{len(study.best_trials)} trials on the front"
+    return f"best value {study.best_value:.4f} (trial {study.best_trial.number})"

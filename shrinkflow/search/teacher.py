@@ -85,7 +85,8 @@ def objective(cfg: SearchConfig, baseline: BaselineConfig, dims: Mapping[str, Di
 
         result = train.fit(model, trial_data.train, trial_data.val, config.train,
                            augment=data.Augmenter(config.augment, trial_data.kind),
-                           on_epoch_end=report, progress=False)
+                           on_epoch_end=report, progress=False,
+                           description=f"search trial {trial.number}")
         trial.set_user_attr("seconds", sum(epoch.seconds for epoch in result.history))
         if weights_dir is not None:
             weights_dir.mkdir(parents=True, exist_ok=True)

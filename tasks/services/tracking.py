@@ -302,6 +302,14 @@ def log_section(stage: str, section: Any) -> None:
     mlflow.log_params({key: str(v) for key, v in flatten(section, f"{stage}.").items()})
 
 
+def log_budget(result: Any) -> None:
+    """The training budget a fit took from its rows (`TrainConfig.for_rows`: auto batch size,
+    epochs scaled to the table), as params of the active run."""
+    import mlflow
+
+    mlflow.log_params({"train.epochs_budget": result.epochs, "train.batch_size_used": result.batch_size})
+
+
 def log_epoch(epoch: Any) -> None:
     """fit's on_epoch_end: one point per epoch on the active run's curves (`epoch_val_accuracy`:
     `val_accuracy` is the finished model's)."""

@@ -150,6 +150,7 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         _report(result.history, model, splits, spec, catalog, metrics)
 
         tracking.log_metrics(metrics)
+        tracking.log_budget(result)
         tracking.set_tags({"dataset": spec.name, "dvc.raw_md5": meta["raw_md5"], "search": searched,
                            "device": result.device, "precision": result.precision})
         example = splits.test.x[:2]

@@ -191,9 +191,11 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         candidates = [candidate for _, candidate in found]
         reference_onnx = candidates[0].name  # the baseline's manifest comes first
         torch_row, teacher = _torch_row(catalog, splits)
-        rows = [torch_row] + [{"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
-                               "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)}
-                              for kind, c in found]
+        rows = [torch_row]
+        for number, (kind, c) in enumerate(found, 1):
+            log.info("evaluating candidate %d of %d: %s", number, len(found), c.name)
+            rows.append({"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
+                         "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)})
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         for row in rows:
             row |= _speed(row["candidate"], timings, noise, reference_onnx)

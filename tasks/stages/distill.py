@@ -126,13 +126,15 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                                              "temperature": cfg.temperature if kd else None,
                                              "alpha": cfg.alpha if kd else None, "seed": seed}):
                     if kd:
-                        distill(teacher, student, splits.train, splits.val, cfg,
-                                params.baseline.train.model_copy(update={"seed": seed}), augment,
-                                on_epoch_end=tracking.log_epoch, progress=True,
-                                unlabeled_x=unlabeled_x if method == "kd" else None)
+                        result = distill(
+                            teacher, student, splits.train, splits.val, cfg,
+                            params.baseline.train.model_copy(update={"seed": seed}), augment,
+                            on_epoch_end=tracking.log_epoch, progress=True,
+                            unlabeled_x=unlabeled_x if method == "kd" else None)
                     else:
-                        train.fit(student, splits.train, splits.val, train_cfg, augment,
-                                  on_epoch_end=tracking.log_epoch, description=name)
+                        result = train.fit(student, splits.train, splits.val, train_cfg, augment,
+                                           on_epoch_end=tracking.log_epoch, description=name)
+                    tracking.log_budget(result)
                     save_torch(student, arch, staging / name)
                     measured[name] = report_candidate(staging / name / "model.onnx", splits)
                 candidates.append(Candidate(name, catalog.relative(folder / name / "model.onnx"),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from shrinkflow import data, leaks
+from shrinkflow import data, leaks, progress
 from shrinkflow.config import CsvSource, Params, PrepareConfig
 from shrinkflow.encode import TableEncoder
 from tasks.services import io, tracking
@@ -237,19 +237,23 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
     from tasks.services.validation import DataValidationError, validate_processed, validate_raw
 
     reports = []
-    found = find_leaks(frame, spec, cfg)
+    with progress.ticking(log, "checking for row identifiers and lone predictors"):
+        found = find_leaks(frame, spec, cfg)
     if found is not None and found.lone is not None and found.lone.flagged():
         # on the run whether validation passes or not: the user decides, the run says it
         tracking.set_tags({LONE_PREDICTORS_TAG: ", ".join(found.lone.flagged())})
     try:
-        reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir,
-                                    leaks=found, csv=_user_csv(cfg)))
-        if unlabeled is not None:
-            reports.append(validate_raw(unlabeled, spec, cfg.validation, catalog.data_docs_dir,
-                                        labeled=False, csv=_user_csv(cfg)))
-        prepared = _split_and_normalize(frame, unlabeled, spec, cfg)
-        reports.append(validate_processed(prepared.splits, prepared.spec, cfg.validation,
-                                          catalog.data_docs_dir))
+        with progress.ticking(log, f"validating the raw table ({len(frame)} rows)"):
+            reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir,
+                                        leaks=found, csv=_user_csv(cfg)))
+            if unlabeled is not None:
+                reports.append(validate_raw(unlabeled, spec, cfg.validation,
+                                            catalog.data_docs_dir, labeled=False,
+                                            csv=_user_csv(cfg)))
+        with progress.ticking(log, "encoding, splitting and validating the splits"):
+            prepared = _split_and_normalize(frame, unlabeled, spec, cfg)
+            reports.append(validate_processed(prepared.splits, prepared.spec, cfg.validation,
+                                              catalog.data_docs_dir))
     except DataValidationError as error:
         reports.append(error.report)
         raise

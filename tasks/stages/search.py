@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shrinkflow import data
 from shrinkflow.config import BaselineConfig, Params, SearchConfig
 from shrinkflow.search import choose, study
 from tasks.services import io, studies, tracking
@@ -63,8 +64,8 @@ def run_trials(root: Path, params: Params, url: str, name: str,
 
     catalog, cfg = Catalog.at(root), params.search
     splits, spec, _ = io.load_processed(catalog)
-    trial_data = teacher.TrialData(splits.train, splits.val, spec.kind, spec.input_shape,
-                                   len(spec.classes))
+    trial_data = teacher.TrialData(data.sample_rows(splits.train, cfg.max_rows, cfg.seed),
+                                   splits.val, spec.kind, spec.input_shape, len(spec.classes))
     objective = teacher.objective(cfg, params.baseline, space.dimensions(cfg, params.baseline),
                                   trial_data, catalog.search_trials_dir(name))
     with torch_threads(threads):

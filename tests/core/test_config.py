@@ -394,3 +394,24 @@ def test_students_given_whole_replace_the_others():
     none = load_params(PARAMS, [PARAMS.parent / "configs" / "mnist1d.yaml"],
                        ["distill.extra_students={}"])
     assert none.distill.extra_students == {}
+
+
+@pytest.mark.parametrize(("rows", "batch", "epochs", "patience"), [
+    (1_167, 64, 60, 15),  # digits' training split: the budget as written
+    (10_000, 64, 60, 15),
+    (35_000, 128, 18, 5),  # 3.5x the reference rows
+    (325_000, 1024, 2, 1),  # 32.5x: the batch at its cap
+])
+def test_a_training_budget_shrinks_its_epochs_as_the_table_grows(rows, batch, epochs, patience):
+    from shrinkflow.config import TrainConfig
+
+    resolved = TrainConfig().for_rows(rows)
+    assert (resolved.batch_size, resolved.epochs, resolved.patience) == (batch, epochs, patience)
+
+
+def test_a_budget_set_by_hand_is_kept():
+    from shrinkflow.config import TrainConfig
+
+    assert TrainConfig(batch_size=32).for_rows(325_000).batch_size == 32
+    fixed = TrainConfig(reference_rows=None).for_rows(325_000)
+    assert (fixed.batch_size, fixed.epochs, fixed.patience) == (64, 60, 15)

@@ -463,3 +463,15 @@ def test_rows_found_in__no_rows_on_either_side_finds_nothing():
 def test_rows_found_in__rows_of_another_shape_fail_naming_both():
     with pytest.raises(DataError, match=r"\(1, 5\).*\(1, 4\)"):
         rows_found_in(np.ones((2, 1, 5)), np.ones((2, 1, 4)))
+
+
+def test_sample_rows_keeps_the_class_shares_and_is_seeded():
+    from shrinkflow.data import sample_rows
+
+    y = np.repeat([0, 1, 2], [600, 300, 100])
+    split = Split(np.arange(1000, dtype=np.float32)[:, None], y)
+    sampled = sample_rows(split, 100, seed=0)
+    assert np.bincount(sampled.y).tolist() == [60, 30, 10]
+    assert np.array_equal(sampled.x, sample_rows(split, 100, seed=0).x)
+    assert np.all(np.diff(sampled.x[:, 0]) > 0), "rows keep their order"
+    assert sample_rows(split, None, seed=0) is split and sample_rows(split, 5000, seed=0) is split

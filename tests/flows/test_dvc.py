@@ -14,7 +14,7 @@ import pytest
 from tasks.services import dag
 from tasks.services.catalog import Catalog, tree_digest
 from tests.flows.conftest import mlflow_client, pipeline, run
-from tests.services import aws_test_credentials, free_port, s3_server
+from tests.services import aws_test_credentials, forwarding, free_port, s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -127,9 +127,12 @@ def test_check_remote__an_unreachable_s3_endpoint_is_retried_with_backoff_until_
 
     with ExitStack() as later_server:
         def start_later() -> None:
+            # the server and its bucket are ready before the endpoint answers: the check must
+            # never see a reachable endpoint without the bucket (that is no transient fault)
+            behind = later_server.enter_context(s3_server(tmp_path))
+            boto3.client("s3", endpoint_url=behind).create_bucket(Bucket="late")
             time.sleep(2)
-            later_server.enter_context(s3_server(tmp_path, port))
-            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="late")
+            later_server.enter_context(forwarding(port, int(behind.rsplit(":", 1)[1])))
 
         starter = threading.Thread(target=start_later)
         starter.start()

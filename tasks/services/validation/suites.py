@@ -132,8 +132,18 @@ def raw_views(
     return [
         View("table", frame, table),
         View("columns", columns, per_column, located_by=("feature",)),
-        View("cells", cell_view(frame, features), cells, located_by=("feature", "row")),
+        View("cells", cell_view(frame, _cell_columns(frame, features, nulls_allowed)), cells,
+             located_by=("feature", "row")),
     ]
+
+
+def _cell_columns(frame: pd.DataFrame, features: Sequence[str], nulls_allowed: bool) -> list[str]:
+    """The columns whose every value the cells view holds: all of them, or, where missing values
+    are allowed, the numeric ones (the range is all that is left to check; a text column makes
+    the view one of Python objects, several times the table's memory)."""
+    if not nulls_allowed:
+        return list(features)
+    return [name for name in features if pd.api.types.is_numeric_dtype(frame[name].dtype)]
 
 
 @functools.cache

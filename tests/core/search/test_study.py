@@ -6,6 +6,7 @@ options, BEGIN IMMEDIATE) is `tasks.services.studies.storage`, tested in tests/t
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import optuna
@@ -61,6 +62,16 @@ def test_every_sampler_fills_the_budget(sampler, trial_data, tmp_path):
     assert len({tuple(sorted(trial.params.items())) for trial in finished}) >= 3  # it explores
     assert all(0.0 < trial.value <= 1.0 for trial in finished)
     assert all(len(trial.intermediate_values) == 3 for trial in finished)  # one report per epoch
+
+
+def test_each_finished_trial_says_how_far_the_study_is(trial_data, tmp_path, caplog):
+    params = tiny_params(sampler="random", pruner="none")
+    with caplog.at_level(logging.INFO, logger="shrinkflow.search"):
+        opened = run(params, trial_data, f"sqlite:///{tmp_path / 'study.db'}")
+    lines = [record.getMessage() for record in caplog.records if "trials finished" in record.getMessage()]
+    assert [line.split(":")[1].split(",")[0] for line in lines] == [
+        f" {n} of 4 trials finished" for n in range(1, 5)]
+    assert lines[-1].endswith(f"best value {opened.best_value:.4f} (trial {opened.best_trial.number})")
 
 
 @pytest.mark.parametrize("pruner", ["median", "sha", "hyperband"])
