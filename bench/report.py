@@ -31,6 +31,24 @@ def serving_lines(report: dict) -> list[str]:
     return lines + [""]
 
 
+def table_lines(table: dict) -> list[str]:
+    metrics = table["prepare_metrics"]
+    deployed = table["deployed"] or "none"
+    accuracy = (f"test accuracy {table['deployed_test_accuracy']:.4f} against the teacher's "
+                f"{table['teacher_test_accuracy']:.4f}" if table["deployed_test_accuracy"]
+                is not None else "nothing deployable")
+    return ["## A user table", "",
+            f"A generated table (bench/tables.py) of {table['rows']:,} rows "
+            f"({table['csv_mb']:.0f} MB of CSV): {metrics['n_columns']} feature columns, text "
+            f"among them, {metrics['missing_values']:,} missing values, encoded to "
+            f"{metrics['n_features']} model inputs.", "",
+            "| measure | value |", "|---|---:|",
+            f"| prepare alone: seconds | {table['prepare_s']:.1f} |",
+            f"| prepare alone: peak memory (MB) | {table['prepare_peak_rss_mb']:.0f} |",
+            f"| full default run (`shrinkflow run`): seconds | {table['full_run_s']:.1f} |", "",
+            f"Deployed: {deployed}, {accuracy}."]
+
+
 def search_lines(search: dict) -> list[str]:
     return ["## Search", "",
             f"The default teacher search took {search['default_search_s']:.1f} s: the study "
@@ -190,6 +208,8 @@ def markdown(report: dict) -> str:
         lines += ["", *serving_lines(report["serving"])]
     if report.get("search"):
         lines += ["", *search_lines(report["search"])]
+    if report.get("table"):
+        lines += ["", *table_lines(report["table"])]
     if report.get("targets"):
         lines += ["", "## Targets", "",
                   "Candidates are picked on validation; targets are read on test. A speed target "

@@ -309,6 +309,52 @@ def _confirmation(baseline: dict) -> str:
             f"{baseline['full_params_yaml_params']:,.0f}: the {kept} config is the teacher")
 
 
+TABLE_ROWS = 500_000
+TABLE_SOURCE = ["--set", "prepare.source=csv", "--set", "prepare.csv.path=data/external/table.csv",
+                "--set", "prepare.csv.target=tier"]
+PEAK_RSS = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(json.dumps({"seconds": time.perf_counter() - started, "returncode": code.returncode,
+                  "stderr": code.stderr[-3000:],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def with_peak_memory(command: list[str], project: Path) -> dict[str, float]:
+    """`command`'s wall seconds and peak resident memory, from a process whose one child it is
+    (getrusage reports the largest child a process waited for)."""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], cwd=project,
+                            env=project_env(project), capture_output=True, text=True, check=True)
+    found = json.loads(result.stdout.splitlines()[-1])
+    if found["returncode"] != 0:
+        raise BenchError(f"{' '.join(command)} failed in {project}:\n{found['stderr']}")
+    return {"seconds": found["seconds"], "peak_rss_mb": found["peak_rss_mb"]}
+
+
+def table_section(workdir: Path, rows: int = TABLE_ROWS) -> dict[str, Any]:
+    """A generated user table (bench/tables.py: numbers and text, with gaps): `prepare` alone,
+    with its peak memory, and the full default run on it, each in a fresh project."""
+    from bench.tables import write_table
+
+    print(f"table: {rows:,} rows: prepare, then the full default run ...", flush=True)
+    alone = fresh_project(workdir, "table-prepare")
+    table = write_table(alone / "data" / "external" / "table.csv", rows)
+    prepared = with_peak_memory(["shrinkflow", "stage", "prepare", *TABLE_SOURCE], alone)
+    project = fresh_project(workdir, "table")
+    (project / "data" / "external" / "table.csv").write_bytes(table.read_bytes())
+    full = timed(["shrinkflow", "run", *TABLE_SOURCE], project)
+    deployed = json.loads((project / "models" / "deploy" / "deploy.json").read_text())
+    compared = stage_report(project, "compare")
+    chosen = compared["candidates"].get(compared.get("deployed") or "", {})
+    return {"rows": rows, "csv_mb": table.stat().st_size / 1e6,
+            "prepare_s": prepared["seconds"], "prepare_peak_rss_mb": prepared["peak_rss_mb"],
+            "full_run_s": full, "prepare_metrics": stage_metrics(project, "prepare"),
+            "deployed": deployed.get("candidate"), "deployed_test_accuracy": chosen.get("accuracy"),
+            "teacher_test_accuracy": compared["candidates"].get("baseline-fp32", {}).get("accuracy")}
+
+
 def serving_section(project: Path) -> dict:
     """Both servers on the champion the pipeline run in `project` registered."""
     from bench.serving import serving
@@ -384,12 +430,17 @@ def targets(report: dict) -> list[dict]:
         found += checks.search_checks(report["search"])
     if report.get("pipeline"):
         found.append(checks.cached_rerun_check(report["pipeline"]))
+    if report.get("table"):
+        found.append(checks.table_check(report["table"]))
     return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["digits", "mnist1d"], choices=OVERLAYS)
+    parser.add_argument("--tasks", nargs="+", default=["digits", "mnist1d", "table"],
+                        choices=[*OVERLAYS, "table"])
+    parser.add_argument("--table-rows", type=int, default=TABLE_ROWS,
+                        help="rows of the generated table of the task 'table'")
     parser.add_argument("--output", type=Path, default=REPO / "reports")
     args = parser.parse_args()
 
@@ -404,7 +455,8 @@ def main() -> None:
         workdir = Path(scratch)
         report["pipeline"], projects = sections.run("pipeline", pipeline_timings, workdir,
                                                     default=({}, {}))
-        report.update(sections.run("compression", compression, workdir, args.tasks, projects,
+        tasks = [task for task in args.tasks if task in OVERLAYS]
+        report.update(sections.run("compression", compression, workdir, tasks, projects,
                                    default={}))
         rows = report.get("compression", [])
         report["deployed"] = sections.run("deployed", deployed_section, rows, projects, threads,
@@ -417,6 +469,9 @@ def main() -> None:
                                              default={})
             report["search"] = sections.run("search", search_section, projects, report["pipeline"],
                                             default={})
+        if "table" in args.tasks:
+            report["table"] = sections.run("table", table_section, workdir, args.table_rows,
+                                           default={})
         report["machine"].update(_noise_floor(report))
         report["targets"] = targets(report)
         for check in report["targets"]:  # the recipe check's measure belongs to the search's
