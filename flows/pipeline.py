@@ -88,6 +88,28 @@ def _log_as(console: dict[str, tuple[int, list[logging.Filter]]]) -> None:
             logger.addFilter(item)
 
 
+def _warm() -> int:
+    """What a stage's process imports before its first line runs (this module, hence Prefect and
+    the project's services; torch), done ahead of it."""
+    import torch  # noqa: F401
+
+    return os.getpid()
+
+
+class _WarmProcessPool(ProcessPoolTaskRunner):
+    """Prefect's process pool with all its workers started as soon as it opens. A worker starts
+    in seconds (a new interpreter importing Prefect and torch); started on demand, the second one
+    would start only when two stages are first ready together, and a short stage beside it would
+    be done before it is (measured on the tiny test pipeline: no overlap at all)."""
+
+    def __enter__(self) -> _WarmProcessPool:
+        super().__enter__()
+        # one task each: none is idle yet, so every submit starts a worker
+        for _ in range(self._max_workers):
+            self._executor.submit(_warm)
+        return self
+
+
 def stage_runner() -> ProcessPoolTaskRunner:
     """Worker processes of this machine for the stages, `at_once()` of them, logging as this
     process does. Processes, not the flow's threads: torch's random generator and thread
@@ -96,8 +118,7 @@ def stage_runner() -> ProcessPoolTaskRunner:
     other's files or make a run that does not repeat. (DASK_SCHEDULER_ADDRESS keeps selecting
     where search trials run: a stage holding one of those workers would wait for trials that
     need it, and the stack's workers do not carry the service variables a stage needs.)"""
-    return ProcessPoolTaskRunner(max_workers=at_once(), initializer=_log_as,
-                                 initargs=(_console(),))
+    return _WarmProcessPool(max_workers=at_once(), initializer=_log_as, initargs=(_console(),))
 
 
 def _run_stages(processes: TaskRunner | None, params: Params, project: Path,

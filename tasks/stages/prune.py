@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from shrinkflow import data, prune
+from shrinkflow import data, progress, prune
 from shrinkflow.config import Params, PruneConfig
 from shrinkflow.distill import distillation_loss
 from tasks.services import io, tracking
@@ -99,10 +99,10 @@ def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> d
         candidates, metrics = [], {}
         folder = catalog.models_dir("prune")
         with io.atomic_dir(folder) as staging:
-            for name, method, ratio, make in jobs:
-                log.info("making %s", name)
-                with tracking.candidate_run(name, {"method": method},
-                                            _made_by(cfg, method, ratio)):
+            for number, (name, method, ratio, make) in enumerate(jobs, 1):
+                log.info("making %s (%d of %d)", name, number, len(jobs))
+                with progress.ticking(log, f"making {name}"), tracking.candidate_run(
+                        name, {"method": method}, _made_by(cfg, method, ratio)):
                     model = make()
                     sparse = method == "unstructured"
                     pruned_arch = arch if sparse else prune.architecture_of(model, arch)

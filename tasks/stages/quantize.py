@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shrinkflow import data, measure, quantize, sparse
+from shrinkflow import data, measure, progress, quantize, sparse
 from shrinkflow.config import Params, QuantizeConfig
 from shrinkflow.export import onnx_predictor
 from tasks.services import dag, io, tracking
@@ -81,8 +81,9 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     name = f"{source.name}-{method}"
                     dst = staging / f"{name}.onnx"
                     log.info("quantizing %s", name)
-                    with tracking.candidate_run(name, {"method": method, "parent": source.name},
-                                                _made_by(cfg, method, source)):
+                    with progress.ticking(log, f"quantizing {name}"), tracking.candidate_run(
+                            name, {"method": method, "parent": source.name},
+                            _made_by(cfg, method, source)):
                         record = _quantize_one(method, source, src, dst, calibration, reference,
                                                evaluate, params, splits, spec, catalog,
                                                Path(scratch))

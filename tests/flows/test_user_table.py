@@ -59,7 +59,9 @@ def deployed(tmp_path_factory) -> Path:
     mixed_table().to_csv(project / "data" / "external" / "mixed.csv", index=False)
     params = load_params(project / "params.yaml", overrides=[
         *TINY, "prepare.source=csv", "prepare.csv.path=data/external/mixed.csv",
-        f"deploy.registered_model={NAME}"])
+        f"deploy.registered_model={NAME}", "ensemble.selection=top_k", "ensemble.max_size_fraction=4",
+        "search.compression.enabled=true", "search.compression.trials=2",
+        "search.compression.epochs=1", "search.compression.steps=1"])
     for stage in STAGES:
         run_stage(stage, params, project)
     return project
@@ -78,6 +80,10 @@ def offline(deployed) -> tuple[list[dict], list[str]]:
 
 
 def test_every_stage_ran_and_the_champion_reads_the_table_as_it_is(deployed):
+    # every compression stage made candidates from the encoded rows, and compare measured them
+    compared = json.loads((deployed / "reports" / "compare" / "candidates.json").read_text())
+    kinds = {row["kind"] for row in compared["candidates"].values()}
+    assert {"pruned", "distilled", "quantized", "ensemble", "searched"} <= kinds, kinds
     report = json.loads((deployed / "models" / "deploy" / "deploy.json").read_text())
     assert report["registered"] and report["promoted"], report
     model = ServedModel.from_onnx(deployed / "models" / "deploy" / "model.onnx", version="file")
