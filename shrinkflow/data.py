@@ -5,7 +5,8 @@ Sources (params.yaml `prepare.source`):
   mnist1d        the MNIST-1D benchmark (Greydanus 2020): 40-sample signals, 10 classes, generated
                  locally with `mnist1d.data.make_dataset` and a fixed seed, never downloaded (signal, 1x40)
   breast_cancer  scikit-learn's Wisconsin breast cancer table, 30 features, 2 classes (tabular)
-  csv            any user CSV: numeric feature columns plus `prepare.csv.target` (tabular)
+  csv            any user CSV: feature columns (numbers or text, encoded by `shrinkflow.encode`)
+                 plus `prepare.csv.target` (tabular)
 
 Every source is first expressed as one raw table (feature columns + a `label` column for the built-in
 ones), which is what DVC versions and Great Expectations validates. `DatasetSpec` says how to read

@@ -1,12 +1,21 @@
-"""Stage `prepare`: raw table -> validated, split, normalized arrays.
+"""Stage `prepare`: raw table -> validated, split, encoded, normalized arrays.
 
 Reads params.yaml `prepare` (source, csv, mnist1d_samples, unlabeled_samples / unlabeled_csv,
 val/test fractions, seed, validation).
-Writes data/raw/<name>.csv (the raw table, versioned by DVC), data/processed/{train,val,test}.npz
-(plus unlabeled.npz, inputs only, when an unlabeled pool is configured) and
-dataset.json (spec, normalization fitted on train, class counts, raw md5), metrics/prepare.json
-(the split sizes; every count in reports/prepare/metrics.json), reports/validation.json and the
-Great Expectations Data Docs under reports/data_docs/.
+Writes data/raw/<name>.csv (the raw table: the feature columns and the label, rows with a label;
+versioned by DVC), data/processed/{train,val,test}.npz (model inputs x, labels y, and each
+sample's row of the raw table; plus unlabeled.npz, inputs only, when an unlabeled pool is
+configured) and dataset.json (spec, a user table's encoding and the normalization, both fitted on
+train, class counts, raw md5), metrics/prepare.json (the split sizes; every count in
+reports/prepare/metrics.json), reports/validation.json and the Great Expectations Data Docs under
+reports/data_docs/.
+
+A user table's columns are chosen by `prepare.csv.features` / `drop`; rows without a label are
+left out and counted. Its text columns and missing values are encoded as `shrinkflow.encode`
+says, and the deploy stage puts the same encoding in front of the served graph. Before anything
+is split, a feature column that is a row identifier is refused (`shrinkflow.leaks`), and one that
+predicts the label alone nearly as well as all columns is a warning (MLflow tag
+`data.lone_predictors`).
 
 Both the raw table and the processed splits are validated before anything is written: a failed
 expectation stops the stage with every failure listed, and the previous outputs stay as they were.
@@ -15,7 +24,6 @@ Unlabeled rows identical to a validation or test row are left out of the pool (a
 reports/prepare/metrics.json as `unlabeled_rows_dropped`): students distilled on them would see the very
 inputs they are scored on.
 """
-
 from __future__ import annotations
 
 import csv
