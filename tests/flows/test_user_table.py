@@ -60,7 +60,7 @@ def deployed(tmp_path_factory) -> Path:
     params = load_params(project / "params.yaml", overrides=[
         *TINY, "prepare.source=csv", "prepare.csv.path=data/external/mixed.csv",
         f"deploy.registered_model={NAME}", "ensemble.selection=top_k", "ensemble.max_size_fraction=4",
-        "search.compression.enabled=true", "search.compression.trials=2",
+        "search.enabled=false", "search.compression.enabled=true", "search.compression.trials=2",
         "search.compression.epochs=1", "search.compression.steps=1"])
     for stage in STAGES:
         run_stage(stage, params, project)
