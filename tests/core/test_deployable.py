@@ -90,3 +90,30 @@ def test_a_sparse_stored_candidate_is_wrapped_too(tmp_path):
     answers = [_session(deployable(onnx.load(str(file)), arch.input_shape, *stats, features,
                                    LABELS)).run(None, {FEATURES: rows})[1] for file in (path, sparse)]
     np.testing.assert_allclose(answers[0], answers[1], atol=1e-6)
+
+
+def test_a_table_with_text_and_gaps_is_encoded_in_the_graph(tmp_path):
+    import pandas as pd
+
+    from shrinkflow.encode import TableEncoder
+
+    # given a table with a text column and gaps, its encoding fitted on "training" rows, and a
+    # candidate that reads the encoded, normalized rows
+    train = pd.DataFrame({"size": [1.0, np.nan, 3.0, 5.0], "colour": ["red", "blue", None, "red"]})
+    encoder = TableEncoder.fit(train, ["size", "colour"])
+    arch = Architecture("mlp", (encoder.width,), 3, (8,))
+    torch.manual_seed(0)
+    path = export_onnx(build_model(arch).eval(), arch.input_shape, tmp_path / "model.onnx")
+    mean, std = np.linspace(0, 1, encoder.width, dtype=np.float32), np.full(encoder.width, 2.0,
+                                                                             np.float32)
+    wrapped = deployable(onnx.load(str(path)), arch.input_shape, mean, std, ["size", "colour"],
+                         LABELS, encoder)
+    # when the served model gets raw rows with a null, an unseen category and a missing number
+    rows = np.array([[None, "green"], [2.0, None], [4.0, "red"]], dtype=object)
+    served = ServedModel.from_onnx(wrapped.SerializeToString(), version="1")
+    labels, _ = served.predict(rows)
+    # then it answers what the candidate answers on the rows encoded and normalized outside it
+    frame = pd.DataFrame(rows, columns=["size", "colour"]).astype({"size": float})
+    logits = onnx_predictor(path)(((encoder.transform(frame) - mean) / std).astype(np.float32))
+    assert labels == [LABELS[i] for i in logits.argmax(axis=1)]
+    assert served.text_columns == {"colour"} and served.nullable and served.per_column
