@@ -308,16 +308,23 @@ def sample_summary(splits: Splits) -> pd.DataFrame:
         split = getattr(splits, name)
         x, y = np.asarray(split.x), np.asarray(split.y)
         n_x = len(x) if x.ndim else 0
-        try:
-            flat = x.reshape(n_x, -1).astype(np.float64)
+        try:  # in the arrays' own float type: a float64 copy of a big split is gigabytes
+            flat = x.reshape(n_x, -1)
+            flat = flat if np.issubdtype(flat.dtype, np.floating) else flat.astype(np.float64)
         except (TypeError, ValueError):  # not numeric at all: every sample counts as non-finite
             flat = np.full((n_x, 1), np.nan)
-        finite = np.isfinite(flat)
+        nonfinite = (~np.isfinite(flat)).sum(axis=1).astype(np.int64)
+        with np.errstate(invalid="ignore"):  # NaN rows: their largest finite |x| is taken below
+            absmax = np.abs(flat).max(axis=1, initial=0.0)
+        if nonfinite.any():  # the largest finite |x| of the rows that have a NaN or an inf
+            rows = nonfinite > 0
+            absmax[rows] = np.abs(np.where(np.isfinite(flat[rows]), flat[rows], 0.0)).max(
+                axis=1, initial=0.0)
         part = pd.DataFrame(
             {
                 "x_shape": [str(tuple(x.shape[1:]))] * n_x,
-                "x_nonfinite": (~finite).sum(axis=1).astype(np.int64),
-                "x_absmax": np.abs(np.where(finite, flat, 0.0)).max(axis=1, initial=0.0),
+                "x_nonfinite": nonfinite,
+                "x_absmax": absmax.astype(np.float64),
             }
         )
         # x and y of different lengths: pad the shorter one so the gap shows as a failure
