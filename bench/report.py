@@ -45,6 +45,10 @@ def table_lines(table: dict) -> list[str]:
             "| measure | value |", "|---|---:|",
             f"| prepare alone: seconds | {table['prepare_s']:.1f} |",
             f"| prepare alone: peak memory (MB) | {table['prepare_peak_rss_mb']:.0f} |",
+            f"| prepare on {table['floor_rows']:,} rows of it (the floor): seconds | "
+            f"{table['floor_prepare_s']:.1f} |",
+            f"| prepare on {table['floor_rows']:,} rows of it (the floor): peak memory (MB) | "
+            f"{table['floor_peak_rss_mb']:.0f} |",
             f"| full default run (`shrinkflow run`): seconds | {table['full_run_s']:.1f} |", "",
             f"Deployed: {deployed}, {accuracy}."]
 

@@ -310,6 +310,7 @@ def _confirmation(baseline: dict) -> str:
 
 
 TABLE_ROWS = 500_000
+FLOOR_ROWS = 2_000  # the same table this small: the memory and time of prepare without the data
 TABLE_SOURCE = ["--set", "prepare.source=csv", "--set", "prepare.csv.path=data/external/table.csv",
                 "--set", "prepare.csv.target=tier"]
 PEAK_RSS = """
@@ -335,13 +336,19 @@ def with_peak_memory(command: list[str], project: Path) -> dict[str, float]:
 
 def table_section(workdir: Path, rows: int = TABLE_ROWS) -> dict[str, Any]:
     """A generated user table (bench/tables.py: numbers and text, with gaps): `prepare` alone,
-    with its peak memory, and the full default run on it, each in a fresh project."""
+    with its peak memory, beside the same on `FLOOR_ROWS` rows (imports, validation and tracking
+    without the data), and the full default run on it, each in a fresh project."""
     from bench.tables import write_table
 
-    print(f"table: {rows:,} rows: prepare, then the full default run ...", flush=True)
+    print(f"table: {rows:,} rows: prepare (and on {FLOOR_ROWS:,} rows, the floor), then the "
+          "full default run ...", flush=True)
+    prepare = ["shrinkflow", "stage", "prepare", *TABLE_SOURCE]
+    small = fresh_project(workdir, "table-floor")
+    write_table(small / "data" / "external" / "table.csv", FLOOR_ROWS)
+    floor = with_peak_memory(prepare, small)
     alone = fresh_project(workdir, "table-prepare")
     table = write_table(alone / "data" / "external" / "table.csv", rows)
-    prepared = with_peak_memory(["shrinkflow", "stage", "prepare", *TABLE_SOURCE], alone)
+    prepared = with_peak_memory(prepare, alone)
     project = fresh_project(workdir, "table")
     (project / "data" / "external" / "table.csv").write_bytes(table.read_bytes())
     full = timed(["shrinkflow", "run", *TABLE_SOURCE], project)
@@ -350,6 +357,8 @@ def table_section(workdir: Path, rows: int = TABLE_ROWS) -> dict[str, Any]:
     chosen = compared["candidates"].get(compared.get("deployed") or "", {})
     return {"rows": rows, "csv_mb": table.stat().st_size / 1e6,
             "prepare_s": prepared["seconds"], "prepare_peak_rss_mb": prepared["peak_rss_mb"],
+            "floor_rows": FLOOR_ROWS, "floor_prepare_s": floor["seconds"],
+            "floor_peak_rss_mb": floor["peak_rss_mb"],
             "full_run_s": full, "prepare_metrics": stage_metrics(project, "prepare"),
             "deployed": deployed.get("candidate"), "deployed_test_accuracy": chosen.get("accuracy"),
             "teacher_test_accuracy": compared["candidates"].get("baseline-fp32", {}).get("accuracy")}

@@ -314,15 +314,15 @@ class Normalizer:
         # tables: features have unrelated units; images/signals: one scale per channel keeps
         # the spatial structure (a per-pixel std would blow up near-constant border pixels)
         axes = (0,) if kind == "tabular" else tuple(i for i in range(x.ndim) if i != 1)
-        x = x.astype(np.float64)  # float32 sums leave a constant column with std ~1e-4
-        mean = x.mean(axis=axes, keepdims=True)[0]
-        std = x.std(axis=axes, keepdims=True)[0]
+        mean, std = _mean_and_std(x, axes)
         constant = x.max(axis=axes, keepdims=True)[0] == x.min(axis=axes, keepdims=True)[0]
         std = np.where(constant | (std < 1e-12), 1.0, std)  # constant features stay as they are
         return cls(mean.astype(np.float32), std.astype(np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32)
+        normalized = np.subtract(x, self.mean, dtype=np.float32)
+        normalized /= self.std
+        return normalized
 
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -330,6 +330,20 @@ class Normalizer:
     @classmethod
     def from_dict(cls, data: dict) -> Normalizer:
         return cls(np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32))
+
+
+_ROWS_AT_ONCE = 65536  # of a split, in the normalization's float64 sums
+
+
+def _mean_and_std(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over `axes` (which include 0), summed in float64 (float32 sums
+    leave a constant column with std ~1e-4) a block of rows at a time: a float64 copy of a big
+    split would be twice its size."""
+    count = x.size // math.prod(x.shape[axis] for axis in range(x.ndim) if axis not in axes)
+    blocks = [x[start:start + _ROWS_AT_ONCE] for start in range(0, len(x), _ROWS_AT_ONCE)]
+    mean = sum(block.sum(axis=axes, dtype=np.float64, keepdims=True) for block in blocks) / count
+    squares = sum(np.square(block - mean).sum(axis=axes, keepdims=True) for block in blocks)
+    return mean[0], np.sqrt(squares / count)[0]
 
 
 def normalize_splits(splits: Splits, kind: Kind) -> tuple[Splits, Normalizer]:

@@ -76,7 +76,10 @@ def is_text(values: pd.Series) -> bool:
 
 def missing(values: pd.Series) -> np.ndarray:
     """Where `values` is missing: null, or (text) a spelling of missing."""
-    return (values.isna() | values.astype(str).isin(MISSING_TEXT)).to_numpy()
+    gaps = values.isna().to_numpy()
+    if pd.api.types.is_numeric_dtype(values.dtype):  # no spelling to look for
+        return gaps
+    return gaps | values.astype(str).isin(MISSING_TEXT).to_numpy()
 
 
 @dataclass(frozen=True)
@@ -132,25 +135,29 @@ class TableEncoder:
             column.indicator for column in self.columns)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """float32 (N, width): the encoded rows of `frame` (its feature columns)."""
-        parts, indicators = [], []
+        """float32 (N, width): the encoded rows of `frame` (its feature columns), written into one
+        array column by column (a big table's one-hot blocks never exist on their own)."""
+        encoded = np.zeros((len(frame), self.width), np.float32)
+        rows, at, indicators = np.arange(len(frame)), 0, []
         for column in self.columns:
             values = frame[column.name]
             gaps = missing(values)
             if column.kind == "number":
                 numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-                parts.append(np.where(gaps, column.fill, numbers)[:, None])
+                encoded[:, at] = np.where(gaps, column.fill, numbers)
             else:
                 text = np.where(gaps, column.fill, values.astype(str).to_numpy())
                 codes = pd.Index(column.categories).get_indexer(text)  # unseen: -1
                 if column.ordinal:
-                    parts.append(codes[:, None].astype(np.float64))
+                    encoded[:, at] = codes
                 else:
-                    slots = np.where(codes < 0, len(column.categories), codes)
-                    parts.append(np.eye(len(column.categories) + 1)[slots])
+                    encoded[rows, at + np.where(codes < 0, len(column.categories), codes)] = 1.0
+            at += len(column.outputs)
             if column.indicator:
-                indicators.append(gaps[:, None].astype(np.float64))
-        return np.concatenate([*parts, *indicators], axis=1).astype(np.float32)
+                indicators.append(gaps)
+        for offset, gaps in enumerate(indicators):
+            encoded[:, at + offset] = gaps
+        return encoded
 
     def feed(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """The deployed graph's inputs for the raw rows of `frame`, as a caller sends them:

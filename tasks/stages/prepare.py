@@ -215,8 +215,8 @@ def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
             return data.table_to_features(table, spec)
         return encoder.transform(table)
 
-    x = features(frame)
-    encoded = data.Splits(*(data.Split(x[part.x], part.y) for part in
+    # split by split: the whole table encoded at once would be one more copy of it in memory
+    encoded = data.Splits(*(data.Split(features(frame.iloc[part.x]), part.y) for part in
                             (rows.train, rows.val, rows.test)))
     splits, normalizer = data.normalize_splits(encoded, spec.kind)
     if unlabeled is None:

@@ -8,6 +8,7 @@ only Data Docs site is `docs_dir`, with the suites and results it renders kept a
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections.abc import Sequence
@@ -131,6 +132,7 @@ def run_suite(
     source = context.data_sources.add_pandas(slug)
     runs = [_run_view(context, source, slug, view) for view in views]
     _build_docs(context, [suite_result for suite_result, _ in runs], docs_dir)
+    _release(context, slug)
 
     # an expectation of severity "warning" shows in the Data Docs but fails nothing: the caller
     # words its warning in `warnings`
@@ -178,6 +180,16 @@ def _run_view(context: Any, source: Any, slug: str, view: View) -> tuple[Any, li
         suite_result.results, key=lambda r: order.get(r.expectation_config.id, len(order))
     )
     return suite_result, results
+
+
+def _release(context: Any, slug: str) -> None:
+    """Drop the views' data from the context: GX keeps the last context it made alive, and with
+    it every frame its data source was given (a big table's views are hundreds of megabytes).
+    Its validation objects hold each other in cycles, which only a full collection frees."""
+    for definition in context.validation_definitions.all():
+        context.validation_definitions.delete(definition.name)
+    context.data_sources.delete(slug)
+    gc.collect()
 
 
 def _result_format(view: View) -> dict:
