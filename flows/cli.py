@@ -143,6 +143,11 @@ def check(params: ParamsOption = Path("params.yaml"), config: OverlayOption = No
 
     loaded = _setup(params, config, set_)
     typer.echo(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False))
+    from tasks.services.model_check import check_models
+
+    with _user_errors(debug=False):
+        for line in check_models(loaded, Path.cwd().resolve()):
+            typer.echo(f"checked: {line}")
 
 
 @app.command("dvc-yaml")
@@ -152,7 +157,10 @@ def dvc_yaml(check_only: Annotated[bool, typer.Option(
     from tasks.services.dag import dvc_yaml as render
 
     target = Path.cwd() / "dvc.yaml"
-    text = render(Path.cwd().resolve())
+    # the user's model modules, from params.yaml, are deps of the stages that build networks
+    params = Path.cwd() / "params.yaml"
+    modules = _setup(params, None, None).user_modules if params.is_file() else ()
+    text = render(Path.cwd().resolve(), modules)
     if check_only:
         if not target.is_file() or target.read_text() != text:
             typer.secho("dvc.yaml is out of date: run `shrinkflow dvc-yaml`", fg="red", err=True)

@@ -117,12 +117,25 @@ class PrepareConfig(_Section):
 # ---------------------------------------------------------------------------------------------
 # baseline
 # ---------------------------------------------------------------------------------------------
-class ModelConfig(_Section):
-    """Architecture: an MLP for tabular data, a CNN for images (2-D) and signals (1-D)."""
+CLASS_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:ClassName
 
-    family: Literal["auto", "mlp", "cnn"] = Field(
-        "auto", description="auto picks cnn for images/signals, mlp for tabular data"
+
+class ModelConfig(_Section):
+    """Architecture: an MLP for tabular data, a CNN for images (2-D) and signals (1-D), a class of
+    the user's own, or a torchvision network."""
+
+    family: Literal["auto", "mlp", "cnn", "custom", "torchvision"] = Field(
+        "auto", description="auto picks cnn for images/signals, mlp for tabular data; custom: "
+        "class_path; torchvision: arch"
     )
+    class_path: str | None = Field(
+        None, description="custom: the nn.Module's 'package.module:ClassName', importable from "
+        "the project root; it maps a batch of the data's inputs to one logit per class")
+    init_args: dict[str, Any] = Field({}, description="custom: keyword arguments of the class")
+    arch: str | None = Field(
+        None, description="torchvision: a classification network of torchvision.models, e.g. "
+        "resnet18 or mobilenet_v3_small, randomly initialised, its first conv and classifier "
+        "fitted to the data")
     depth: int = Field(2, ge=1, le=8, description="hidden layers (mlp) or conv blocks (cnn)")
     width: int = Field(64, ge=1, le=4096, description="units (mlp) or channels of the first block")
     width_multiplier: float = Field(
@@ -130,6 +143,27 @@ class ModelConfig(_Section):
     )
     kernel_size: int = Field(3, ge=1, le=15, description="cnn kernel size (odd keeps the length)")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the classifier")
+
+    @model_validator(mode="after")
+    def _family_keys(self) -> ModelConfig:
+        """class_path (and init_args) belong to custom, arch to torchvision, and each needs its."""
+        needs = {"custom": "class_path", "torchvision": "arch"}
+        for family, key in needs.items():
+            given = getattr(self, key) is not None
+            if self.family == family and not given:
+                raise ValueError(f"family {family!r} needs {key}")
+            if given and self.family != family:
+                raise ValueError(f"{key} is for family {family!r}, not {self.family!r}")
+        if self.init_args and self.family != "custom":
+            raise ValueError(f"init_args is for family 'custom', not {self.family!r}")
+        if self.class_path is not None and not CLASS_PATH.fullmatch(self.class_path):
+            raise ValueError(f"class_path {self.class_path!r} is not 'package.module:ClassName'")
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        """An MLP or CNN that shrinkflow builds and sizes itself (what the search explores)."""
+        return self.family in ("auto", "mlp", "cnn")
 
 
 class AugmentConfig(_Section):
@@ -144,7 +178,8 @@ class AugmentConfig(_Section):
 class TrainConfig(_Section):
     """The one training loop: optimizer, schedule, early stopping, device and precision."""
 
-    epochs: int = Field(60, ge=1, description="upper bound on epochs; early stopping may end sooner")
+    epochs: int = Field(60, ge=0, description="upper bound on epochs; early stopping may end "
+                        "sooner; 0 (baseline with weights): the given weights as they are")
     batch_size: int | Literal["auto"] = Field(
         "auto", description="mini-batch size; auto: 64, doubled for each doubling of the training "
         "rows beyond reference_rows, at most 1024")
@@ -167,7 +202,7 @@ class TrainConfig(_Section):
         batch = self.batch_size if self.batch_size != "auto" else min(
             MAX_AUTO_BATCH, AUTO_BATCH * 2 ** int(math.log2(scale)))
         return self.model_copy(update={
-            "batch_size": batch, "epochs": max(1, math.ceil(self.epochs / scale)),
+            "batch_size": batch, "epochs": min(self.epochs, max(1, math.ceil(self.epochs / scale))),
             "patience": max(1, math.ceil(self.patience / scale))})
 
 
@@ -178,8 +213,18 @@ class BaselineConfig(_Section):
     """Stage `baseline`: train the reference model every compressed model is compared with."""
 
     model: ModelConfig = ModelConfig()
+    weights: str | None = Field(
+        None, description="a state dict (torch.save of model.state_dict(), read with "
+        "weights_only=True) to start from, relative to the project root; with train.epochs 0 "
+        "the teacher is these weights as they are")
     train: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _untrained_needs_weights(self) -> BaselineConfig:
+        if self.train.epochs == 0 and self.weights is None:
+            raise ValueError("train.epochs 0 keeps the given weights as they are: set weights")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,6 +655,14 @@ class Params(_Section):
     deploy: DeployConfig = DeployConfig()
     serve: ServeConfig = ServeConfig()
     measure: MeasureConfig = MeasureConfig()
+
+    @property
+    def user_modules(self) -> tuple[str, ...]:
+        """The modules of the user's own network classes these params name (baseline.model and
+        distill's students): code the stages that build networks depend on."""
+        configs = [self.baseline.model, *self.distill.students().values()]
+        return tuple(sorted({config.class_path.partition(":")[0] for config in configs
+                             if config.class_path}))
 
 
 # ---------------------------------------------------------------------------------------------

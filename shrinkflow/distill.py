@@ -46,7 +46,7 @@ from torch import nn
 from shrinkflow.config import DistillConfig, ModelConfig, TrainConfig
 from shrinkflow.data import Augmenter, Split, with_unlabeled
 from shrinkflow.errors import UserError
-from shrinkflow.models import Architecture, architecture_for, build_model
+from shrinkflow.models import Architecture, build_for_data
 from shrinkflow.train import EpochLog, FitResult, Loss, fit, label_loss, sum_losses
 
 
@@ -328,12 +328,12 @@ def student_train_config(cfg: DistillConfig, train_cfg: TrainConfig) -> TrainCon
 
 
 def build_student(
-    cfg: ModelConfig, kind: str, input_shape: tuple[int, ...], n_classes: int
+    cfg: ModelConfig, kind: str, input_shape: tuple[int, ...], n_classes: int,
+    key: str = "distill.student",
 ) -> tuple[Architecture, nn.Module]:
     """A student (`distill.student` or one of `distill.extra_students`), resolved against the
     data like the baseline.
 
     Initialisation draws from torch's global RNG: seed it first for a reproducible student.
     """
-    arch = architecture_for(cfg, kind, input_shape, n_classes)
-    return arch, build_model(arch)
+    return build_for_data(cfg, kind, input_shape, n_classes, key)

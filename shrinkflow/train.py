@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -147,7 +148,8 @@ def fit(
     description: str = "training",
 ) -> FitResult:
     """Train `model` in place on `loss` (default: cross-entropy with `cfg.label_smoothing`) and
-    restore its best weights by validation accuracy."""
+    restore its best weights by validation accuracy. With 0 epochs the model is only scored on
+    validation, as it is (epoch 0 of the history)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg = cfg.for_rows(int((train.y != UNLABELED).sum()))
@@ -156,6 +158,10 @@ def fit(
     device = resolve_device(cfg.device)
     amp_dtype = _autocast_dtype(device, cfg.amp)
     model.to(device)
+    if cfg.epochs == 0:
+        val_loss, val_accuracy = _validate(model, val, device)
+        return FitResult([EpochLog(0, math.nan, val_loss, val_accuracy, 0.0, 0.0)], 0,
+                         val_accuracy, device=str(device), epochs=0, batch_size=int(cfg.batch_size))
     if augment is not None:
         augment.generator.manual_seed(cfg.seed)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)

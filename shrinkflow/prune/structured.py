@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from shrinkflow import user_models
 from shrinkflow.config import StructuredPruneConfig
-from shrinkflow.models import CNN, MLP, Architecture
+from shrinkflow.models import CNN, MLP, Architecture, build_model
 from shrinkflow.prune.layers import classifier
 from shrinkflow.prune.schedule import Finetune, schedule
 
@@ -114,8 +115,12 @@ def architecture_of(model: nn.Module, like: Architecture) -> Architecture:
     """`like` with the per-layer widths `model` actually has (after structured pruning).
 
     Input shape, classes, kernel size and dropout are taken from `like` (pruning keeps them); the
-    result rebuilds `model` with models.build_model + load_state_dict.
+    result rebuilds `model` with models.load_model. A custom or torchvision network records the
+    layer attributes pruning changed instead of widths.
     """
+    if not like.is_builtin:
+        fresh = build_model(replace(like, resized={}))
+        return replace(like, resized=user_models.resized_attributes(fresh, model))
     expected = MLP if like.family == "mlp" else CNN
     if not isinstance(model, expected):
         raise ValueError(f"architecture family {like.family!r} needs a {expected.__name__}, "

@@ -95,7 +95,9 @@ def shrink(recipe: dict[str, Any], teacher: torch.nn.Module, teacher_arch: model
            ) -> tuple[torch.nn.Module, models.Architecture, bool]:
     """The smaller torch model of `recipe`: (model, architecture, stored sparse)."""
     if recipe["method"] == "distill":
-        student_cfg = ModelConfig(family=teacher_arch.family, depth=recipe["student_depth"],
+        # a student of the built-in family of the data (of the teacher's when it is one)
+        family = teacher_arch.family if teacher_arch.is_builtin else "auto"
+        student_cfg = ModelConfig(family=family, depth=recipe["student_depth"],
                                   width=recipe["student_width"],
                                   kernel_size=teacher_arch.kernel_size, dropout=0.0)
         arch = models.architecture_for(student_cfg, recipe_data.kind, recipe_data.input_shape,

@@ -15,6 +15,7 @@ editing any module a stage imports, however deeply, re-runs that stage in both P
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -274,14 +275,15 @@ def candidate_stages(name: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------
 # Code dependencies: the import closure of a stage's module
 # ---------------------------------------------------------------------------------------------
-def module_file(module: str, root: Path = ROOT) -> Path | None:
+def module_file(module: str, root: Path = ROOT,
+                packages: tuple[str, ...] = PROJECT_PACKAGES) -> Path | None:
     """The project file defining `module` (a package's __init__.py), None if it is not ours.
 
     This module is not code a stage computes with, though stages ask it where their folders
     are: what a stage takes from it (its function, params, inputs and outputs) is in its cache
     key and its dvc.yaml entry already, so a change to another stage's declaration (or to the
     writing of dvc.yaml) re-runs nothing."""
-    if module.split(".")[0] not in PROJECT_PACKAGES or module == __name__:
+    if module.split(".")[0] not in packages or module == __name__:
         return None
     base = root.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -324,9 +326,10 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
-    """Project files that `module` imports, directly or through other project modules, itself
-    included; relative to `root`, sorted."""
+def import_closure(module: str, root: Path = ROOT,
+                   packages: tuple[str, ...] = PROJECT_PACKAGES) -> tuple[str, ...]:
+    """Files of `packages` that `module` imports, directly or through other modules of them,
+    itself included; relative to `root`, sorted."""
     seen: dict[str, Path] = {}
     outside: set[str] = set()  # modules that are not ours
     pending = [module]
@@ -335,7 +338,7 @@ def import_closure(module: str, root: Path = ROOT) -> tuple[str, ...]:
         for candidate in _with_parents(name):
             if candidate in seen or candidate in outside:
                 continue
-            path = module_file(candidate, root)
+            path = module_file(candidate, root, packages)
             if path is None:
                 outside.add(candidate)
                 continue
@@ -353,9 +356,25 @@ def code_deps(name: str, root: Path = ROOT) -> tuple[str, ...]:
                          for path in import_closure(module, root)}))
 
 
-def deps(name: str, root: Path = ROOT) -> tuple[str, ...]:
-    """Everything stage `name` computes from besides params: its data inputs and its code."""
-    return (*stage(name).inputs, *code_deps(name, root))
+def user_code(modules: Sequence[str], root: Path = ROOT) -> tuple[str, ...]:
+    """The files of a user's model modules (of `baseline.model.class_path` and the like) and of
+    the modules of their own packages they import; relative to `root`, sorted."""
+    packages = tuple(sorted({module.split(".")[0] for module in modules}))
+    return tuple(sorted({path for module in modules
+                         for path in import_closure(module, root, packages)}))
+
+
+def builds_models(name: str) -> bool:
+    """Does stage `name` build (or rebuild) the teacher's or a student's network?"""
+    return name == "baseline" or "baseline" in _before(name)
+
+
+def deps(name: str, root: Path = ROOT, user_modules: Sequence[str] = ()) -> tuple[str, ...]:
+    """Everything stage `name` computes from besides params: its data inputs, its code and, when
+    it builds networks, the user's model code (`user_modules`: the modules of the class paths
+    params name)."""
+    user = user_code(user_modules, root) if builds_models(name) else ()
+    return (*stage(name).inputs, *code_deps(name, root), *user)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,12 +393,12 @@ def _uncached(path: str) -> list[str]:
     return [f"      - {path}:", "          cache: false"]
 
 
-def dvc_yaml(root: Path = ROOT) -> str:
-    """The text of dvc.yaml for `STAGES`."""
+def dvc_yaml(root: Path = ROOT, user_modules: Sequence[str] = ()) -> str:
+    """The text of dvc.yaml for `STAGES` (and the user's model modules, see `deps`)."""
     lines = [DVC_YAML_HEADER.rstrip("\n"), "stages:"]
     for item in STAGES.values():
         lines += [f"  {item.name}:", f"    cmd: shrinkflow stage {item.name}", "    deps:"]
-        lines += [f"      - {path}" for path in deps(item.name, root)]
+        lines += [f"      - {path}" for path in deps(item.name, root, user_modules)]
         lines += ["    params:", *(f"      - {key}" for key in item.params)]
         if item.outs:
             lines.append("    outs:")

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def stage_key(stage: str, params: Params, root: Path) -> str:
     digest.update(str(catalog.root).encode())
     for variable in dag.stage(stage).services:
         digest.update(f"{variable}={os.environ.get(variable, '')}".encode())
-    for relative in dag.deps(stage, catalog.root):
+    for relative in dag.deps(stage, catalog.root, params.user_modules):
         digest.update(relative.encode())
         digest.update(tree_digest(catalog.path(relative)).encode())
     return f"{stage}-{digest.hexdigest()}"
@@ -69,6 +70,14 @@ def recover_outputs(root: Path) -> None:
             io.recover(catalog.path(path))
 
 
+def project_importable(root: Path) -> None:
+    """Let the user's model classes (`package.module:ClassName`) import from the project root,
+    as they would in a script run there."""
+    folder = str(Path(root).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None = None,
               threads: int | None = None) -> dict[str, Any]:
     """Run one stage function (the same one `shrinkflow stage NAME` and dvc.yaml call), then
@@ -78,6 +87,7 @@ def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None 
     key = stage_key(stage, params, Path(root))
     stamp = Catalog.at(root).stamp_file(stage)
     stamp.unlink(missing_ok=True)  # from here until the end the outputs match no key
+    project_importable(root)
     module, function = dag.stage(stage).function.split(":")
     run = getattr(importlib.import_module(module), function)
     if threads is None:

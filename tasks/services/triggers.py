@@ -121,7 +121,8 @@ def fingerprint(root: Path, overlays: Sequence[str] = (), overrides: Sequence[st
     prints = {}
     for name, stage in dag.STAGES.items():
         digest = hashlib.sha256(params_json(name, params).encode())
-        for relative in dag.deps(name, root):  # what its cache key reads, less what stages make
+        # what its cache key reads, less what stages make
+        for relative in dag.deps(name, root, params.user_modules):
             if relative in made:
                 continue
             digest.update(f"{relative}={tree_digest(root / relative)}".encode())

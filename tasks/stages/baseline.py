@@ -64,11 +64,16 @@ class Trained:
 
 
 def _train(cfg: BaselineConfig, label: str, splits: data.Splits, spec: data.DatasetSpec,
-           on_epoch_end: Any = None) -> Trained:
-    arch = models.architecture_for(cfg.model, spec.kind, spec.input_shape, len(spec.classes))
+           root: Path, on_epoch_end: Any = None) -> Trained:
     train.seed_everything(cfg.train.seed)  # weight init is part of "same config, same model"
-    model = models.build_model(arch)
-    log.info("training %s: %s %s on %d samples", label, arch.family, arch.widths, len(splits.train))
+    arch, model = models.teacher_for_data(cfg, spec.kind, spec.input_shape, len(spec.classes),
+                                          root)
+    if cfg.train.epochs == 0:
+        log.info("%s: %s with the weights of %s as they are (train.epochs 0)", label,
+                 arch.describe(), cfg.weights)
+    else:
+        log.info("training %s: %s %s on %d samples", label, arch.describe(),
+                 f"from {cfg.weights}" if cfg.weights else "from scratch", len(splits.train))
     result = train.fit(model, splits.train, splits.val, cfg.train,
                        augment=data.Augmenter(cfg.augment, spec.kind), on_epoch_end=on_epoch_end,
                        description=f"{label} on {spec.name}")
@@ -88,11 +93,12 @@ def train_teacher(params: Params, catalog: Catalog, splits: data.Splits, spec: d
     validation. Returns the teacher, why it is the one, and the comparison's figures."""
     choice = io.read_json(catalog.search_choice_file, produced_by="search")
     if not choice["values"]:
-        return _train(params.baseline, "params.yaml", splits, spec, tracking.log_epoch), \
+        return _train(params.baseline, "params.yaml", splits, spec, catalog.root,
+                      tracking.log_epoch), \
             choice["reason"], {}
-    finalists = [_train(params.baseline, "params.yaml", splits, spec),
+    finalists = [_train(params.baseline, "params.yaml", splits, spec, catalog.root),
                  _train(space.apply(params.baseline, choice["values"]),
-                        f"search trial {choice['trial']}", splits, spec)]
+                        f"search trial {choice['trial']}", splits, spec, catalog.root)]
     found = [_figures(trained, splits) for trained in finalists]
     winner = choose.smallest_near_best(found, params.search.within_se, incumbent=0)
     verdict = "holds at the full budget" if winner else \

@@ -113,7 +113,7 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
                 arch, student = build_student(model_cfg, spec.kind, spec.input_shape,
                                               len(spec.classes))
                 augment = data.Augmenter(params.baseline.augment, spec.kind)
-                log.info("training %s %s %s (seed %d)", name, arch.family, arch.widths, seed)
+                log.info("training %s %s (seed %d)", name, arch.describe(), seed)
                 kd = method != "scratch"
                 with tracking.candidate_run(name, {"method": method, "student": student_name,
                                                    "seed": seed},

@@ -107,6 +107,19 @@ def _log_trials(opened: Any, cfg: SearchConfig) -> None:
             studies.log_trial(trial, cfg.objectives)
 
 
+def why_skipped(params: Params) -> str | None:
+    """Why no study runs (None: it does). It explores the built-in families' sizes and the
+    training from scratch: a team's own network, or given weights, keep params.yaml's config."""
+    if not params.search.enabled:
+        return "search.enabled is false"
+    if not params.baseline.model.is_builtin:
+        return (f"baseline.model.family is {params.baseline.model.family}: the search explores "
+                "the sizes of the built-in mlp and cnn, so params.yaml's config is the teacher")
+    if params.baseline.weights is not None:
+        return "baseline.weights are given: the teacher starts from them, as params.yaml says"
+    return None
+
+
 def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Run (or resume) the study, choose the baseline's config; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.search
@@ -114,8 +127,9 @@ def run_search(params: Params, root: Path, parent_run_id: str | None = None) -> 
         meta = io.read_json(catalog.dataset_file(), produced_by="prepare")
         dataset = meta["spec"]["name"]
         opened, metrics = None, {}
-        choice: dict[str, Any] = {"values": {}, "reason": "search.enabled is false", "trial": None}
-        if cfg.enabled:
+        skipped = why_skipped(params)
+        choice: dict[str, Any] = {"values": {}, "reason": skipped or "", "trial": None}
+        if skipped is None:
             url = studies.storage_url(cfg, catalog)
             name = study_name(cfg, params.baseline, dataset, meta["raw_md5"])
             log.info("search study %s in %s: %d trials, sampler %s, pruner %s", name,

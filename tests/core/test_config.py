@@ -176,7 +176,7 @@ def test_load_params__unknown_nested_key_fails_naming_the_dotted_key():
     [
         ("prepare.val_fraction=1.5", "prepare.val_fraction"),
         ("prepare.test_fraction=0", "prepare.test_fraction"),
-        ("baseline.train.epochs=0", "baseline.train.epochs"),
+        ("baseline.train.epochs=-1", "baseline.train.epochs"),
         ("prepare.source=nope", "prepare.source"),
         ("baseline.train.device=tpu", "baseline.train.device"),
         ("baseline.model.dropout=1.0", "baseline.model.dropout"),
@@ -197,7 +197,7 @@ def test_load_params__bad_value_fails_naming_the_key_and_the_value(assignment: s
 
 def test_load_params__reports_every_bad_key_at_once():
     # given two independent mistakes
-    overrides = ["baseline.train.epochs=0", "measure.threads=0"]
+    overrides = ["baseline.train.epochs=-1", "measure.threads=0"]
     # when / then one error lists both, so the user fixes them in one go
     with pytest.raises(ConfigError) as caught:
         load_params(PARAMS, overrides=overrides)

@@ -33,6 +33,30 @@ def test_check__unknown_key_exits_2_naming_it(project, monkeypatch):
     assert "baseline.train.lrate" in result.output
 
 
+def test_check__builds_a_teams_own_network_on_the_data_and_names_what_does_not_fit(
+        project, monkeypatch):
+    # given: the team's residual network, in a module of the project
+    (project / "team_nets.py").write_text((REPO / "tests" / "core" / "nets.py").read_text())
+    monkeypatch.chdir(project)
+    custom = ["--set", "baseline.model.family=custom",
+              "--set", "baseline.model.class_path=team_nets:ResidualNet"]
+    # when: its init_args fit the digits' one channel
+    fits = runner.invoke(app, ["check", *custom, "--set",
+                               "baseline.model.init_args={in_channels: 1, n_classes: 10}"])
+    # then
+    assert fits.exit_code == 0, fits.output
+    assert "checked: baseline.model: team_nets:ResidualNet maps digits's inputs (1, 8, 8) to 10 " \
+           "classes" in fits.output
+    # when: they do not (3 channels), or a torchvision name is misspelt
+    for wrong, said in ((custom, "expected input[2, 1, 8, 8] to have 3 channels"),
+                        (["--set", "baseline.model.family=torchvision",
+                          "--set", "baseline.model.arch=mobilenet_v3_smal"],
+                         "did you mean mobilenet_v3_small")):
+        result = runner.invoke(app, ["check", *wrong])
+        assert result.exit_code == 1 and said in result.output, result.output
+        assert "Traceback" not in result.output
+
+
 def test_stage__unknown_name_exits_2_listing_stages(project, monkeypatch):
     monkeypatch.chdir(project)
     result = runner.invoke(app, ["stage", "train"])

@@ -136,3 +136,23 @@ def test_dependencies_are_derived_from_what_the_stages_read():
     order = list(dag.STAGES)
     assert all(order.index(other) < order.index(name)
                for name in dag.STAGES for other in dag.upstream(name))
+
+
+def test_a_users_model_code_is_a_dep_of_the_stages_that_build_networks(project):
+    # given: the user's own package, whose model module imports a sibling
+    package = project / "nets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("import torch\nfrom nets.blocks import Block\n")
+    (package / "blocks.py").write_text("Block = None\n")
+    params = load_params(project / "params.yaml", overrides=[
+        "baseline.model.family=custom", "baseline.model.class_path=nets.model:Net"])
+    assert params.user_modules == ("nets.model",)
+    # then: both files are deps of the stages that build networks, in the cache key and dvc.yaml
+    users = {name for name in dag.STAGES
+             if "nets/blocks.py" in dag.deps(name, project, params.user_modules)}
+    assert users == set(dag.STAGES) - {"prepare", "search"}
+    assert "      - nets/model.py" in dag.dvc_yaml(project, params.user_modules)
+    before = stage_key("baseline", params, project)
+    (package / "blocks.py").write_text("Block = 1\n")
+    assert stage_key("baseline", params, project) != before

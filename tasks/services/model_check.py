@@ -1,0 +1,57 @@
+"""What `shrinkflow check` says of a team's own networks, before anything runs.
+
+A custom or torchvision teacher or student is built and run on a batch of the data's inputs, and
+`baseline.weights` are loaded into the teacher; a misfit is a `ModelError` naming the key. The
+data's shape is a built-in source's, or, for a table, the one `prepare` wrote for it (a table's
+encoded width is known only once it is prepared: until then the classes are only imported).
+Nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shrinkflow import data, models, user_models
+from shrinkflow.config import Params
+from tasks.services import io
+from tasks.services.catalog import Catalog
+from tasks.services.runner import project_importable
+
+
+def _data_spec(params: Params, root: Path) -> data.DatasetSpec | None:
+    if params.prepare.source != "csv":
+        return data.builtin_table(params.prepare)[1]
+    found = Catalog.at(root).dataset_file()
+    meta = io.read_json(found) if found.is_file() else None
+    if meta is None or meta["spec"]["name"] != Path(params.prepare.csv.path or "").stem:
+        return None
+    return data.DatasetSpec.from_dict(meta["spec"])
+
+
+def _student_key(name: str) -> str:
+    return "distill.student" if name == "student" else f"distill.extra_students.{name}"
+
+
+def check_models(params: Params, root: Path) -> list[str]:
+    """A line per network checked (none when params name only built-in ones, without weights)."""
+    project_importable(root)
+    students = {_student_key(name): config
+                for name, config in params.distill.students().items() if not config.is_builtin}
+    teacher = params.baseline
+    if teacher.model.is_builtin and teacher.weights is None and not students:
+        return []
+    spec = _data_spec(params, root)
+    if spec is None:
+        for config in [teacher.model, *students.values()]:
+            if config.class_path:
+                user_models.import_class(config.class_path)
+        return ["the classes import; their outputs and weights are checked against the table "
+                "once `shrinkflow stage prepare` has read it"]
+    shape, classes = f"{spec.name}'s inputs {spec.input_shape}", len(spec.classes)
+    arch, _ = models.teacher_for_data(teacher, spec.kind, spec.input_shape, classes, root)
+    said = [f"baseline.model: {arch.describe()} maps {shape} to {classes} classes"
+            + (f"; the weights {teacher.weights} fit it" if teacher.weights else "")]
+    for key, config in students.items():
+        arch, _ = models.build_for_data(config, spec.kind, spec.input_shape, classes, key)
+        said.append(f"{key}: {arch.describe()} maps {shape} to {classes} classes")
+    return said

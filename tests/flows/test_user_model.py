@@ -1,0 +1,67 @@
+"""A team's own network as the teacher: its class (a residual CNN) or a torchvision network
+(depth-wise), through every stage; and its trained weights used as they are.
+
+Integration test (slow: a pipeline per network): every stage runs on the TINY params, in a project
+holding the team's module; structured pruning must keep the residual and depth-wise networks
+valid, and a teacher given back its own weights with 0 epochs must score what it scored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shrinkflow.config import load_params
+from tasks.services.dag import STAGES
+from tasks.services.runner import run_stage
+from tests.conftest import REPO, TINY, copy_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+NETWORKS = {
+    "custom-residual": ["baseline.model.family=custom",
+                        "baseline.model.class_path=team_nets:ResidualNet",
+                        "baseline.model.init_args={in_channels: 1, n_classes: 10}"],
+    "torchvision-mobilenet": ["baseline.model.family=torchvision",
+                              "baseline.model.arch=mobilenet_v3_small"],
+}
+
+
+def _compared(project: Path) -> dict:
+    return json.loads((project / "reports" / "compare" / "candidates.json").read_text())
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def ran(request, tmp_path_factory) -> tuple[Path, list[str]]:
+    """Every stage on digits with the team's network as the teacher."""
+    project = copy_project(tmp_path_factory.mktemp(request.param) / "project")
+    (project / "team_nets.py").write_text((REPO / "tests" / "core" / "nets.py").read_text())
+    overrides = [*TINY, *NETWORKS[request.param], f"deploy.registered_model={request.param}"]
+    params = load_params(project / "params.yaml", overrides=overrides)
+    for stage in STAGES:
+        run_stage(stage, params, project)
+    return project, overrides
+
+
+def test_every_stage_compressed_the_teams_network(ran):
+    project, _ = ran
+    candidates = _compared(project)["candidates"]
+    teacher, pruned = candidates["baseline-fp32"], candidates["structured-50"]
+    assert pruned["params_count"] < 0.5 * teacher["params_count"], "pruning removed channels"
+    kinds = {row["kind"] for row in candidates.values()}
+    assert {"pruned", "distilled", "quantized"} <= kinds, kinds
+    search = json.loads((project / "models" / "search" / "choice.json").read_text())
+    assert "the search explores the sizes of the built-in mlp and cnn" in search["reason"]
+    assert json.loads((project / "models" / "deploy" / "deploy.json").read_text())["candidate"]
+
+
+def test_its_own_weights_with_zero_epochs_score_what_it_scored(ran):
+    project, overrides = ran
+    before = json.loads((project / "metrics" / "baseline.json").read_text())
+    shutil.copy(project / "models" / "baseline" / "model.pt", project / "data" / "external" / "teacher.pt")
+    params = load_params(project / "params.yaml", overrides=[
+        *overrides, "baseline.weights=data/external/teacher.pt", "baseline.train.epochs=0"])
+    run_stage("baseline", params, project)
+    after = json.loads((project / "metrics" / "baseline.json").read_text())
+    assert (after["val_accuracy"], after["accuracy"]) == (before["val_accuracy"], before["accuracy"])
