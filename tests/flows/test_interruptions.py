@@ -1,4 +1,7 @@
-"""A run that is killed, or started twice, loses nothing: `shrinkflow run` as a user runs it."""
+"""A run that is killed, or started twice, loses nothing: `shrinkflow run` as a user runs it.
+
+Two whole runs (one killed half-way) and a third from the cache: in `make test-slow` (which CI
+runs), not in `make test`."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from tasks.services.tracking import PROJECT_TAG
 from tests.conftest import copy_project
 from tests.flows.conftest import command_env, mlflow_client, pipeline, tiny_params_file
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KILL_DEADLINE_S = 300
 
 

@@ -2,9 +2,8 @@
 inputs and none for one that does not; a cron deployment on a real Prefect server is run by a
 process worker and tagged `schedule`. Every run says what started it.
 
-The module's Prefect server, its cron deployment and the worker serving it start before the first
-test, so the scheduler's wait for the next minute passes while the commit test runs (whose hook
-run reports to the same server)."""
+Both report to the module's own Prefect server. The cron test waits for the next minute and a
+whole run, so it is in `make test-slow` (which CI runs), not in `make test`."""
 
 from __future__ import annotations
 
@@ -51,19 +50,19 @@ def finished_run(filter_string: str, timeout: float, log: Path | None = None):
     raise AssertionError(f"no finished run for {filter_string} in {timeout:.0f} s\n{tail}")
 
 
-def test_a_commit_starts_a_tagged_run_only_when_it_changes_an_input(scheduled, dvc_project):
+def test_a_commit_starts_a_tagged_run_only_when_it_changes_an_input(api, dvc_project):
     mlflow_client().search_experiments()  # the store exists before the hook's run opens it
     assert run([SHRINKFLOW, "hooks", "install", *QUICK], dvc_project).returncode == 0
     (dvc_project / "README.md").write_text("# notes\n")
     run(["git", "add", "README.md"], dvc_project)
     # when: a commit of the README only
-    said = commit_all(dvc_project, "docs", PREFECT_API_URL=scheduled["api"])
+    said = commit_all(dvc_project, "docs", PREFECT_API_URL=api)
     # then: no run, and the hook says why
     assert "changes no pipeline input" in said and not (dvc_project / ".shrinkflow/runs").exists()
     # when: a commit of a param
     params = dvc_project / "params.yaml"
     params.write_text(params.read_text().replace("patience: 15", "patience: 14"))
-    said = commit_all(dvc_project, "patience", PREFECT_API_URL=scheduled["api"])
+    said = commit_all(dvc_project, "patience", PREFECT_API_URL=api)
     # then: a run in the background, tagged with the commit, says so in its name
     sha = run(["git", "rev-parse", "HEAD"], dvc_project).stdout.strip()
     assert "pipeline run started in the background" in said, said
@@ -118,36 +117,43 @@ def prefect_server(home: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def scheduled(tmp_path_factory) -> Iterator[dict]:
-    """A Prefect server, the pipeline of a DVC project deployed on it every minute on a process
-    work pool, and a worker serving the pool (its output in `log`)."""
+def api(tmp_path_factory) -> Iterator[str]:
+    """The module's Prefect server: its API."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def scheduled(api, tmp_path_factory) -> Iterator[dict]:
+    """The pipeline of a DVC project deployed on the module's Prefect server every minute on a
+    process work pool, and a worker serving the pool (its output in `log`)."""
     folder = tmp_path_factory.mktemp("scheduled")
     project = make_dvc_project(folder / "project")
-    with prefect_server(folder / "prefect-server") as api:
-        env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(project / ".prefect"),
-               "PREFECT_WORKER_QUERY_SECONDS": "2"}
-        made = run([PREFECT, "work-pool", "create", "shrinkflow", "--type", "process"], project,
-                   **env)
-        assert made.returncode == 0, made.stderr
-        made = run([SHRINKFLOW, "schedule", "--cron", "* * * * *", "--pool", "shrinkflow",
-                    *QUICK], project, **env)
-        assert made.returncode == 0, made.stderr
-        log = folder / "worker.log"
-        with log.open("w") as output:
-            worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "shrinkflow"],
-                                      cwd=project, env=command_env(**env), stdout=output,
-                                      stderr=subprocess.STDOUT)
-        try:
-            yield {"api": api, "log": log}
-        finally:
-            worker.terminate()
-            try:  # a worker stops once its flow run ends: the next minute's may have started
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=60)
+    env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(project / ".prefect"),
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    made = run([PREFECT, "work-pool", "create", "shrinkflow", "--type", "process"], project,
+               **env)
+    assert made.returncode == 0, made.stderr
+    made = run([SHRINKFLOW, "schedule", "--cron", "* * * * *", "--pool", "shrinkflow",
+                *QUICK], project, **env)
+    assert made.returncode == 0, made.stderr
+    log = folder / "worker.log"
+    with log.open("w") as output:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "shrinkflow"],
+                                  cwd=project, env=command_env(**env), stdout=output,
+                                  stderr=subprocess.STDOUT)
+    try:
+        yield {"api": api, "log": log}
+    finally:
+        worker.terminate()
+        try:  # a worker stops once its flow run ends: the next minute's may have started
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=60)
 
 
+@pytest.mark.slow  # waits for the next minute, then a whole run: make test-slow
 def test_a_cron_deployment_is_run_by_a_worker_and_tagged_schedule(scheduled):
     # given: the pipeline scheduled every minute on a pool that a worker serves (the fixture)
     # then: the scheduler's run completes, tagged `schedule` in Prefect and in MLflow
