@@ -683,7 +683,9 @@ def _format_errors(error: ValidationError, origin: str) -> str:
 # before instead of merging into it: a search space or a set of students given again is the new
 # one (merging would keep every entry of the old one, with no way to drop one);
 # `--set search.space.train.lr=...` still changes one entry
-REPLACED_WHOLE = frozenset({"search.space", "distill.extra_students"})
+# a class's keyword arguments are one unit: an overlay's replace params.yaml's, key by key never
+REPLACED_WHOLE = frozenset({"search.space", "distill.extra_students", "baseline.model.init_args",
+                            "distill.student.init_args"})
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any],

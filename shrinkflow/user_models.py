@@ -34,6 +34,7 @@ from torch import nn
 from shrinkflow.errors import UserError
 
 SMALL_IMAGE = 64  # pixels: below this a torchvision network's stem keeps the resolution
+_DECLARED: list[torch.library.Library] = []  # see _torchvision_models
 
 
 class ModelError(UserError, ValueError):
@@ -82,10 +83,10 @@ def _torchvision_models() -> Any:
     except RuntimeError as error:
         if "torchvision::nms" not in str(error):
             raise
-        declared = torch.library.Library("torchvision", "DEF")  # kept: the schemas live with it
+        declared = torch.library.Library("torchvision", "DEF")
         for name in ("nms", "qnms"):
             declared.define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _torchvision_models.declared = declared  # type: ignore[attr-defined]
+        _DECLARED.append(declared)  # the schemas live as long as their library object
         import torchvision.models as found
     return found
 
@@ -186,7 +187,8 @@ _SHAPE_TYPES = (int, bool, tuple)  # the attributes a pruned layer's shape lives
 
 def _shape_attributes(module: nn.Module) -> dict[str, Any]:
     return {name: value for name, value in vars(module).items()
-            if not name.startswith("_") and isinstance(value, _SHAPE_TYPES)}
+            if not name.startswith("_") and name != "training"
+            and isinstance(value, _SHAPE_TYPES)}
 
 
 def resized_attributes(fresh: nn.Module, pruned: nn.Module) -> dict[str, dict[str, Any]]:
