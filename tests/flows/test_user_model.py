@@ -22,7 +22,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NETWORKS = {
     "custom-residual": ["baseline.model.family=custom",
                         "baseline.model.class_path=team_nets:ResidualNet",
-                        "baseline.model.init_args={in_channels: 1, n_classes: 10}"],
+                        "baseline.model.init_args={in_channels: 1, n_classes: 10}",
+                        # and a student of the team's own class, narrower
+                        "distill.student.family=custom",
+                        "distill.student.class_path=team_nets:ResidualNet",
+                        "distill.student.init_args={in_channels: 1, n_classes: 10, width: 4}"],
     "torchvision-mobilenet": ["baseline.model.family=torchvision",
                               "baseline.model.arch=mobilenet_v3_small"],
 }
@@ -45,12 +49,16 @@ def ran(request, tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def test_every_stage_compressed_the_teams_network(ran):
-    project, _ = ran
+    project, overrides = ran
     candidates = _compared(project)["candidates"]
     teacher, pruned = candidates["baseline-fp32"], candidates["structured-50"]
     assert pruned["params_count"] < 0.5 * teacher["params_count"], "pruning removed channels"
     kinds = {row["kind"] for row in candidates.values()}
     assert {"pruned", "distilled", "quantized"} <= kinds, kinds
+    student = json.loads((project / "models" / "distilled" / "student-kd" / "architecture.json")
+                         .read_text())
+    assert student["family"] == ("custom" if "distill.student.family=custom" in overrides
+                                 else "cnn"), student
     search = json.loads((project / "models" / "search" / "choice.json").read_text())
     assert "the search explores the sizes of the built-in mlp and cnn" in search["reason"]
     assert json.loads((project / "models" / "deploy" / "deploy.json").read_text())["candidate"]
