@@ -34,12 +34,13 @@ def _student_key(name: str) -> str:
 
 def check_models(params: Params, root: Path) -> list[str]:
     """A line per network checked (none when params name only built-in ones, without weights)."""
-    project_importable(root)
     students = {_student_key(name): config
                 for name, config in params.distill.students().items() if not config.is_builtin}
     teacher = params.baseline
     if teacher.model.is_builtin and teacher.weights is None and not students:
         return []
+    if params.user_modules:
+        project_importable(root)
     spec = _data_spec(params, root)
     if spec is None:
         for config in [teacher.model, *students.values()]:

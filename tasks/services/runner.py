@@ -87,7 +87,8 @@ def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None 
     key = stage_key(stage, params, Path(root))
     stamp = Catalog.at(root).stamp_file(stage)
     stamp.unlink(missing_ok=True)  # from here until the end the outputs match no key
-    project_importable(root)
+    if params.user_modules:
+        project_importable(root)
     module, function = dag.stage(stage).function.split(":")
     run = getattr(importlib.import_module(module), function)
     if threads is None:
