@@ -145,15 +145,17 @@ class CNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-def build_model(arch: Architecture) -> nn.Module:
-    """A freshly initialised model of `arch` (before any pruning it records)."""
+def build_model(arch: Architecture, key: str = "baseline.model") -> nn.Module:
+    """A freshly initialised model of `arch` (before any pruning it records); errors in a
+    custom or torchvision network's settings name `key`."""
     if arch.family == "mlp":
         return MLP(arch)
     if arch.family == "cnn":
         return CNN(arch)
     if arch.family == "custom":
-        return user_models.build_custom(arch.class_path or "", arch.init_args)
-    return user_models.build_torchvision(arch.arch or "", arch.input_shape, arch.n_classes)
+        return user_models.build_custom(arch.class_path or "", arch.init_args, key)
+    return user_models.build_torchvision(arch.arch or "", arch.input_shape, arch.n_classes,
+                                         f"{key}.arch")
 
 
 def build_for_data(cfg: ModelConfig, kind: str, input_shape: tuple[int, ...], n_classes: int,
@@ -162,7 +164,7 @@ def build_for_data(cfg: ModelConfig, kind: str, input_shape: tuple[int, ...], n_
     on a batch of the data's inputs, so a misfit is told (naming `key`) before any training.
     Initialisation draws from torch's global RNG: seed it first for a reproducible model."""
     arch = architecture_for(cfg, kind, input_shape, n_classes)
-    model = build_model(arch)
+    model = build_model(arch, key)
     if not arch.is_builtin:
         user_models.check_outputs(model, tuple(input_shape), n_classes,
                                   f"{key} ({arch.class_path or arch.arch})")

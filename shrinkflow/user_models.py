@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,18 +48,15 @@ def import_class(class_path: str, key: str = "baseline.model.class_path") -> typ
     except ImportError as error:
         raise ModelError(f"{key}: cannot import {module_name!r} (it must be importable from the "
                          f"project root): {error}") from None
+    except Exception as error:  # noqa: BLE001  (the user's module fails as it runs)
+        raise ModelError(f"{key}: importing {module_name!r} fails: {type(error).__name__}: "
+                         f"{error}") from None
     found = getattr(module, class_name, None)
     if found is None:
         raise ModelError(f"{key}: {module_name!r} ({module.__file__}) has no {class_name!r}")
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         raise ModelError(f"{key}: {class_path} is not a torch.nn.Module subclass")
     return found
-
-
-def module_source(class_path: str) -> Path | None:
-    """The file defining the module of `class_path`, when it can be found without importing it."""
-    spec = importlib.util.find_spec(class_path.partition(":")[0])
-    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def build_custom(class_path: str, init_args: Mapping[str, Any],
@@ -91,8 +87,9 @@ def _torchvision_models() -> Any:
     return found
 
 
-def torchvision_names() -> list[str]:
-    return sorted(_torchvision_models().list_models(module=_torchvision_models()))
+def _torchvision_names() -> list[str]:
+    zoo = _torchvision_models()
+    return sorted(zoo.list_models(module=zoo))
 
 
 def build_torchvision(arch: str, input_shape: tuple[int, ...], n_classes: int,
@@ -102,7 +99,7 @@ def build_torchvision(arch: str, input_shape: tuple[int, ...], n_classes: int,
         raise ModelError(f"{key}: torchvision networks take images (C, H, W); the data's inputs "
                          f"have shape {tuple(input_shape)}")
     zoo = _torchvision_models()
-    names = torchvision_names()
+    names = _torchvision_names()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=3)
         raise ModelError(f"{key}: {arch!r} is not a torchvision classification network"

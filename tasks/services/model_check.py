@@ -43,9 +43,9 @@ def check_models(params: Params, root: Path) -> list[str]:
         project_importable(root)
     spec = _data_spec(params, root)
     if spec is None:
-        for config in [teacher.model, *students.values()]:
+        for key, config in {"baseline.model": teacher.model, **students}.items():
             if config.class_path:
-                user_models.import_class(config.class_path)
+                user_models.import_class(config.class_path, f"{key}.class_path")
         return ["the classes import; their outputs and weights are checked against the table "
                 "once `shrinkflow stage prepare` has read it"]
     shape, classes = f"{spec.name}'s inputs {spec.input_shape}", len(spec.classes)

@@ -14,7 +14,7 @@ from torch import nn
 
 from shrinkflow.config import BaselineConfig, ModelConfig, StructuredPruneConfig, TrainConfig
 from shrinkflow.data import Split
-from shrinkflow.models import Architecture, architecture_for, build_model, load_model
+from shrinkflow.models import Architecture, architecture_for, build_for_data, build_model, load_model
 from shrinkflow.prune.structured import architecture_of, prune_structured
 from shrinkflow.train import fit
 from shrinkflow.user_models import (
@@ -65,6 +65,19 @@ def test_a_class_path_that_does_not_name_a_module_class_is_refused_naming_it(pat
     with pytest.raises(ModelError, match=said) as caught:
         import_class(path)
     assert "baseline.model.class_path" in str(caught.value)
+
+
+def test_a_module_that_fails_as_it_runs_is_named(tmp_path: Path, monkeypatch):
+    (tmp_path / "broken_nets.py").write_text("import torch\nraise NameError('width')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match="importing 'broken_nets' fails: NameError: width"):
+        import_class("broken_nets:Net")
+
+
+def test_a_students_error_names_its_key():
+    student = ModelConfig(family="custom", class_path=RESIDUAL, init_args={"depth": 2})
+    with pytest.raises(ModelError, match=r"^distill.student.init_args"):
+        build_for_data(student, "image", (1, 8, 8), 10, "distill.student")
 
 
 def test_init_args_that_do_not_fit_the_class_are_named():
