@@ -157,10 +157,12 @@ def dvc_yaml(check_only: Annotated[bool, typer.Option(
     from tasks.services.dag import dvc_yaml as render
 
     target = Path.cwd() / "dvc.yaml"
-    # the user's model modules, from params.yaml, are deps of the stages that build networks
-    params = Path.cwd() / "params.yaml"
-    modules = _setup(params, None, None).user_modules if params.is_file() else ()
-    text = render(Path.cwd().resolve(), modules)
+    # the user's model modules and weights, from params.yaml, are deps of the stages that build
+    # networks
+    path = Path.cwd() / "params.yaml"
+    params = _setup(path, None, None) if path.is_file() else None
+    text = render(Path.cwd().resolve(), *((params.user_modules, params.user_files) if params
+                                          else ()))
     if check_only:
         if not target.is_file() or target.read_text() != text:
             typer.secho("dvc.yaml is out of date: run `shrinkflow dvc-yaml`", fg="red", err=True)

@@ -664,6 +664,12 @@ class Params(_Section):
         return tuple(sorted({config.class_path.partition(":")[0] for config in configs
                              if config.class_path}))
 
+    @property
+    def user_files(self) -> tuple[str, ...]:
+        """The files of the user's own model these params name (baseline.weights), relative to
+        the project root: data the stages that build networks depend on."""
+        return (self.baseline.weights,) if self.baseline.weights else ()
+
 
 # ---------------------------------------------------------------------------------------------
 # loading

@@ -369,11 +369,12 @@ def builds_models(name: str) -> bool:
     return name == "baseline" or "baseline" in _before(name)
 
 
-def deps(name: str, root: Path = ROOT, user_modules: Sequence[str] = ()) -> tuple[str, ...]:
+def deps(name: str, root: Path = ROOT, user_modules: Sequence[str] = (),
+         user_files: Sequence[str] = ()) -> tuple[str, ...]:
     """Everything stage `name` computes from besides params: its data inputs, its code and, when
     it builds networks, the user's model code (`user_modules`: the modules of the class paths
-    params name)."""
-    user = user_code(user_modules, root) if builds_models(name) else ()
+    params name) and files (`user_files`: the teacher's weights), relative to `root`."""
+    user = (*user_code(user_modules, root), *user_files) if builds_models(name) else ()
     return (*stage(name).inputs, *code_deps(name, root), *user)
 
 
@@ -393,12 +394,13 @@ def _uncached(path: str) -> list[str]:
     return [f"      - {path}:", "          cache: false"]
 
 
-def dvc_yaml(root: Path = ROOT, user_modules: Sequence[str] = ()) -> str:
-    """The text of dvc.yaml for `STAGES` (and the user's model modules, see `deps`)."""
+def dvc_yaml(root: Path = ROOT, user_modules: Sequence[str] = (),
+             user_files: Sequence[str] = ()) -> str:
+    """The text of dvc.yaml for `STAGES` (and the user's model modules and files, see `deps`)."""
     lines = [DVC_YAML_HEADER.rstrip("\n"), "stages:"]
     for item in STAGES.values():
         lines += [f"  {item.name}:", f"    cmd: shrinkflow stage {item.name}", "    deps:"]
-        lines += [f"      - {path}" for path in deps(item.name, root, user_modules)]
+        lines += [f"      - {path}" for path in deps(item.name, root, user_modules, user_files)]
         lines += ["    params:", *(f"      - {key}" for key in item.params)]
         if item.outs:
             lines.append("    outs:")

@@ -48,7 +48,7 @@ def stage_key(stage: str, params: Params, root: Path) -> str:
     digest.update(str(catalog.root).encode())
     for variable in dag.stage(stage).services:
         digest.update(f"{variable}={os.environ.get(variable, '')}".encode())
-    for relative in dag.deps(stage, catalog.root, params.user_modules):
+    for relative in dag.deps(stage, catalog.root, params.user_modules, params.user_files):
         digest.update(relative.encode())
         digest.update(tree_digest(catalog.path(relative)).encode())
     return f"{stage}-{digest.hexdigest()}"

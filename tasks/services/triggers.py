@@ -122,7 +122,7 @@ def fingerprint(root: Path, overlays: Sequence[str] = (), overrides: Sequence[st
     for name, stage in dag.STAGES.items():
         digest = hashlib.sha256(params_json(name, params).encode())
         # what its cache key reads, less what stages make
-        for relative in dag.deps(name, root, params.user_modules):
+        for relative in dag.deps(name, root, params.user_modules, params.user_files):
             if relative in made:
                 continue
             digest.update(f"{relative}={tree_digest(root / relative)}".encode())

@@ -156,3 +156,17 @@ def test_a_users_model_code_is_a_dep_of_the_stages_that_build_networks(project):
     before = stage_key("baseline", params, project)
     (package / "blocks.py").write_text("Block = 1\n")
     assert stage_key("baseline", params, project) != before
+
+
+def test_the_teachers_weights_are_a_dep_of_the_stages_that_build_networks(project):
+    weights = project / "teacher.pt"  # outside data/external, which prepare reads whole
+    weights.write_bytes(b"first")
+    params = load_params(project / "params.yaml", overrides=[
+        "baseline.weights=teacher.pt", "baseline.train.epochs=0"])
+    before = {name: stage_key(name, params, project) for name in ("prepare", "baseline")}
+    # when: the file changes under the same name
+    weights.write_bytes(b"second")
+    # then: the baseline (and what follows it) runs again, prepare does not
+    assert stage_key("baseline", params, project) != before["baseline"]
+    assert stage_key("prepare", params, project) == before["prepare"]
+    assert "      - teacher.pt" in dag.dvc_yaml(project, (), params.user_files)
