@@ -15,7 +15,7 @@ from shrinkflow import data, models, user_models
 from shrinkflow.config import Params
 from tasks.services import io
 from tasks.services.catalog import Catalog
-from tasks.services.runner import project_importable
+from tasks.services.runner import user_code_importable
 
 
 def _data_spec(params: Params, root: Path) -> data.DatasetSpec | None:
@@ -39,8 +39,7 @@ def check_models(params: Params, root: Path) -> list[str]:
     teacher = params.baseline
     if teacher.model.is_builtin and teacher.weights is None and not students:
         return []
-    if params.user_modules:
-        project_importable(root)
+    user_code_importable(params, root)
     spec = _data_spec(params, root)
     if spec is None:
         for key, config in {"baseline.model": teacher.model, **students}.items():

@@ -70,11 +70,12 @@ def recover_outputs(root: Path) -> None:
             io.recover(catalog.path(path))
 
 
-def project_importable(root: Path) -> None:
-    """Let the user's model classes (`package.module:ClassName`) import from the project root,
-    as they would in a script run there."""
+def user_code_importable(params: Params, root: Path) -> None:
+    """Let the user's model classes (`package.module:ClassName`) that `params` name import from
+    the project root, as they would in a script run there (a process building networks calls
+    this: a stage, a search worker, `shrinkflow check`)."""
     folder = str(Path(root).resolve())
-    if folder not in sys.path:
+    if params.user_modules and folder not in sys.path:
         sys.path.insert(0, folder)
 
 
@@ -87,8 +88,7 @@ def run_stage(stage: str, params: Params, root: Path, parent_run_id: str | None 
     key = stage_key(stage, params, Path(root))
     stamp = Catalog.at(root).stamp_file(stage)
     stamp.unlink(missing_ok=True)  # from here until the end the outputs match no key
-    if params.user_modules:
-        project_importable(root)
+    user_code_importable(params, root)
     module, function = dag.stage(stage).function.split(":")
     run = getattr(importlib.import_module(module), function)
     if threads is None:

@@ -34,6 +34,7 @@ from shrinkflow.config import Params
 from tasks.services import io, studies, tracking
 from tasks.services.candidates import Candidate, headline, load_torch, report_candidate, write_manifest
 from tasks.services.catalog import Catalog, file_md5
+from tasks.services.runner import user_code_importable
 
 log = logging.getLogger("shrinkflow.recipes")
 
@@ -65,6 +66,7 @@ def run_recipe_trials(root: Path, params: Params, url: str, name: str,
     from shrinkflow.search import recipe, study
 
     catalog, cfg = Catalog.at(root), params.search
+    user_code_importable(params, root)  # a Dask worker's own process
     splits, spec, _ = io.load_processed(catalog)
     arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
     recipe_data = recipe.RecipeData(splits.train, splits.val, io.load_unlabeled(catalog),
