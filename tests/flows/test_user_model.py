@@ -26,7 +26,10 @@ NETWORKS = {
                         # and a student of the team's own class, narrower
                         "distill.student.family=custom",
                         "distill.student.class_path=team_nets:ResidualNet",
-                        "distill.student.init_args={in_channels: 1, n_classes: 10, width: 4}"],
+                        "distill.student.init_args={in_channels: 1, n_classes: 10, width: 4}",
+                        # and recipes that prune and distill it
+                        "search.compression.enabled=true", "search.compression.trials=3",
+                        "search.compression.epochs=1", "search.compression.steps=1"],
     "torchvision-mobilenet": ["baseline.model.family=torchvision",
                               "baseline.model.arch=mobilenet_v3_small"],
 }
@@ -54,7 +57,8 @@ def test_every_stage_compressed_the_teams_network(ran):
     teacher, pruned = candidates["baseline-fp32"], candidates["structured-50"]
     assert pruned["params_count"] < 0.5 * teacher["params_count"], "pruning removed channels"
     kinds = {row["kind"] for row in candidates.values()}
-    assert {"pruned", "distilled", "quantized"} <= kinds, kinds
+    recipes = {"searched"} if "search.compression.enabled=true" in overrides else set()
+    assert {"pruned", "distilled", "quantized", *recipes} <= kinds, kinds
     student = json.loads((project / "models" / "distilled" / "student-kd" / "architecture.json")
                          .read_text())
     assert student["family"] == ("custom" if "distill.student.family=custom" in overrides
