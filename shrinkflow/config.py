@@ -217,12 +217,19 @@ class BaselineConfig(_Section):
         None, description="a state dict (torch.save of model.state_dict(), read with "
         "weights_only=True) to start from, relative to the project root; with train.epochs 0 "
         "the teacher is these weights as they are")
+    onnx: str | None = Field(
+        None, description="an ONNX model to be the teacher as it is, relative to the project "
+        "root: float32 inputs as prepare normalizes them (batch axis dynamic), one logit per "
+        "class out; stages that need the torch graph (pruning, quantization-aware training, the "
+        "recipe search) are skipped, with the reason recorded")
     train: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _untrained_needs_weights(self) -> BaselineConfig:
-        if self.train.epochs == 0 and self.weights is None:
+        if self.onnx is not None and (self.weights is not None or not self.model.is_builtin):
+            raise ValueError("onnx is the whole teacher: leave weights and model.family unset")
+        if self.train.epochs == 0 and self.weights is None and self.onnx is None:
             raise ValueError("train.epochs 0 keeps the given weights as they are: set weights")
         return self
 
@@ -666,9 +673,9 @@ class Params(_Section):
 
     @property
     def user_files(self) -> tuple[str, ...]:
-        """The files of the user's own model these params name (baseline.weights), relative to
+        """The files of the user's own model these params name (baseline.weights, .onnx), relative to
         the project root: data the stages that build networks depend on."""
-        return (self.baseline.weights,) if self.baseline.weights else ()
+        return tuple(path for path in (self.baseline.weights, self.baseline.onnx) if path)
 
 
 # ---------------------------------------------------------------------------------------------

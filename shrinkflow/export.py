@@ -54,6 +54,26 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     return Path(path)
 
 
+def adopt_onnx(source: Path, path: Path) -> Path:
+    """A user's ONNX model written to `path` as the pipeline writes its own: its data input named
+    `input` and its first output `logits` (any other output dropped), debugging metadata
+    stripped; checked by the ONNX checker."""
+    model = onnx.load(str(source))
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    (data_input,) = [value for value in model.graph.input if value.name not in initializers]
+    renamed = {data_input.name: INPUT_NAME, model.graph.output[0].name: OUTPUT_NAME}
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+    data_input.name = INPUT_NAME
+    del model.graph.output[1:]
+    model.graph.output[0].name = OUTPUT_NAME
+    strip_metadata(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 @functools.cache
 def _translations():
     """The exporter's ATen-to-ONNX table at its default opset, as `torch.onnx.export` builds it on

@@ -222,3 +222,32 @@ def resize(model: nn.Module, resized: Mapping[str, Mapping[str, Any]],
             else:
                 owner.register_buffer(attr, empty)
     return model
+
+
+class OnnxTeacher(nn.Module):
+    """An ONNX model as a frozen teacher: ONNX Runtime answers a batch as the torch module would,
+    without parameters or gradients. Distillation and scoring take it like any teacher; nothing
+    can prune or fine-tune it."""
+
+    def __init__(self, path: Path, key: str = "baseline.onnx") -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ModelError(f"{key}: file not found: {path}")
+        try:
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001  (not ONNX, or ops ONNX Runtime lacks)
+            raise ModelError(f"{key}: ONNX Runtime cannot load {path}: {error}") from None
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or isinstance(inputs[0].shape[0], int):
+            shapes = [tuple(item.shape) for item in inputs]
+            raise ModelError(f"{key}: {path} must take one input with a dynamic batch axis, "
+                             f"as the pipeline feeds batches of any size; it takes {shapes}")
+        self.path = path
+        self._input = inputs[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.detach().cpu().numpy().astype("float32", copy=False)
+        (logits, *_) = self._session.run(None, {self._input: batch})
+        return torch.from_numpy(logits).to(x.device)

@@ -73,6 +73,26 @@ def write_manifest(folder: Path, candidates: list[Candidate]) -> None:
     io.write_json(folder / MANIFEST, [asdict(candidate) for candidate in candidates])
 
 
+ONNX_TEACHER = "the teacher is an ONNX file (baseline.onnx) and this needs its torch graph"
+
+
+def torch_teacher(catalog: Catalog) -> bool:
+    """Does the baseline have a torch model (not only a user's ONNX file)?"""
+    (baseline,) = read_manifest(catalog.baseline_dir, produced_by="baseline")
+    return baseline.torch is not None
+
+
+def load_teacher(catalog: Catalog) -> torch.nn.Module:
+    """The teacher to learn from or score: its torch model, or its ONNX file answering through
+    ONNX Runtime (`OnnxTeacher`, frozen)."""
+    from shrinkflow.user_models import OnnxTeacher
+
+    (baseline,) = read_manifest(catalog.baseline_dir, produced_by="baseline")
+    if baseline.torch is not None:
+        return load_torch(catalog.path(baseline.torch), produced_by="baseline")[1]
+    return OnnxTeacher(catalog.path(baseline.onnx))
+
+
 def read_manifest(folder: Path, produced_by: str) -> list[Candidate]:
     return [Candidate(**item) for item in io.read_json(folder / MANIFEST, produced_by)]
 

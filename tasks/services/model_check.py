@@ -1,10 +1,10 @@
 """What `shrinkflow check` says of a team's own networks, before anything runs.
 
-A custom or torchvision teacher or student is built and run on a batch of the data's inputs, and
-`baseline.weights` are loaded into the teacher; a misfit is a `ModelError` naming the key. The
-data's shape is a built-in source's, or, for a table, the one `prepare` wrote for it (a table's
-encoded width is known only once it is prepared: until then the classes are only imported).
-Nothing is written.
+A custom or torchvision teacher or student (or `baseline.onnx`) is built and run on a batch of
+the data's inputs, and `baseline.weights` are loaded into the teacher; a misfit is a
+`ModelError` naming the key. The data's shape is a built-in source's, or, for a table, the one
+`prepare` wrote for it (a table's encoded width is known only once it is prepared: until then
+the classes are only imported). Nothing is written.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def check_models(params: Params, root: Path) -> list[str]:
     students = {_student_key(name): config
                 for name, config in params.distill.students().items() if not config.is_builtin}
     teacher = params.baseline
-    if teacher.model.is_builtin and teacher.weights is None and not students:
+    if teacher.model.is_builtin and teacher.weights is None and teacher.onnx is None \
+            and not students:
         return []
     user_code_importable(params, root)
     spec = _data_spec(params, root)
@@ -48,9 +49,14 @@ def check_models(params: Params, root: Path) -> list[str]:
         return ["the classes import; their outputs and weights are checked against the table "
                 "once `shrinkflow stage prepare` has read it"]
     shape, classes = f"{spec.name}'s inputs {spec.input_shape}", len(spec.classes)
-    arch, _ = models.teacher_for_data(teacher, spec.kind, spec.input_shape, classes, root)
-    said = [f"baseline.model: {arch.describe()} maps {shape} to {classes} classes"
-            + (f"; the weights {teacher.weights} fit it" if teacher.weights else "")]
+    if teacher.onnx is not None:
+        onnx_teacher = user_models.OnnxTeacher(root / teacher.onnx)
+        user_models.check_outputs(onnx_teacher, spec.input_shape, classes, "baseline.onnx")
+        said = [f"baseline.onnx: {teacher.onnx} maps {shape} to {classes} classes"]
+    else:
+        arch, _ = models.teacher_for_data(teacher, spec.kind, spec.input_shape, classes, root)
+        said = [f"baseline.model: {arch.describe()} maps {shape} to {classes} classes"
+                + (f"; the weights {teacher.weights} fit it" if teacher.weights else "")]
     for key, config in students.items():
         arch, _ = models.build_for_data(config, spec.kind, spec.input_shape, classes, key)
         said.append(f"{key}: {arch.describe()} maps {shape} to {classes} classes")

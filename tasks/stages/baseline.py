@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from shrinkflow import data, measure, models, plots, train
+from shrinkflow import data, export, measure, models, plots, train, user_models
 from shrinkflow.config import BaselineConfig, Params
 from shrinkflow.search import choose, space
 from tasks.services import io, tracking
@@ -56,9 +56,9 @@ def _report(history: list[train.EpochLog], model: torch.nn.Module, splits: data.
 class Trained:
     """One teacher config trained for the full budget."""
 
-    label: str  # params.yaml | search trial N
+    label: str  # params.yaml | search trial N | baseline.onnx
     config: BaselineConfig
-    arch: models.Architecture
+    arch: models.Architecture | None  # None: a user's ONNX file, answering through ORT
     model: torch.nn.Module
     result: train.FitResult
 
@@ -78,6 +78,16 @@ def _train(cfg: BaselineConfig, label: str, splits: data.Splits, spec: data.Data
                        augment=data.Augmenter(cfg.augment, spec.kind), on_epoch_end=on_epoch_end,
                        description=f"{label} on {spec.name}")
     return Trained(label, cfg, arch, model, result)
+
+
+def _onnx_teacher(cfg: BaselineConfig, splits: data.Splits, spec: data.DatasetSpec,
+                  root: Path) -> Trained:
+    """`baseline.onnx` as the teacher, checked on a batch of the data and scored as it is."""
+    teacher = user_models.OnnxTeacher(root / str(cfg.onnx))
+    user_models.check_outputs(teacher, spec.input_shape, len(spec.classes), "baseline.onnx")
+    log.info("baseline.onnx: %s, as it is (ONNX Runtime)", cfg.onnx)
+    result = train.fit(teacher, splits.train, splits.val, cfg.train.model_copy(update={"epochs": 0}))
+    return Trained("baseline.onnx", cfg, None, teacher, result)
 
 
 def _figures(trained: Trained, splits: data.Splits) -> dict[str, float]:
@@ -128,20 +138,28 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
                              catalog.path(meta["raw_file"]), meta["raw_md5"], "validation")
         tracking.log_dataset(splits.test.x, splits.test.y, f"{spec.name}-test",
                              catalog.path(meta["raw_file"]), meta["raw_md5"], "evaluation")
-        teacher, searched, confirmation = train_teacher(params, catalog, splits, spec)
+        if params.baseline.onnx is not None:
+            teacher, searched, confirmation = _onnx_teacher(
+                params.baseline, splits, spec, catalog.root), "baseline.onnx is the teacher", {}
+        else:
+            teacher, searched, confirmation = train_teacher(params, catalog, splits, spec)
         log.info("baseline config: %s", searched)
         tracking.log_section("baseline", teacher.config)  # the config trained, searched or not
         model, arch, result = teacher.model, teacher.arch, teacher.result
 
         log.info("saving and exporting to ONNX")
         with io.atomic_dir(catalog.baseline_dir) as staging:
-            save_torch(model, arch, staging)
             folder = catalog.relative(catalog.baseline_dir)
-            write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx",
-                                               "baseline", "fp32", torch=folder)])
+            if arch is None:  # the user's file is the teacher: there is no torch model to save
+                export.adopt_onnx(catalog.path(str(params.baseline.onnx)), staging / "model.onnx")
+                sizes = measure.onnx_size(staging / "model.onnx")
+            else:
+                save_torch(model, arch, staging)
+                sizes = measure.torch_size(model, staging / "model.pt", arch.input_shape)
+            write_manifest(staging, [Candidate("baseline-fp32", f"{folder}/model.onnx", "baseline",
+                                               "fp32", torch=None if arch is None else folder)])
             onnx_bytes = measure.file_size(staging / "model.onnx")
             tracking.tag_model_file(staging / "model.onnx")
-            sizes = measure.torch_size(model, staging / "model.pt", arch.input_shape)
         metrics = {
             **measure.scores(measure.torch_predictor(model), splits.val.x, splits.val.y,
                              splits.test.x, splits.test.y),
@@ -162,11 +180,13 @@ def run_baseline(params: Params, root: Path, parent_run_id: str | None = None) -
         example = splits.test.x[:2]
         tracking.log_onnx_model(catalog.baseline_dir / "model.onnx", example,
                                 measure.torch_predictor(model)(example))
-        tracking.log_artifact(catalog.baseline_dir / "model.pt", "weights")
-        tracking.log_artifact(catalog.baseline_dir / "architecture.json", "weights")
+        if arch is not None:
+            tracking.log_artifact(catalog.baseline_dir / "model.pt", "weights")
+            tracking.log_artifact(catalog.baseline_dir / "architecture.json", "weights")
         tracking.log_artifact(catalog.baseline_plots_dir, "plots")
         tracking.log_artifact(catalog.history_file("baseline"), "plots")
         log.info("baseline %s: validation accuracy %.4f (test %.4f), %d params", spec.name,
                  metrics["val_accuracy"], metrics["accuracy"], metrics["params_count"])
         return {"stage": "baseline", "run_id": run.info.run_id, "dataset": spec.name,
-                "architecture": arch.to_dict(), "metrics": metrics, "teacher": searched}
+                "architecture": arch.to_dict() if arch else None, "metrics": metrics,
+                "teacher": searched}

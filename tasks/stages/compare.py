@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,21 @@ from shrinkflow.config import MeasureConfig, Params
 from shrinkflow.data import Splits
 from shrinkflow.export import onnx_predictor
 from tasks.services import dag, io, tracking
-from tasks.services.candidates import MANIFEST, Candidate, evaluate_onnx, load_torch, read_manifests
+from tasks.services.candidates import (
+    MANIFEST,
+    Candidate,
+    evaluate_onnx,
+    load_torch,
+    read_manifests,
+    torch_teacher,
+)
 from tasks.services.catalog import Catalog
 from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.compare")
-TORCH_BASELINE = "baseline-fp32-torch"  # the teacher in eager torch: the reference of every ratio
+# the teacher in eager torch: the reference of every ratio (of drops and sizes too); a teacher
+# that is a user's ONNX file has none, and its file is the reference of drops and sizes
+TORCH_BASELINE = "baseline-fp32-torch"
 CONTROL = "control"  # the baseline's ONNX file timed again: its ratio to the baseline is the noise
 # (column, header, format) of candidates.md
 TABLE = (("val_accuracy", "val acc", "{:.4f}"), ("val_accuracy_drop_pp", "val drop pp", "{:.2f}"),
@@ -87,6 +97,8 @@ def _candidates(catalog: Catalog) -> list[tuple[str, Candidate]]:
 
 
 def _ratio_cell(row: dict[str, Any], key: str) -> str:
+    if math.isnan(row[key]):  # against eager torch, when the teacher is an ONNX file
+        return "n/a"
     low, high = row[f"{key}_interval"]
     return f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
@@ -143,10 +155,15 @@ def _accuracy_drops(scores: dict[str, float], teacher: dict[str, float]) -> dict
             for split in ("val_", "")}
 
 
+NOT_TIMED = {"speedup_b1_vs_torch": math.nan, "speedup_b1_vs_torch_interval": [math.nan, math.nan]}
+
+
 def _speed(name: str, timings: dict[str, measure.Timing], noise: measure.Noise,
            reference_onnx: str) -> dict[str, Any]:
+    """Timings and ratios; against eager torch only when the teacher has a torch model."""
     return {**timings[name].metrics(),
-            **noise.speedup(TORCH_BASELINE, name).fields("speedup_b1_vs_torch"),
+            **(noise.speedup(TORCH_BASELINE, name).fields("speedup_b1_vs_torch")
+               if TORCH_BASELINE in timings else NOT_TIMED),
             **noise.speedup(reference_onnx, name).fields("speedup_b1_vs_ort_fp32"),
             **noise.speedup(reference_onnx, name, measure.THROUGHPUT_BATCH).fields(
                 "throughput_ratio_b256_vs_ort_fp32")}
@@ -166,16 +183,18 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
 
 def _time(catalog: Catalog, candidates: list[Candidate], teacher: Any, splits: Splits,
           cfg: MeasureConfig) -> tuple[dict[str, measure.Timing], measure.Noise]:
-    """Every candidate, the eager-torch teacher and the control, timed side by side."""
-    log.info("timing %d models side by side (%d rounds, threads=%d)", len(candidates) + 2,
-             cfg.rounds, cfg.threads)
+    """Every candidate, the eager-torch teacher (None: the teacher is an ONNX file) and the
+    control, timed side by side."""
 
     def onnx_loader(path: Path):
         return lambda: onnx_predictor(path, cfg.threads)
 
-    loaders = {TORCH_BASELINE: lambda: measure.torch_predictor(teacher),
+    loaders = {**({TORCH_BASELINE: lambda: measure.torch_predictor(teacher)}
+                  if teacher is not None else {}),
                **{c.name: onnx_loader(catalog.path(c.onnx)) for c in candidates},
                CONTROL: onnx_loader(catalog.path(candidates[0].onnx))}
+    log.info("timing %d models side by side (%d rounds, threads=%d)", len(loaders), cfg.rounds,
+             cfg.threads)
     with measure.torch_threads(cfg.threads):
         # inputs of the validation split: every choice, the latency tie included, reads it
         timings = measure.time_side_by_side(loaders, splits.val.x, cfg)
@@ -190,17 +209,20 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         found = _candidates(catalog)
         candidates = [candidate for _, candidate in found]
         reference_onnx = candidates[0].name  # the baseline's manifest comes first
-        torch_row, teacher = _torch_row(catalog, splits)
-        rows = [torch_row]
+        # the reference of drops and size ratios: the teacher in eager torch, or, when it is a
+        # user's ONNX file, that file (the baseline's manifest comes first)
+        torch_row, teacher = _torch_row(catalog, splits) if torch_teacher(catalog) else (None, None)
+        rows = [torch_row] if torch_row else []
         for number, (kind, c) in enumerate(found, 1):
             log.info("evaluating candidate %d of %d: %s", number, len(found), c.name)
             rows.append({"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
                          "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)})
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
+        reference = rows[0]
         for row in rows:
             row |= _speed(row["candidate"], timings, noise, reference_onnx)
-            row |= _accuracy_drops(row, torch_row)
-            row["size_ratio"] = torch_row["size_bytes"] / row["size_bytes"]
+            row |= _accuracy_drops(row, reference)
+            row["size_ratio"] = reference["size_bytes"] / row["size_bytes"]
         control = {"candidate": CONTROL, "file": candidates[0].onnx,
                    **_speed(CONTROL, timings, noise, reference_onnx)}
 
@@ -242,8 +264,10 @@ def _headline(chosen: dict[str, Any] | None, max_drop_pp: float) -> str:
         return f"none: no candidate within {max_drop_pp} pp of the teacher on validation"
     return (f"{chosen['candidate']}: validation accuracy {chosen['val_accuracy']:.4f} (test "
             f"{chosen['accuracy']:.4f}), {chosen['size_ratio']:.1f}x smaller, "
-            f"{_ratio_cell(chosen, 'speedup_b1_vs_ort_fp32')} as fast as ONNX Runtime fp32 and "
-            f"{_ratio_cell(chosen, 'speedup_b1_vs_torch')} as fast as eager torch at batch 1")
+            f"{_ratio_cell(chosen, 'speedup_b1_vs_ort_fp32')} as fast as ONNX Runtime fp32"
+            + ("" if math.isnan(chosen["speedup_b1_vs_torch"]) else
+               f" and {_ratio_cell(chosen, 'speedup_b1_vs_torch')} as fast as eager torch")
+            + " at batch 1")
 
 
 def _log(catalog: Catalog, candidates: list[Candidate], rows: list[dict[str, Any]],

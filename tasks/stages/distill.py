@@ -23,14 +23,16 @@ from typing import Any, NamedTuple
 
 from shrinkflow import data, train
 from shrinkflow.config import DistillConfig, ModelConfig, Params
-from shrinkflow.distill import build_student, distill, student_train_config
+from shrinkflow.distill import DistillError, build_student, distill, student_train_config
 from tasks.services import io, tracking
 from tasks.services.candidates import (
+    ONNX_TEACHER,
     Candidate,
     headline,
-    load_torch,
+    load_teacher,
     report_candidate,
     save_torch,
+    torch_teacher,
     write_manifest,
 )
 from tasks.services.catalog import Catalog
@@ -100,7 +102,10 @@ def run_distill(params: Params, root: Path, parent_run_id: str | None = None) ->
     with tracking.stage_run("distill", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
         unlabeled_x = load_unlabeled(catalog) if cfg.use_unlabeled else None
-        _, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
+        teacher = load_teacher(catalog)
+        if cfg.feature_pairs and not torch_teacher(catalog):
+            raise DistillError(f"distill.feature_pairs: {ONNX_TEACHER} (its layers' outputs); "
+                               "set distill.feature_pairs: []")
 
         candidates, measured = [], {}
         folder = catalog.models_dir("distill")

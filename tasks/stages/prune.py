@@ -26,11 +26,13 @@ from shrinkflow.config import Params, PruneConfig
 from shrinkflow.distill import distillation_loss
 from tasks.services import io, tracking
 from tasks.services.candidates import (
+    ONNX_TEACHER,
     Candidate,
     headline,
     load_torch,
     report_candidate,
     save_torch,
+    torch_teacher,
     write_manifest,
 )
 from tasks.services.catalog import Catalog
@@ -52,11 +54,26 @@ def _made_by(cfg: PruneConfig, method: str, ratio: Any) -> dict[str, Any]:
             "steps": cfg.steps, "finetune_epochs": cfg.finetune_epochs, "penalty": cfg.penalty}
 
 
+def _skipped(catalog: Catalog, run: Any, dataset: str) -> dict[str, Any]:
+    """No candidates, and why: the teacher has no torch graph to prune."""
+    log.info("prune: skipped: %s", ONNX_TEACHER)
+    with io.atomic_dir(catalog.models_dir("prune")) as staging:
+        write_manifest(staging, [])
+    io.write_json(catalog.candidates_report("prune"), {"candidates": {}, "search": {},
+                                                        "skipped": ONNX_TEACHER})
+    io.write_metrics(catalog, "prune", {}, {"candidates": 0})
+    tracking.set_tags({"skipped": ONNX_TEACHER})
+    return {"stage": "prune", "run_id": run.info.run_id, "dataset": dataset, "metrics": {},
+            "skipped": ONNX_TEACHER}
+
+
 def run_prune(params: Params, root: Path, parent_run_id: str | None = None) -> dict[str, Any]:
     """Make every configured pruning candidate; returns a JSON summary."""
     catalog, cfg = Catalog.at(root), params.prune
     with tracking.stage_run("prune", params, catalog.root, parent_run_id, cfg) as run:
         splits, spec, _ = load_processed(catalog)
+        if not torch_teacher(catalog):
+            return _skipped(catalog, run, spec.name)
         arch, teacher = load_torch(catalog.baseline_dir, produced_by="baseline")
         example = torch.zeros(1, *arch.input_shape)
         finetune_cfg = params.baseline.train.model_copy(update={"lr": cfg.finetune_lr})

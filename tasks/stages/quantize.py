@@ -70,7 +70,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
         splits, spec, _ = load_processed(catalog)
         calibration = splits.train.x[-cfg.calibration_samples:]
         evaluate = _accuracy_on(splits.val)
-        candidates, report = [], {}
+        candidates, report, skipped = [], {}, {}
         folder = catalog.models_dir("quantize")
         with io.atomic_dir(folder) as staging, \
                 tempfile.TemporaryDirectory(prefix="shrinkflow-quantize-") as scratch:
@@ -79,6 +79,11 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                 reference = evaluate(src)
                 for method in cfg.methods:
                     name = f"{source.name}-{method}"
+                    if method == "qat" and source.torch is None:  # an ensemble, an ONNX teacher
+                        log.info("%s: skipped: %s has no torch model to train", name, source.name)
+                        skipped[name] = f"quantization-aware training needs a torch model; " \
+                                        f"{source.name} has none"
+                        continue
                     dst = staging / f"{name}.onnx"
                     log.info("quantizing %s", name)
                     with progress.ticking(log, f"quantizing {name}"), tracking.candidate_run(
@@ -96,7 +101,8 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                     candidates.append(Candidate(name, catalog.relative(folder / dst.name),
                                                 source.name, method))
             write_manifest(staging, candidates)
-        io.write_json(catalog.candidates_report("quantize"), {"candidates": report})
+        io.write_json(catalog.candidates_report("quantize"), {"candidates": report,
+                                                              "skipped": skipped})
         io.write_metrics(catalog, "quantize",
                          headline(report),
                          _counts(report))
@@ -144,9 +150,7 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
     if method in CONVERSIONS:
         CONVERSIONS[method](src, dst)
         return {"method": method}
-    if method == "qat":
-        if source.torch is None:
-            raise ValueError(f"quantize.methods 'qat' needs a torch model; {source.name} has none")
+    if method == "qat":  # sources without a torch model are skipped by the caller
         quantize.to_int8_static(qat_float_onnx(), dst, calibration, "minmax", cfg.per_channel,
                                 quant_format=cfg.format)
         return {"method": method}

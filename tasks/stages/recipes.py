@@ -32,7 +32,15 @@ from typing import Any
 
 from shrinkflow.config import Params
 from tasks.services import io, studies, tracking
-from tasks.services.candidates import Candidate, headline, load_torch, report_candidate, write_manifest
+from tasks.services.candidates import (
+    ONNX_TEACHER,
+    Candidate,
+    headline,
+    load_torch,
+    report_candidate,
+    torch_teacher,
+    write_manifest,
+)
 from tasks.services.catalog import Catalog, file_md5
 from tasks.services.runner import user_code_importable
 
@@ -117,7 +125,10 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
         folder = catalog.models_dir("recipes")
         with io.atomic_dir(folder) as staging:
             candidates: list[Candidate] = []
-            if cfg.enabled:
+            if cfg.enabled and not torch_teacher(catalog):  # its recipes prune and fine-tune
+                log.info("recipes: skipped: %s", ONNX_TEACHER)
+                report["skipped"] = ONNX_TEACHER
+            elif cfg.enabled:
                 url = studies.storage_url(params.search, catalog)
                 name = study_name(params, spec.name, file_md5(catalog.baseline_dir / "model.onnx"),
                                   meta["raw_md5"])

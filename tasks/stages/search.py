@@ -112,6 +112,8 @@ def why_skipped(params: Params) -> str | None:
     training from scratch: a team's own network, or given weights, keep params.yaml's config."""
     if not params.search.enabled:
         return "search.enabled is false"
+    if params.baseline.onnx is not None:
+        return "baseline.onnx is the teacher, as it is"
     if not params.baseline.model.is_builtin:
         return (f"baseline.model.family is {params.baseline.model.family}: the search explores "
                 "the sizes of the built-in mlp and cnn, so params.yaml's config is the teacher")

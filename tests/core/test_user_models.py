@@ -14,11 +14,13 @@ from torch import nn
 
 from shrinkflow.config import BaselineConfig, ModelConfig, StructuredPruneConfig, TrainConfig
 from shrinkflow.data import Split
+from shrinkflow.export import adopt_onnx, export_onnx
 from shrinkflow.models import Architecture, architecture_for, build_for_data, build_model, load_model
 from shrinkflow.prune.structured import architecture_of, prune_structured
 from shrinkflow.train import fit
 from shrinkflow.user_models import (
     ModelError,
+    OnnxTeacher,
     build_torchvision,
     check_outputs,
     import_class,
@@ -181,3 +183,58 @@ def test_a_pruned_network_is_rebuilt_from_its_class_and_answers_the_same(arch, t
     count = sum(p.numel() for p in rebuilt.parameters())
     assert count < 0.5 * sum(p.numel() for p in model.parameters())
 
+
+
+# ---------------------------------------------------------------------------------------------
+# an ONNX teacher
+# ---------------------------------------------------------------------------------------------
+def _exported(tmp_path: Path, batch: str | int = "dynamic") -> tuple[nn.Module, Path]:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    path = tmp_path / "teacher.onnx"
+    if batch == "dynamic":
+        export_onnx(model, (1, 8, 8), path)
+    else:  # a fixed batch axis, as torch's older exporter writes by default
+        torch.onnx.export(model, (torch.zeros(batch, 1, 8, 8),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    return model, path
+
+
+def test_an_onnx_teacher_answers_as_the_model_it_was_exported_from(tmp_path: Path):
+    model, path = _exported(tmp_path)
+    teacher = OnnxTeacher(path)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(teacher(x), model(x), atol=1e-5)
+    assert list(teacher.parameters()) == []
+
+
+def test_an_onnx_teacher_that_cannot_take_any_batch_or_is_no_onnx_is_refused(tmp_path: Path):
+    _, fixed = _exported(tmp_path, batch=1)
+    with pytest.raises(ModelError, match="one input with a dynamic batch axis"):
+        OnnxTeacher(fixed)
+    (tmp_path / "not.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        OnnxTeacher(tmp_path / "not.onnx")
+    with pytest.raises(ModelError, match="file not found"):
+        OnnxTeacher(tmp_path / "absent.onnx")
+
+
+def test_an_adopted_onnx_file_takes_the_pipelines_names_and_answers_the_same(tmp_path: Path):
+    import onnx
+    import onnxruntime as ort
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(tmp_path / "theirs.onnx"),
+                      dynamo=False, input_names=["pixels"], output_names=["scores"],
+                      dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}})
+    adopt_onnx(tmp_path / "theirs.onnx", tmp_path / "ours.onnx")
+    graph = onnx.load(str(tmp_path / "ours.onnx")).graph
+    assert [v.name for v in graph.input] == ["input"] and [v.name for v in graph.output] == ["logits"]
+    x = torch.randn(3, 1, 8, 8)
+    (answer,) = ort.InferenceSession(str(tmp_path / "ours.onnx")).run(None, {"input": x.numpy()})
+    assert np.allclose(answer, model(x).detach().numpy(), atol=1e-5)
+
+
+def test_an_onnx_teacher_is_the_whole_teacher():
+    with pytest.raises(ValueError, match="onnx is the whole teacher"):
+        BaselineConfig(onnx="teacher.onnx", weights="teacher.pt")
+    assert BaselineConfig(onnx="teacher.onnx", train=TrainConfig(epochs=0)).onnx == "teacher.onnx"

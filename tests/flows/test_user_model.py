@@ -77,3 +77,40 @@ def test_its_own_weights_with_zero_epochs_score_what_it_scored(ran):
     run_stage("baseline", params, project)
     after = json.loads((project / "metrics" / "baseline.json").read_text())
     assert (after["val_accuracy"], after["accuracy"]) == (before["val_accuracy"], before["accuracy"])
+
+
+@pytest.fixture(scope="module")
+def onnx_teacher(tmp_path_factory) -> tuple[Path, dict]:
+    """Every stage with an ONNX file as the teacher: the file a first run's baseline exported."""
+    project = copy_project(tmp_path_factory.mktemp("onnx-teacher") / "project")
+    first = load_params(project / "params.yaml", overrides=TINY)
+    for stage in ("prepare", "search", "baseline"):
+        run_stage(stage, first, project)
+    shutil.copy(project / "models" / "baseline" / "model.onnx", project / "teacher.onnx")
+    exported = json.loads((project / "metrics" / "baseline.json").read_text())
+    params = load_params(project / "params.yaml", overrides=[
+        *TINY, "baseline.onnx=teacher.onnx", "quantize.methods=[int8_dynamic, int8_static, qat]",
+        "search.compression.enabled=true", "deploy.registered_model=onnx-teacher"])
+    for stage in STAGES:
+        run_stage(stage, params, project)
+    return project, exported
+
+
+def test_an_onnx_teacher_is_quantized_and_distilled_and_what_needs_torch_says_why(onnx_teacher):
+    project, exported = onnx_teacher
+    # the teacher scores what the file scored when it was exported
+    scored = json.loads((project / "metrics" / "baseline.json").read_text())
+    assert (scored["val_accuracy"], scored["accuracy"]) == (exported["val_accuracy"],
+                                                            exported["accuracy"])
+    assert not (project / "models" / "baseline" / "model.pt").exists()
+    # quantized and distilled from it; pruning, its QAT and the recipes say why they did not run
+    candidates = _compared(project)["candidates"]
+    assert {"baseline-fp32-int8_dynamic", "baseline-fp32-int8_static", "student-kd"} <= set(candidates)
+    assert "baseline-fp32-torch" not in candidates and "baseline-fp32-qat" not in candidates
+    reason = "the teacher is an ONNX file (baseline.onnx) and this needs its torch graph"
+    for stage in ("prune", "recipes"):
+        assert json.loads((project / "reports" / stage / "candidates.json").read_text())[
+            "skipped"] == reason
+    skipped = json.loads((project / "reports" / "quantize" / "candidates.json").read_text())
+    assert "baseline-fp32-qat" in skipped["skipped"] and "student-kd-qat" in candidates
+    assert json.loads((project / "models" / "deploy" / "deploy.json").read_text())["candidate"]
