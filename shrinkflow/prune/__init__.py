@@ -3,8 +3,9 @@
 Structured pruning removes whole output channels of convolutions and neurons of hidden linear
 layers with Torch-Pruning, which follows the dependencies between layers (a removed conv channel
 also leaves its BatchNorm and the next layer's inputs). The result is a physically smaller dense
-network, faster everywhere; `architecture_of` reads its new per-layer widths so it is saved and
-rebuilt like any other model. The classifier's outputs are never pruned.
+network, faster everywhere; `architecture_of` reads its new per-layer widths (of a team's own
+network: the layer attributes pruning changed) so it is saved and rebuilt like any other model.
+The classifier's outputs are never pruned.
 
 Unstructured pruning zeroes individual Conv/Linear weights (the classifier included; biases and
 BatchNorm are left alone) by magnitude. Zeros alone do not shrink a file, so `shrinkflow.sparse`
