@@ -102,7 +102,8 @@ def load_raw(cfg: PrepareConfig, catalog: Catalog) -> Raw:
     if cfg.source != "csv":
         return Raw(*data.builtin_table(cfg), rows_without_label=0)
     path = _external_path(cfg.csv.path, catalog)
-    frame = read_user_csv(path)
+    with progress.ticking(log, f"reading {path}"):  # a table of gigabytes takes a while
+        frame = read_user_csv(path)
     spec = data.csv_spec(frame, cfg.csv.target, path.stem, cfg.csv.features, cfg.csv.drop)
     unlabeled = frame[spec.target].isna()
     if unlabeled.all():
