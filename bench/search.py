@@ -50,7 +50,7 @@ def _study(project: Path, params, storage: str, workers: int = 0):
     import optuna
 
     from tasks.services import studies
-    from tasks.services.runner import search
+    from tasks.stages import search
 
     name = f"bench-{params.search.sampler}-{params.search.pruner}-{workers}"
     search.open_search(params, storage, name)  # tables and study before any worker starts

@@ -159,3 +159,52 @@ def test_tasks_stages_holds_exactly_the_declared_stages():
     # then each declared stage runs a function of tasks/stages/, and each module there is a stage
     assert on_disk == declared, (f"only on disk: {sorted(on_disk - declared)}; "
                                  f"only declared: {sorted(declared - on_disk)}")
+
+
+def _defined_names(path: Path) -> set[str]:
+    """The names a module defines at its top level (functions, classes, assignments, imports),
+    read from its source."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for target in targets for t in ast.walk(target)
+                         if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.If | ast.Try):  # TYPE_CHECKING blocks, guarded imports
+            names.update(alias.asname or alias.name for child in ast.walk(node)
+                         if isinstance(child, ast.Import | ast.ImportFrom) for alias in child.names)
+    return names
+
+
+def _missing_names(modules: dict[str, Path], root: Path = REPO) -> list[str]:
+    """`from <project module> import <name>` anywhere in `modules` (inside functions too)
+    where the module neither defines the name nor has it as a submodule."""
+    missing = []
+    for path in modules.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in modules:
+                continue
+            defined = _defined_names(modules[node.module])
+            missing += [f"{path.relative_to(root)}:{node.lineno}: {node.module} has no "
+                        f"{alias.name!r}" for alias in node.names
+                        if alias.name not in defined and f"{node.module}.{alias.name}" not in modules]
+    return missing
+
+
+def test_every_name_imported_from_the_project_exists():
+    # bench/ runs its code in subprocesses and behind lazy imports, so a renamed module or
+    # function there fails only when that section of `make bench` runs
+    modules = {**_modules(), **{_module_name(path): path
+                                for path in sorted((REPO / "bench").rglob("*.py"))}}
+    assert _missing_names(modules) == []
+
+
+def test_a_name_a_module_lacks_is_found(tmp_path):
+    (tmp_path / "lib.py").write_text("def present():\n    pass\n")
+    (tmp_path / "user.py").write_text("def late():\n    from lib import absent, present\n")
+    modules = {"lib": tmp_path / "lib.py", "user": tmp_path / "user.py"}
+    assert _missing_names(modules, tmp_path) == ["user.py:2: lib has no 'absent'"]
