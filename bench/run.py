@@ -407,14 +407,26 @@ class Sections:
         return found
 
     def write(self) -> None:
+        """bench.json, then bench.md. A report that cannot be rendered (a figure missing where
+        the page expects it) is itself a failed section: bench.json keeps every figure."""
         from bench.report import markdown
 
         self.output.mkdir(parents=True, exist_ok=True)
-        for name, text in (("bench.json", json.dumps(self.report, indent=2) + "\n"),
-                           ("bench.md", markdown(self.report))):
-            staged = self.output / f".{name}.tmp"
-            staged.write_text(text)
-            staged.replace(self.output / name)
+        self._replace("bench.json", json.dumps(self.report, indent=2) + "\n")
+        try:
+            page = markdown(self.report)
+        except Exception as exc:  # the figures are safe in bench.json; say what broke the page
+            traceback.print_exc()
+            self.report["sections_failed"].append({"section": "report", "error": _shortened(exc)})
+            self._replace("bench.json", json.dumps(self.report, indent=2) + "\n")
+            page = f"# Benchmark\n\nbench.md could not be written: {_shortened(exc)}; " \
+                   "every figure is in bench.json.\n"
+        self._replace("bench.md", page)
+
+    def _replace(self, name: str, text: str) -> None:
+        staged = self.output / f".{name}.tmp"
+        staged.write_text(text)
+        staged.replace(self.output / name)
 
 
 def targets(report: dict) -> list[dict]:
@@ -484,8 +496,8 @@ def main() -> None:
         report["machine"].update(_noise_floor(report))
         report["targets"] = targets(report)
         for check in report["targets"]:  # the recipe check's measure belongs to the search's
-            if "hypervolume_with_recipes" in check:
-                report.setdefault("search", {}).update(
+            if "hypervolume_with_recipes" in check and report.get("search"):
+                report["search"].update(
                     {key: check.pop(key) for key in ("hypervolume_with_recipes",
                                                      "hypervolume_without_recipes")})
     sections.write()

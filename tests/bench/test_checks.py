@@ -192,3 +192,20 @@ def test_a_failed_section_keeps_the_others_and_fails_the_bench(tmp_path, monkeyp
     assert "110.0 s against 100.0 s one at a time, -10.0 s (-10.0%) saved" in \
         (tmp_path / "bench.md").read_text()
     assert markdown(report) == (tmp_path / "bench.md").read_text()
+
+
+def test_a_report_that_cannot_be_rendered_keeps_its_figures_and_fails_the_bench(tmp_path):
+    from bench.run import Sections
+
+    # given: a report whose search figures are partial (its section failed half-way)
+    sections = Sections(tmp_path)
+    sections.report.update({"machine": {}, "search": {"hypervolume_with_recipes": 0.5},
+                            "table": TABLE})
+    # when it is written
+    sections.write()
+    # then: every figure is in bench.json, the page says why it is short, and it counts as failed
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["table"]["full_run_s"] == TABLE["full_run_s"]
+    assert report["sections_failed"] == [{"section": "report",
+                                          "error": "KeyError: 'default_search_s'"}]
+    assert "every figure is in bench.json" in (tmp_path / "bench.md").read_text()
