@@ -160,9 +160,8 @@ def dvc_yaml(check_only: Annotated[bool, typer.Option(
     # the user's model modules and weights, from params.yaml, are deps of the stages that build
     # networks
     path = Path.cwd() / "params.yaml"
-    params = _setup(path, None, None) if path.is_file() else None
-    text = render(Path.cwd().resolve(), *((params.user_modules, params.user_files) if params
-                                          else ()))
+    params = _setup(path, None, None) if path.is_file() else Params()
+    text = render(Path.cwd().resolve(), params.user_modules, params.user_files)
     if check_only:
         if not target.is_file() or target.read_text() != text:
             typer.secho("dvc.yaml is out of date: run `shrinkflow dvc-yaml`", fg="red", err=True)

@@ -87,11 +87,6 @@ def _torchvision_models() -> Any:
     return found
 
 
-def _torchvision_names() -> list[str]:
-    zoo = _torchvision_models()
-    return sorted(zoo.list_models(module=zoo))
-
-
 def build_torchvision(arch: str, input_shape: tuple[int, ...], n_classes: int,
                       key: str = "baseline.model.arch") -> nn.Module:
     """torchvision's `arch` for images of `input_shape` (C, H, W) and `n_classes` classes."""
@@ -99,7 +94,7 @@ def build_torchvision(arch: str, input_shape: tuple[int, ...], n_classes: int,
         raise ModelError(f"{key}: torchvision networks take images (C, H, W); the data's inputs "
                          f"have shape {tuple(input_shape)}")
     zoo = _torchvision_models()
-    names = _torchvision_names()
+    names = sorted(zoo.list_models(module=zoo))
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=3)
         raise ModelError(f"{key}: {arch!r} is not a torchvision classification network"
@@ -244,7 +239,6 @@ class OnnxTeacher(nn.Module):
             shapes = [tuple(item.shape) for item in inputs]
             raise ModelError(f"{key}: {path} must take one input with a dynamic batch axis, "
                              f"as the pipeline feeds batches of any size; it takes {shapes}")
-        self.path = path
         self._input = inputs[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
