@@ -1,7 +1,8 @@
 """The HTTP model server: FastAPI routes over a live, hot-swapped model and a micro-batcher.
 
 Endpoints:
-  POST /predict      {"labels", "probabilities", "classes", "model": {"name", "version"}}
+  POST /predict      {"labels", "probabilities", "classes", "model": {"name", "version"}};
+                     an image model also takes {"images": ["<base64 PNG or JPEG>", ...]}
   POST /invocations  the request and response formats of `mlflow models serve`
                      ({"predictions": {"label": [...], "probabilities": [[...]]}})
   GET  /health       200 {"status": "ok", "version", ...} once a model is loaded, else 503
@@ -32,15 +33,16 @@ from starlette.exceptions import HTTPException
 
 from serving.batching import BatcherStopped, MicroBatcher, ModelChanged, Result
 from serving.model import ModelSource
-from serving.payload import BadRequest, parse_body
+from serving.payload import BadRequest, parse_body, parse_images
 from serving.reload import LiveModel, NoModel
+from shrinkflow.images import MAX_PIXELS
 
 log = logging.getLogger(f"shrinkflow.{__name__}")  # under "shrinkflow": the CLI logs it at INFO
 
 
 def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float = 2.0,
-               max_request_rows: int = 1024, max_body_bytes: int = 4_000_000, poll_seconds: float = 5.0
-               ) -> FastAPI:
+               max_request_rows: int = 1024, max_body_bytes: int = 4_000_000, poll_seconds: float = 5.0,
+               max_image_pixels: int = MAX_PIXELS) -> FastAPI:
     """A server of `source`'s current model.
 
     Args:
@@ -48,8 +50,10 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
         max_batch: rows per ONNX Runtime call when concurrent requests are batched together.
         max_wait_ms: how long a request waits for others to join its batch; 0 still batches
             whatever is already queued.
-        max_request_rows: rows one request may send (413 beyond).
+        max_request_rows: rows (or images) one request may send (413 beyond).
         max_body_bytes: size of one request body (413 beyond, checked before parsing).
+        max_image_pixels: pixels of one image sent to an image model (413 beyond, checked from
+            the image's header before it is decoded).
         poll_seconds: how often the source is asked whether its alias moved.
     """
     live = LiveModel(source)
@@ -78,9 +82,14 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
         model = live.get()
         _check_content_type(request)
         body = await _read_body(request, max_body_bytes)
-        rows = parse_body(body, model.feature_names, text=model.text_columns, nullable=model.nullable,
-                          max_rows=max_request_rows, max_bytes=max_body_bytes)
-        served, labels, probabilities = await batcher.submit(rows, model.feature_names)
+        if model.image_shape is not None:
+            rows = parse_images(body, model.image_shape, max_images=max_request_rows,
+                                max_bytes=max_body_bytes, max_pixels=max_image_pixels)
+        else:
+            rows = parse_body(body, model.feature_names, text=model.text_columns,
+                              nullable=model.nullable, max_rows=max_request_rows,
+                              max_bytes=max_body_bytes)
+        served, labels, probabilities = await batcher.submit(rows, model.layout)
         _check_finite(probabilities)
         return served, labels, probabilities
 
@@ -110,6 +119,7 @@ def create_app(source: ModelSource, *, max_batch: int = 64, max_wait_ms: float =
     async def model_info() -> dict:
         model = live.get()
         return {**model.info, "version": model.version, "feature_names": list(model.feature_names),
+                "image_shape": list(model.image_shape) if model.image_shape else None,
                 "text_columns": [name for name in model.feature_names if name in model.text_columns],
                 "nullable": model.nullable, "classes": list(model.classes)}
 

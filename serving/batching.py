@@ -48,7 +48,7 @@ class BatcherStopped(RuntimeError):
 @dataclass
 class _Pending:
     rows: np.ndarray
-    columns: tuple[str, ...] | None  # the feature names the rows were ordered by (None: any)
+    columns: tuple[str, ...] | None  # the model layout the rows were parsed for (None: any)
     future: asyncio.Future[Result]
     arrived: float  # event-loop time, the start of the wait when this request opens a batch
 
@@ -96,9 +96,10 @@ class MicroBatcher:
         await asyncio.to_thread(executor.shutdown)  # lets a call in progress finish off the loop
 
     async def submit(self, rows: np.ndarray, columns: tuple[str, ...] | None = None) -> Result:
-        """(model used, labels, probabilities) for `rows` (float32 [n, F]), run with whatever
-        other requests arrive meanwhile. `columns`: the feature names the rows were ordered by;
-        a model with other columns (swapped in meanwhile) refuses them rather than misread them."""
+        """(model used, labels, probabilities) for `rows` (float32 [n, F], or images), run with
+        whatever other requests arrive meanwhile. `columns`: the model's `layout` the rows were
+        parsed for (its feature names in order, or its image shape); a model of another layout
+        (swapped in meanwhile) refuses them rather than misread them."""
         if self._task is None or self._task.done():
             raise BatcherStopped("the server is not running its model loop; send the request again")
         loop = asyncio.get_running_loop()
@@ -155,7 +156,7 @@ class MicroBatcher:
         fits = [_fits(item, model) for item in live]
         if not all(fits):
             _fail([item for item, ok in zip(live, fits, strict=True) if not ok], ModelChanged(
-                f"the model changed to version {model.version} (features {len(model.feature_names)}) "
+                f"the model changed to version {model.version} (inputs of shape {model.row_shape}) "
                 "while the request waited; send it again"))
             live = [item for item, ok in zip(live, fits, strict=True) if ok]
             if not live:
@@ -187,10 +188,10 @@ class MicroBatcher:
 
 
 def _fits(item: _Pending, model: ServedModel) -> bool:
-    """Were the rows ordered for this model's columns (or, without names, of its width)?"""
+    """Were the rows parsed for this model's layout (or, without one, of its row shape)?"""
     if item.columns is not None:
-        return item.columns == model.feature_names
-    return item.rows.shape[1] == len(model.feature_names)
+        return item.columns == model.layout
+    return item.rows.shape[1:] == model.row_shape
 
 
 def _predict(model: ServedModel, parts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -8,6 +8,10 @@ list of K names, in the order of the probability columns), and `nullable` (JSON 
 fills missing values itself). Without them the features are called
 f0..f{F-1} and the classes 0..K-1, with F and K read from the graph's shapes.
 
+An image model's one input is `images`, uint8 [N, height, width, C]; its metadata's `image_shape`
+([height, width, C]) is the size it was trained at, and the size the server resizes decoded
+images to before they are batched together.
+
 The server never opens a registry itself: a `ModelSource` (an MLflow alias, a folder, a dict in a
 test) says which version is current and loads it. That keeps this package free of mlflow, so the
 serving image stays small and the tests need no tracking server.
@@ -25,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 # the outputs and metadata keys `shrinkflow.deployable` writes
-from shrinkflow.deployable import CLASSES_KEY, FEATURE_NAMES_KEY, NULLABLE_KEY
+from shrinkflow.deployable import CLASSES_KEY, FEATURE_NAMES_KEY, IMAGE_SHAPE_KEY, NULLABLE_KEY
 from shrinkflow.deployable import LABEL as LABEL_OUTPUT
 from shrinkflow.deployable import PROBABILITIES as PROBABILITIES_OUTPUT
 
@@ -46,6 +50,7 @@ class ServedModel:
     classes: tuple[str, ...]
     text_columns: frozenset[str] = frozenset()  # features the graph reads as strings
     nullable: bool = False  # whether a missing value (null) is filled in the graph
+    image_shape: tuple[int, int, int] | None = None  # an image model's (height, width, C)
 
     @classmethod
     def from_onnx(cls, model: bytes | str | Path, version: str, info: dict[str, Any] | None = None,
@@ -61,6 +66,10 @@ class ServedModel:
         options.inter_op_num_threads = 1  # the graph is a chain; parallel branches would only idle
         source = model if isinstance(model, bytes) else str(model)
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        image_shape = _image_shape(session)
+        if image_shape is not None:
+            return cls(version=str(version), info=dict(info or {}), session=session,
+                       feature_names=(), classes=_classes(session), image_shape=image_shape)
         feature_names, classes = _columns(session)
         text = frozenset(item.name for item in session.get_inputs() if item.type == "tensor(string)")
         nullable = json.loads(session.get_modelmeta().custom_metadata_map.get(NULLABLE_KEY, "false"))
@@ -77,6 +86,19 @@ class ServedModel:
         return tuple(item.name for item in self.session.get_inputs())
 
     @property
+    def layout(self) -> tuple[str, ...]:
+        """What a request's rows must have been parsed for: the feature names, in order, or an
+        image model's image shape."""
+        if self.image_shape is None:
+            return self.feature_names
+        return ("image", *(str(size) for size in self.image_shape))
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one row of `predict`'s input: (F,), or an image's (height, width, C)."""
+        return self.image_shape or (len(self.feature_names),)
+
+    @property
     def per_column(self) -> bool:
         """Whether the graph takes one input per column (a table with text) rather than rows."""
         return len(self.input_names) > 1 or self.input_names == self.feature_names
@@ -84,7 +106,7 @@ class ServedModel:
     def predict(self, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels (one per row) and float32 probabilities [n, K] for rows [n, F] in the order of
         `feature_names`: float32, or objects (numbers, strings, None for missing) for a graph that
-        reads text."""
+        reads text; or, for an image model, uint8 images [n, height, width, C]."""
         labels, probabilities = self.session.run([LABEL_OUTPUT, PROBABILITIES_OUTPUT],
                                                  self.feed(rows))
         return [str(label) for label in labels], np.asarray(probabilities, dtype=np.float32)
@@ -92,6 +114,8 @@ class ServedModel:
     def feed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The graph's inputs for `rows` (see `predict`): missing text becomes "" and a missing
         number NaN, which the graph fills."""
+        if self.image_shape is not None:
+            return {self.input_names[0]: np.ascontiguousarray(rows, dtype=np.uint8)}
         if not self.per_column:
             return {self.input_names[0]: np.ascontiguousarray(rows, dtype=np.float32)}
         return {name: _column(rows[:, index], name in self.text_columns)
@@ -123,23 +147,51 @@ def _column(values: np.ndarray, text: bool) -> np.ndarray:
 
 def _columns(session: ort.InferenceSession) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Feature and class names from the metadata, checked against the graph's inputs and shapes."""
-    inputs, outputs = session.get_inputs(), {out.name: out for out in session.get_outputs()}
+    inputs = session.get_inputs()
     per_column = bool(inputs) and all(len(item.shape) == 1 for item in inputs)
     if not per_column and (len(inputs) != 1 or len(inputs[0].shape) != 2):
         raise ModelFileError(f"a served model has one input of shape [N, F], or one of shape [N] "
-                             f"per column; this one has {[(i.name, i.shape) for i in inputs]}")
-    missing = {LABEL_OUTPUT, PROBABILITIES_OUTPUT} - set(outputs)
-    if missing:
-        raise ModelFileError(f"a served model has outputs {LABEL_OUTPUT!r} and {PROBABILITIES_OUTPUT!r}; "
-                             f"this one lacks {sorted(missing)} (it has {sorted(outputs)})")
+                             f"per column, or uint8 images [N, height, width, C]; this one has "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+    _outputs(session)
     metadata = session.get_modelmeta().custom_metadata_map
     width = len(inputs) if per_column else inputs[0].shape[1]
     features = _names(metadata, FEATURE_NAMES_KEY, width, "f")
     if per_column and features != tuple(item.name for item in inputs):
         raise ModelFileError(f"metadata_props {FEATURE_NAMES_KEY!r} {list(features)} must name the "
                              f"graph's inputs, in order: {[item.name for item in inputs]}")
-    classes = _names(metadata, CLASSES_KEY, outputs[PROBABILITIES_OUTPUT].shape[-1], "")
-    return features, classes
+    return features, _classes(session)
+
+
+def _outputs(session: ort.InferenceSession) -> dict[str, Any]:
+    """The graph's outputs by name, which must include the label and the probabilities."""
+    outputs = {out.name: out for out in session.get_outputs()}
+    missing = {LABEL_OUTPUT, PROBABILITIES_OUTPUT} - set(outputs)
+    if missing:
+        raise ModelFileError(f"a served model has outputs {LABEL_OUTPUT!r} and {PROBABILITIES_OUTPUT!r}; "
+                             f"this one lacks {sorted(missing)} (it has {sorted(outputs)})")
+    return outputs
+
+
+def _classes(session: ort.InferenceSession) -> tuple[str, ...]:
+    metadata = session.get_modelmeta().custom_metadata_map
+    return _names(metadata, CLASSES_KEY, _outputs(session)[PROBABILITIES_OUTPUT].shape[-1], "")
+
+
+def _image_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
+    """An image model's training (height, width, C), from its metadata; None for other models."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(uint8)":
+        return None
+    metadata = session.get_modelmeta().custom_metadata_map
+    if len(inputs[0].shape) != 4 or IMAGE_SHAPE_KEY not in metadata:
+        raise ModelFileError(f"an image model takes uint8 [N, height, width, C] and says its size in "
+                             f"metadata_props {IMAGE_SHAPE_KEY!r}; this one has {inputs[0].shape} and "
+                             f"{sorted(metadata)}")
+    shape = json.loads(metadata[IMAGE_SHAPE_KEY])
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ModelFileError(f"metadata_props {IMAGE_SHAPE_KEY!r} must be [height, width, C]; got {shape}")
+    return shape[0], shape[1], shape[2]
 
 
 def _names(metadata: dict[str, str], key: str, size: int | str | None, prefix: str) -> tuple[str, ...]:

@@ -21,10 +21,20 @@ its number columns too. Rows in error messages count from 0 and are also given a
 
 The common case (a list of lists of numbers) costs one numpy conversion and one finiteness check;
 rows are only walked one by one, in Python, when that fails, to find and name the bad value.
+
+An image model (`parse_images`) takes
+  {"images": ["<base64 PNG or JPEG>", ...]}          encoded image files, as a client has them
+                                                      (a "data:image/png;base64," prefix is allowed)
+  {"inputs": [[[[r, g, b], ...], ...], ...]}          MLflow's tensor form: integers 0-255,
+                                                      [N, height, width, C] (one image: [H, W, C])
+Images of any size are resized to the model's, as its graph would (`shrinkflow.images`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import math
 from collections import Counter
@@ -32,6 +42,8 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
+
+from shrinkflow import images
 
 ACCEPTED_KEYS = ("inputs", "dataframe_split", "dataframe_records")
 _SHOWN_NAMES = 8  # an error lists at most this many column names (models may have hundreds)
@@ -88,8 +100,95 @@ def parse_body(body: bytes, feature_names: Sequence[str], *, text: Collection[st
     return array
 
 
-def _decode(body: bytes) -> dict[str, Any]:
-    example = '{"inputs": [[...], ...]}'
+def parse_images(body: bytes, image_shape: tuple[int, int, int], *, max_images: int = 1024,
+                 max_bytes: int = 4_000_000, max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
+    """The images of a JSON request body (see the module docstring) as uint8
+    [n, height, width, C] of the model's `image_shape`.
+
+    Raises:
+        BadRequest: 413 for a body, a batch or an image over its limit; 400 for anything else
+            wrong (an image that does not decode, values outside 0-255, a wrong channel count),
+            naming the image by its index.
+    """
+    if len(body) > max_bytes:
+        raise BadRequest(413, f"the body has {len(body)} bytes; the limit is {max_bytes}")
+    payload = _decode(body, example='{"images": ["<base64 PNG or JPEG>", ...]}')
+    keys = [key for key in ("images", "inputs") if key in payload]
+    if len(keys) != 1:
+        found = f"it has {_names(keys or list(payload)) or 'no keys'}"
+        raise BadRequest(400, f"an image model takes a body with exactly one of the keys 'images' "
+                              f"(base64 image files) and 'inputs' (pixel arrays); {found}")
+    height, width, channels = image_shape
+    if keys == ["images"]:
+        decoded = _base64_images(payload["images"], channels, max_images, max_pixels)
+    else:
+        decoded = _pixel_arrays(payload["inputs"], channels, max_images, max_pixels)
+    resize = _resizer(height, channels)
+    return np.concatenate([resize(image[None]) for image in decoded])
+
+
+@functools.cache
+def _resizer(size: int, channels: int) -> images.Resizer:
+    return images.Resizer(size, channels)
+
+
+def _base64_images(value: Any, channels: int, max_images: int, max_pixels: int
+                   ) -> list[np.ndarray]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest(400, f"'images' must be a non-empty list of base64 strings; got {_kind(value)}")
+    if len(value) > max_images:
+        raise BadRequest(413, f"the request has {len(value)} images; the limit is {max_images} "
+                              f"per request (split the batch)")
+    decoded = []
+    for index, text in enumerate(value):
+        where = f"images[{index}]"
+        if not isinstance(text, str):
+            raise BadRequest(400, f"{where} must be a base64 string; got {_kind(text)}")
+        if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(400, f"{where} is not base64 (standard alphabet, padded)") from None
+        try:
+            decoded.append(images.decode(data, channels, max_pixels))
+        except images.ImageTooLarge as error:
+            raise BadRequest(413, f"{where}: {error}") from None
+        except images.ImageError as error:
+            raise BadRequest(400, f"{where}: {error}") from None
+    return decoded
+
+
+def _pixel_arrays(value: Any, channels: int, max_images: int, max_pixels: int
+                  ) -> list[np.ndarray]:
+    if isinstance(value, dict) and len(value) == 1:  # the named input: {"images": [...]}
+        value = next(iter(value.values()))
+    expected = f"integers 0-255 shaped [N, height, width, {channels}]"
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is not None and array.ndim == 3:  # one image, sent without its batch
+        array = array[None]
+    if array is None or array.ndim != 4 or array.dtype.kind not in "iu" or not array.size:
+        raise BadRequest(400, f"'inputs' of an image model must be {expected}")
+    if array.shape[3] != channels:
+        raise BadRequest(400, f"'inputs' has {array.shape[3]} channels; the model takes {channels} "
+                              f"({expected})")
+    if len(array) > max_images:
+        raise BadRequest(413, f"the request has {len(array)} images; the limit is {max_images} "
+                              f"per request (split the batch)")
+    if array.shape[1] * array.shape[2] > max_pixels:
+        raise BadRequest(413, f"the images have {array.shape[2]} x {array.shape[1]} pixels; the "
+                              f"limit is {max_pixels:,}")
+    outside = np.argwhere((array < 0) | (array > 255))
+    if outside.size:
+        index = tuple(int(i) for i in outside[0])
+        raise BadRequest(400, f"inputs{list(index)} is {array[index]}; pixel values are 0-255")
+    return list(array.astype(np.uint8))
+
+
+def _decode(body: bytes, example: str = '{"inputs": [[...], ...]}') -> dict[str, Any]:
     if not body.strip():
         raise BadRequest(400, f"the body is empty: send a JSON object such as {example}")
     try:

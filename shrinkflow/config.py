@@ -81,13 +81,25 @@ class ValidationRules(_Section):
     )
 
 
+class ImageSource(_Section):
+    """A folder of images, one sub-folder per class (torchvision's ImageFolder)."""
+
+    path: str | None = Field(
+        None, description="the folder, relative to the project root: <path>/<class>/<image>")
+    size: int = Field(32, ge=8, le=1024, description="images are resized to size x size pixels "
+                      "(in the served graph too, so any size may be sent)")
+    channels: Literal[1, 3] = Field(3, description="1: grey, 3: RGB (images are converted)")
+    min_per_class: int = Field(10, ge=3, description="fewest images a class may have")
+
+
 class PrepareConfig(_Section):
     """Stage `prepare`: load a source, validate it, split it, fit normalization on train only."""
 
-    source: Literal["digits", "mnist1d", "breast_cancer", "csv"] = Field(
-        "digits", description="data set: digits | mnist1d | breast_cancer | csv"
+    source: Literal["digits", "mnist1d", "breast_cancer", "csv", "images"] = Field(
+        "digits", description="data set: digits | mnist1d | breast_cancer | csv | images"
     )
     csv: CsvSource = CsvSource()
+    images: ImageSource = ImageSource()
     mnist1d_samples: int = Field(
         10_000, ge=100, multiple_of=10, description="samples generated for mnist1d (10 classes)"
     )
@@ -106,6 +118,10 @@ class PrepareConfig(_Section):
     def _csv_needs_path(self) -> PrepareConfig:
         if self.source == "csv" and not self.csv.path:
             raise ValueError("prepare.source is 'csv' but prepare.csv.path is not set")
+        if self.source == "images" and not self.images.path:
+            raise ValueError("prepare.source is 'images' but prepare.images.path is not set")
+        if self.source == "images" and self.unlabeled_csv:
+            raise ValueError("prepare.unlabeled_csv holds table rows; the source is 'images'")
         if self.unlabeled_samples and self.source != "mnist1d":
             raise ValueError(f"prepare.unlabeled_samples generates mnist1d signals, but the source "
                              f"is {self.source!r}: give prepare.unlabeled_csv instead")

@@ -7,9 +7,12 @@ Sources (params.yaml `prepare.source`):
   breast_cancer  scikit-learn's Wisconsin breast cancer table, 30 features, 2 classes (tabular)
   csv            any user CSV: feature columns (numbers or text, encoded by `shrinkflow.encode`)
                  plus `prepare.csv.target` (tabular)
+  images         a folder of images, one sub-folder per class (`shrinkflow.images`), resized to
+                 `prepare.images.size` (image, channels x size x size)
 
-Every source is first expressed as one raw table (feature columns + a `label` column for the built-in
-ones), which is what DVC versions and Great Expectations validates. `DatasetSpec` says how to read
+Every source but images is first expressed as one raw table (feature columns + a `label` column
+for the built-in ones), which is what DVC versions and Great Expectations validates; an image
+folder is kept as its decoded, resized pixels. `DatasetSpec` says how to read
 that table back into tensors. Other keys read from `prepare`: `val_fraction`, `test_fraction`, `seed`
 (stratified split) and `mnist1d_samples`. Augmentation keys come from `baseline.augment`.
 
@@ -38,6 +41,7 @@ from shrinkflow.config import AugmentConfig, PrepareConfig
 from shrinkflow.errors import UserError
 
 Kind = Literal["image", "signal", "tabular"]
+RawFormat = Literal["table", "images"]  # how the raw data is kept: a table, or uint8 N x H x W x C
 BUILTIN_TARGET = "label"
 UNLABELED = -100  # label of a row without one: cross-entropy's default ignore_index skips it
 _DIGIT_NAMES = tuple(str(digit) for digit in range(10))
@@ -59,6 +63,7 @@ class DatasetSpec:
     classes: tuple[str, ...]  # class names, in the order of the integer targets
     labels: tuple[str, ...]  # the target column's values (as text), in the same order
     value_range: tuple[float, float] | None = None  # known bounds of raw features, if any
+    raw: RawFormat = "table"  # images: no feature columns; the raw input is the uint8 image
 
     def to_dict(self) -> dict:
         return {
@@ -70,6 +75,7 @@ class DatasetSpec:
             "classes": list(self.classes),
             "labels": list(self.labels),
             "value_range": list(self.value_range) if self.value_range else None,
+            "raw": self.raw,
         }
 
     @classmethod
@@ -84,6 +90,7 @@ class DatasetSpec:
             classes=tuple(data["classes"]),
             labels=tuple(data["labels"]),
             value_range=tuple(value_range) if value_range else None,
+            raw=data.get("raw", "table"),
         )
 
 
@@ -169,6 +176,17 @@ def builtin_table(cfg: PrepareConfig) -> tuple[pd.DataFrame, DatasetSpec]:
     if cfg.source == "breast_cancer":
         return _breast_cancer_table()
     raise DataError(f"prepare.source {cfg.source!r} is not a built-in source")
+
+
+def images_spec(name: str, classes: Sequence[str], size: int, channels: int) -> DatasetSpec:
+    """Spec of an image folder: its class folders' names are its classes and labels."""
+    return DatasetSpec(name, "image", (channels, size, size), (), BUILTIN_TARGET, tuple(classes),
+                       tuple(classes), value_range=(0.0, 255.0), raw="images")
+
+
+def images_to_features(images: np.ndarray) -> np.ndarray:
+    """uint8 N x H x W x C images as the float32 N x C x H x W inputs of a network."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def csv_spec(frame: pd.DataFrame, target: str, name: str, features: Sequence[str] | None = None,

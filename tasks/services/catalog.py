@@ -56,6 +56,10 @@ class Catalog:
     def raw_table(self, name: str) -> Path:
         return self.raw_dir / f"{name}.csv"
 
+    def raw_images(self, name: str) -> Path:
+        """An image folder's pixels (uint8 N x H x W x C), labels and file names."""
+        return self.raw_dir / f"{name}.npz"
+
     @property
     def processed_dir(self) -> Path:
         return self.root / "data" / "processed"

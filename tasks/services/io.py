@@ -181,16 +181,20 @@ def load_processed(catalog: Catalog) -> tuple[data.Splits, data.DatasetSpec, dic
     return data.Splits(*splits), data.DatasetSpec.from_dict(meta["spec"]), meta
 
 
-def load_raw_rows(catalog: Catalog, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """A split's rows as the raw table has them (its feature columns: what a user sends the
-    deployed model, text and missing values included) and its class indices."""
+def load_raw_rows(catalog: Catalog, split: str) -> tuple[pd.DataFrame | np.ndarray, np.ndarray]:
+    """A split's inputs as the raw data has them, what a user sends the deployed model: a table's
+    feature columns (text and missing values included), or an image folder's images (uint8
+    N x H x W x C); and its class indices."""
     arrays = _arrays(catalog.split_file(split), produced_by="prepare")
     if "rows" not in arrays:
         raise MissingInputError(f"{catalog.split_file(split)} has no row numbers: run the "
                                 "'prepare' stage again")
     meta = read_json(catalog.dataset_file(), produced_by="prepare")
-    table = pd.read_csv(catalog.path(meta["raw_file"]), usecols=meta["spec"]["feature_columns"])
-    return table[meta["spec"]["feature_columns"]].iloc[arrays["rows"]].reset_index(drop=True), arrays["y"]
+    raw_file, spec = catalog.path(meta["raw_file"]), meta["spec"]
+    if spec.get("raw") == "images":
+        return _arrays(raw_file, produced_by="prepare")["images"][arrays["rows"]], arrays["y"]
+    table = pd.read_csv(raw_file, usecols=spec["feature_columns"])
+    return table[spec["feature_columns"]].iloc[arrays["rows"]].reset_index(drop=True), arrays["y"]
 
 
 def load_unlabeled(catalog: Catalog) -> np.ndarray | None:

@@ -2,7 +2,8 @@
 
 A custom or torchvision teacher or student (or `baseline.onnx`) is built and run on a batch of
 the data's inputs, and `baseline.weights` are loaded into the teacher; a misfit is a
-`ModelError` naming the key. The data's shape is a built-in source's, or, for a table, the one
+`ModelError` naming the key. The data's shape is a built-in source's, an image folder's (its
+class folders, `prepare.images.size` and `channels`), or, for a table, the one
 `prepare` wrote for it (a table's encoded width is known only once it is prepared: until then
 the classes are only imported). Nothing is written.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shrinkflow import data, models, user_models
+from shrinkflow import data, images, models, user_models
 from shrinkflow.config import Params
 from tasks.services import io
 from tasks.services.catalog import Catalog
@@ -19,6 +20,11 @@ from tasks.services.runner import user_code_importable
 
 
 def _data_spec(params: Params, root: Path) -> data.DatasetSpec | None:
+    if params.prepare.source == "images":  # known from the folder: its classes, and the settings
+        settings = params.prepare.images
+        classes = images.class_folders(root / (settings.path or ""))
+        return data.images_spec(Path(settings.path or "").name, [item.name for item in classes],
+                                settings.size, settings.channels)
     if params.prepare.source != "csv":
         return data.builtin_table(params.prepare)[1]
     found = Catalog.at(root).dataset_file()

@@ -172,25 +172,29 @@ def register(root: Path, name: str, model_file: Path, example: np.ndarray,
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
-    """A split's rows as the raw table has them, and their labels in the data set's own names."""
+    """A split's inputs as the raw data has them, and their labels in the data set's own names."""
 
-    frame: pd.DataFrame  # the feature columns: what a user's client sends, text and gaps included
+    # what a user's client sends: a table's feature columns, text and gaps included, or
+    # an image folder's images, uint8 N x H x W x C
+    inputs: pd.DataFrame | np.ndarray
     labels: np.ndarray
 
     @classmethod
     def of_split(cls, root: Path, split: str) -> Rows:
         catalog = Catalog.at(root)
-        frame, y = io.load_raw_rows(catalog, split)
+        inputs, y = io.load_raw_rows(catalog, split)
         names = io.read_json(catalog.dataset_file(), produced_by="prepare")["spec"]["labels"]
-        return cls(frame, np.asarray(names)[y])
+        return cls(inputs, np.asarray(names)[y])
 
     @property
     def x(self) -> np.ndarray:
-        """The rows as `ServedModel.predict` takes them: float32, or, when a column holds text,
-        objects (strings and numbers, None where a value is missing)."""
-        if all(pd.api.types.is_numeric_dtype(dtype) for dtype in self.frame.dtypes):
-            return self.frame.to_numpy(np.float32)
-        return self.frame.astype(object).where(self.frame.notna(), None).to_numpy()
+        """The inputs as `ServedModel.predict` takes them: the images, float32 rows, or, when a
+        column holds text, objects (strings and numbers, None where a value is missing)."""
+        if isinstance(self.inputs, np.ndarray):
+            return self.inputs
+        if all(pd.api.types.is_numeric_dtype(dtype) for dtype in self.inputs.dtypes):
+            return self.inputs.to_numpy(np.float32)
+        return self.inputs.astype(object).where(self.inputs.notna(), None).to_numpy()
 
     def accuracy(self, predicted: Sequence[str] | np.ndarray) -> float:
         return float(np.mean(np.asarray(predicted) == self.labels))

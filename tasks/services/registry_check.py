@@ -14,8 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from shrinkflow.deployable import LABEL
 from tasks.services import tracking
 from tasks.services.registry import Rows
@@ -43,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     model = mlflow.pyfunc.load_model(uri)
     rows = Rows.of_split(args.root, "test")
     # as a client sends them: a table (strings and gaps as they are) to a model with an input
-    # per column, float32 rows to one with a single input
+    # per column, float32 rows or uint8 images to one with a single input
     per_column = len(model.metadata.get_input_schema().inputs) > 1
-    served = rows.accuracy(model.predict(rows.frame if per_column else
-                                         rows.frame.to_numpy(np.float32))[LABEL])
+    served = rows.accuracy(model.predict(rows.inputs if per_column else rows.x)[LABEL])
     # exactly equal (within half a row): the same file on the same rows gives the same labels
     same = abs(served - logged) < 0.5 / len(rows.labels)
     print(f"mlflow.pyfunc on {len(rows.labels)} raw test rows: accuracy {served:.4f}, registered "

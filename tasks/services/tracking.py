@@ -423,11 +423,16 @@ def log_onnx_model(path: Path, input_example: Any, output_example: Any,
     import onnx
     import onnxruntime
     from mlflow.models import infer_signature
+    from mlflow.types import Schema, TensorSpec
 
+    signature = infer_signature(input_example, output_example)
+    if getattr(input_example, "ndim", 0) == 4:  # images: the graph resizes any height and width
+        signature.inputs = Schema([TensorSpec(input_example.dtype,
+                                              (-1, -1, -1, input_example.shape[3]))])
     return mlflow.onnx.log_model(
         onnx.load(str(path)),
         name="model",
-        signature=infer_signature(input_example, output_example),
+        signature=signature,
         input_example=input_example,
         registered_model_name=registered_model_name,
         # explicit requirements: skips MLflow's slow environment inference

@@ -39,12 +39,13 @@ REPORT_FILE = "deploy.json"  # in models/deploy/: what happened, the gate's chec
 
 def _deployable_file(catalog: Catalog, meta: dict[str, Any], candidate_file: str,
                      folder: Path) -> Path:
-    """The candidate behind raw-row encoding and normalization (`meta`: prepare's dataset.json)."""
+    """The candidate behind raw-row encoding or image resizing, and normalization (`meta`:
+    prepare's dataset.json)."""
     spec, normalizer = meta["spec"], meta["normalizer"]
     encoder = TableEncoder.from_dict(meta["encoder"]) if meta.get("encoder") else None
     model = deployable(onnx.load(str(catalog.path(candidate_file))), spec["input_shape"],
                        normalizer["mean"], normalizer["std"], spec["feature_columns"],
-                       spec["labels"], encoder)
+                       spec["labels"], encoder, images=spec.get("raw") == "images")
     onnx.save(model, str(folder / MODEL_FILE))
     return folder / MODEL_FILE
 

@@ -1,10 +1,11 @@
-"""Stage `prepare`: raw table -> validated, split, encoded, normalized arrays.
+"""Stage `prepare`: raw table or image folder -> validated, split, encoded, normalized arrays.
 
-Reads params.yaml `prepare` (source, csv, mnist1d_samples, unlabeled_samples / unlabeled_csv,
-val/test fractions, seed, validation).
+Reads params.yaml `prepare` (source, csv, images, mnist1d_samples, unlabeled_samples /
+unlabeled_csv, val/test fractions, seed, validation).
 Writes data/raw/<name>.csv (the raw table: the feature columns and the label, rows with a label;
-versioned by DVC), data/processed/{train,val,test}.npz (model inputs x, labels y, and each
-sample's row of the raw table; plus unlabeled.npz, inputs only, when an unlabeled pool is
+versioned by DVC; for an image folder data/raw/<name>.npz: its images decoded and resized, uint8
+N x H x W x C, their labels and files), data/processed/{train,val,test}.npz (model inputs x,
+labels y, and each sample's row of the raw data; plus unlabeled.npz, inputs only, when an unlabeled pool is
 configured) and dataset.json (spec, a user table's encoding and the normalization, both fitted on
 train, class counts, raw md5), metrics/prepare.json (the split sizes; every count in
 reports/prepare/metrics.json), reports/validation.json and the Great Expectations Data Docs under
@@ -20,6 +21,8 @@ predicts the label alone nearly as well as all columns is a warning (MLflow tag
 Both the raw table and the processed splits are validated before anything is written: a failed
 expectation stops the stage with every failure listed, and the previous outputs stay as they were.
 So does a user CSV whose header repeats a column name, or whose label column holds a single class.
+An image folder is validated through two views of it, one row per class folder and one per file
+(`validate_images`): each unreadable file and each class with too few images is named.
 Unlabeled rows identical to a validation or test row are left out of the pool (and counted in
 reports/prepare/metrics.json as `unlabeled_rows_dropped`): students distilled on them would see the very
 inputs they are scored on.
@@ -28,7 +31,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from shrinkflow import data, leaks, progress
+from shrinkflow import data, images, leaks, progress
 from shrinkflow.config import CsvSource, Params, PrepareConfig
 from shrinkflow.encode import TableEncoder
 from tasks.services import io, tracking
@@ -200,13 +206,18 @@ def _encoder(train: pd.DataFrame, spec: data.DatasetSpec, cfg: PrepareConfig
     return TableEncoder.fit(train, spec.feature_columns, cfg.csv.ordinal, cfg.csv.missing_indicator)
 
 
-def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
-                         spec: data.DatasetSpec, cfg: PrepareConfig) -> _Prepared:
-    labels = data.table_labels(frame, spec)
+def _stratified_rows(labels: np.ndarray, spec: data.DatasetSpec, cfg: PrepareConfig
+                     ) -> data.Splits:
+    """The stratified split of the rows (x: row numbers); a class too small to split is named."""
     try:
-        rows = _row_splits(labels, cfg)
+        return _row_splits(labels, cfg)
     except ValueError as exc:  # e.g. a class with fewer members than there are splits
         raise data.DataError(f"cannot split {spec.name!r} by class: {exc}") from None
+
+
+def _split_and_normalize(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
+                         spec: data.DatasetSpec, cfg: PrepareConfig) -> _Prepared:
+    rows = _stratified_rows(data.table_labels(frame, spec), spec, cfg)
     encoder = _encoder(frame.iloc[rows.train.x], spec, cfg)
     if encoder is not None:
         spec = replace(spec, input_shape=(encoder.width,))
@@ -239,19 +250,39 @@ def _user_csv(cfg: PrepareConfig) -> CsvSource | None:
     return cfg.csv if cfg.source == "csv" else None
 
 
+@contextmanager
+def _kept_reports(catalog: Catalog) -> Iterator[list]:
+    """The validation reports made inside, written and logged whether validation passed or not
+    (a failure's too), their warnings logged after."""
+    from tasks.services.validation import DataValidationError
+
+    reports: list = []
+    try:
+        yield reports
+    except DataValidationError as error:
+        reports.append(error.report)
+        raise
+    finally:  # the reports and Data Docs are kept and logged whether validation passed or not
+        io.write_json(catalog.validation_report, [report.to_dict() for report in reports])
+        tracking.log_artifact(catalog.validation_report)
+        tracking.log_artifact(catalog.data_docs_dir, "data_docs")
+    for report in reports:
+        for warning in report.warnings:
+            log.warning("%s: %s", report.name, warning)
+
+
 def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
                       spec: data.DatasetSpec, cfg: PrepareConfig, catalog: Catalog,
                       ) -> tuple[_Prepared, list[dict]]:
     """Validate the raw tables, split and normalize, validate the splits; keep every report."""
-    from tasks.services.validation import DataValidationError, validate_processed, validate_raw
+    from tasks.services.validation import validate_processed, validate_raw
 
-    reports = []
     with progress.ticking(log, "checking for row identifiers and lone predictors"):
         found = find_leaks(frame, spec, cfg)
     if found is not None and found.lone is not None and found.lone.flagged():
         # on the run whether validation passes or not: the user decides, the run says it
         tracking.set_tags({LONE_PREDICTORS_TAG: ", ".join(found.lone.flagged())})
-    try:
+    with _kept_reports(catalog) as reports:
         with progress.ticking(log, f"validating the raw table ({len(frame)} rows)"):
             reports.append(validate_raw(frame, spec, cfg.validation, catalog.data_docs_dir,
                                         leaks=found, csv=_user_csv(cfg)))
@@ -263,32 +294,144 @@ def _validated_splits(frame: pd.DataFrame, unlabeled: pd.DataFrame | None,
             prepared = _split_and_normalize(frame, unlabeled, spec, cfg)
             reports.append(validate_processed(prepared.splits, prepared.spec, cfg.validation,
                                               catalog.data_docs_dir))
-    except DataValidationError as error:
-        reports.append(error.report)
-        raise
-    finally:  # the reports and Data Docs are kept and logged whether validation passed or not
-        io.write_json(catalog.validation_report, [report.to_dict() for report in reports])
-        tracking.log_artifact(catalog.validation_report)
-        tracking.log_artifact(catalog.data_docs_dir, "data_docs")
-    for report in reports:
-        for warning in report.warnings:
-            log.warning("%s: %s", report.name, warning)
     return prepared, [report.to_dict() for report in reports]
 
 
-def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, prepared: _Prepared,
-                   catalog: Catalog) -> str:
-    """Raw table and processed splits (and unlabeled inputs), each folder swapped in whole;
+# ---------------------------------------------------------------------------------------------
+# An image folder
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RawImages:
+    """An image folder as the pipeline keeps it: every readable image, resized, with its label
+    and file; and the folder's views for validation (see `validate_images`)."""
+
+    images: np.ndarray  # uint8 N x size x size x C
+    labels: np.ndarray  # int64 class indices
+    files: tuple[str, ...]  # each image's path, relative to the project root when inside it
+    spec: data.DatasetSpec
+    file_view: pd.DataFrame  # file, label, error ("" when readable): every image file
+    class_view: pd.DataFrame  # label, folder, images: every class folder
+
+
+def read_image_folder(cfg: PrepareConfig, catalog: Catalog) -> RawImages:
+    """Decode and resize every image of the configured folder (see `shrinkflow.images`); a file
+    that cannot be read is kept in the file view with the reason, for validation to name."""
+    settings = cfg.images
+    root = _external_path(settings.path, catalog)
+    classes = images.class_folders(root)
+    spec = data.images_spec(root.name, [item.name for item in classes], settings.size,
+                            settings.channels)
+    resize = images.Resizer(settings.size, settings.channels)
+    total = sum(len(item.files) for item in classes)
+    log.info("reading %d images of %d classes from %s", total, len(classes), root)
+    pixels, labels, files, rows = [], [], [], []
+    beat, started = progress.Heartbeat(), time.monotonic()
+    for index, item in enumerate(classes):
+        for path in item.files:
+            shown = _shown(path, catalog)
+            try:
+                pixels.append(resize(images.decode(path.read_bytes(), settings.channels)[None]))
+            except (images.ImageError, OSError) as error:
+                rows.append((shown, item.name, str(error) or type(error).__name__))
+                continue
+            labels.append(index)
+            files.append(shown)
+            rows.append((shown, item.name, ""))
+            if beat.due():
+                log.info("read %d of %d images (%s)", len(rows), total,
+                         progress.rate(len(rows), time.monotonic() - started))
+    file_view = pd.DataFrame(rows, columns=["file", data.BUILTIN_TARGET, "error"], dtype=object)
+    class_view = pd.DataFrame({
+        data.BUILTIN_TARGET: [item.name for item in classes],
+        "folder": [_shown(item.folder, catalog) for item in classes],
+        "images": [len(item.files) for item in classes]}).astype({"images": np.int64})
+    stacked = np.concatenate(pixels) if pixels else np.zeros(
+        (0, settings.size, settings.size, settings.channels), np.uint8)
+    return RawImages(stacked, np.asarray(labels, np.int64), tuple(files), spec, file_view,
+                     class_view)
+
+
+def _shown(path: Path, catalog: Catalog) -> str:
+    """`path` as messages and manifests show it: relative to the project root when inside it."""
+    try:
+        return catalog.relative(path)
+    except ValueError:
+        return str(path)
+
+
+def _validated_images(raw: RawImages, cfg: PrepareConfig, catalog: Catalog
+                      ) -> tuple[_Prepared, list[dict]]:
+    """Validate the folder, split and normalize its images, validate the splits."""
+    from tasks.services.validation import validate_images, validate_processed
+
+    with _kept_reports(catalog) as reports:
+        with progress.ticking(log, f"validating the image folder ({len(raw.file_view)} files)"):
+            reports.append(validate_images(raw.file_view, raw.class_view, raw.spec,
+                                           cfg.validation, cfg.images.min_per_class,
+                                           catalog.data_docs_dir))
+        with progress.ticking(log, "splitting, normalizing and validating the splits"):
+            rows = _stratified_rows(raw.labels, raw.spec, cfg)
+            features = data.Splits(*(data.Split(data.images_to_features(raw.images[part.x]),
+                                                part.y)
+                                     for part in (rows.train, rows.val, rows.test)))
+            splits, normalizer = data.normalize_splits(features, raw.spec.kind)
+            prepared = _Prepared(raw.spec, splits, rows, None, normalizer, None, 0)
+            reports.append(validate_processed(splits, raw.spec, cfg.validation,
+                                              catalog.data_docs_dir))
+    return prepared, [report.to_dict() for report in reports]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A source prepared: its splits and validation reports, the raw data as the pipeline keeps
+    it (written by `write_raw` to a path like `raw_file`), and figures of its own."""
+
+    prepared: _Prepared
+    reports: list[dict]
+    raw_file: Path  # in catalog.raw_dir
+    write_raw: Callable[[Path], None]
+    figures: dict[str, int]
+
+
+def _prepare_table(cfg: PrepareConfig, catalog: Catalog) -> _Source:
+    raw = load_raw(cfg, catalog)
+    frame, spec = raw.frame, raw.spec
+    unlabeled = load_unlabeled(cfg, spec, catalog)
+    log.info("validating %d raw rows, splitting (stratified, seed %d), validating splits",
+             len(frame), cfg.seed)
+    prepared, reports = _validated_splits(frame, unlabeled, spec, cfg, catalog)
+    return _Source(prepared, reports, catalog.raw_table(spec.name),
+                   lambda path: frame.to_csv(path, index=False), {
+                       "rows_unlabeled": prepared.rows_unlabeled,
+                       "unlabeled_rows_dropped": prepared.unlabeled_dropped,
+                       "rows_without_label": raw.rows_without_label,
+                       "missing_values": int(frame[list(spec.feature_columns)].isna()
+                                             .to_numpy().sum()),
+                       "n_columns": len(spec.feature_columns)})
+
+
+def _prepare_images(cfg: PrepareConfig, catalog: Catalog) -> _Source:
+    raw = read_image_folder(cfg, catalog)
+    prepared, reports = _validated_images(raw, cfg, catalog)
+    return _Source(prepared, reports, catalog.raw_images(raw.spec.name),
+                   lambda path: np.savez(path, images=raw.images, labels=raw.labels,
+                                         files=np.asarray(raw.files)),
+                   {"n_images": len(raw.labels)})
+
+
+def _write_outputs(source: _Source, catalog: Catalog) -> str:
+    """Raw data and processed splits (and unlabeled inputs), each folder swapped in whole;
     returns the raw md5."""
+    prepared = source.prepared
     with io.atomic_dir(catalog.raw_dir) as staging:
-        raw_file = staging / catalog.raw_table(spec.name).name
-        frame.to_csv(raw_file, index=False)
+        raw_file = staging / source.raw_file.name
+        source.write_raw(raw_file)
         raw_md5 = file_md5(raw_file)
-    splits, n_classes = prepared.splits, len(spec.classes)
+    splits, n_classes = prepared.splits, len(prepared.spec.classes)
     with io.atomic_dir(catalog.processed_dir) as staging:
         for name in ("train", "val", "test"):
             split: data.Split = getattr(splits, name)
-            # rows: each sample's row in the raw table, as a user sends it to the deployed
+            # rows: each sample's row in the raw data, as a user sends it to the deployed
             # model (which encodes and normalizes it itself): what it is checked on
             rows = getattr(prepared.rows, name).x
             np.savez(catalog.split_file(name, staging), x=split.x, y=split.y, rows=rows)
@@ -298,7 +441,7 @@ def _write_outputs(frame: pd.DataFrame, spec: data.DatasetSpec, prepared: _Prepa
             "spec": prepared.spec.to_dict(),
             "encoder": prepared.encoder.to_dict() if prepared.encoder else None,
             "normalizer": prepared.normalizer.to_dict(),
-            "raw_file": str(catalog.raw_table(spec.name).relative_to(catalog.root)),
+            "raw_file": catalog.relative(source.raw_file),
             "raw_md5": raw_md5,
             "class_counts": {name: data.class_counts(getattr(splits, name).y, n_classes).tolist()
                              for name in ("train", "val", "test")},
@@ -312,26 +455,18 @@ def run_prepare(params: Params, root: Path, parent_run_id: str | None = None) ->
     catalog, cfg = Catalog.at(root), params.prepare
     with tracking.stage_run("prepare", params, catalog.root, parent_run_id, cfg) as run:
         log.info("loading source %r", cfg.source)
-        raw = load_raw(cfg, catalog)
-        frame, spec = raw.frame, raw.spec
-        unlabeled = load_unlabeled(cfg, spec, catalog)
-
-        log.info("validating %d raw rows, splitting (stratified, seed %d), validating splits",
-                 len(frame), cfg.seed)
-        prepared, reports = _validated_splits(frame, unlabeled, spec, cfg, catalog)
-        splits = prepared.splits
+        prepare = _prepare_images if cfg.source == "images" else _prepare_table
+        source = prepare(cfg, catalog)
+        prepared, reports = source.prepared, source.reports
+        splits, spec = prepared.splits, prepared.spec
 
         log.info("writing %s and %s", catalog.raw_dir, catalog.processed_dir)
-        raw_md5 = _write_outputs(frame, spec, prepared, catalog)
+        raw_md5 = _write_outputs(source, catalog)
         metrics = {
             "rows_train": len(splits.train), "rows_val": len(splits.val),
             "rows_test": len(splits.test),
-            "rows_unlabeled": prepared.rows_unlabeled,
-            "unlabeled_rows_dropped": prepared.unlabeled_dropped,
-            "rows_without_label": raw.rows_without_label,
-            "missing_values": int(frame[list(spec.feature_columns)].isna().to_numpy().sum()),
-            "n_columns": len(spec.feature_columns),
-            "n_features": int(np.prod(prepared.spec.input_shape)),
+            **source.figures,
+            "n_features": int(np.prod(spec.input_shape)),
             "n_classes": len(spec.classes),
             "expectations_evaluated": sum(report["evaluated"] for report in reports),
             "data_warnings": sum(len(report["warnings"]) for report in reports),

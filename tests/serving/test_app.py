@@ -141,7 +141,7 @@ def test_health_and_model_info(source: DictSource):
     assert health.json()["status"] == "ok" and health.json()["version"] == "1"
     assert model.json() == {"name": "tiny-classifier", "version": "1", "alias": "champion",
                             "metrics": {"accuracy": 0.91}, "lineage": {"run_id": "run-1"},
-                            "feature_names": list(FEATURES), "text_columns": [],
+                            "feature_names": list(FEATURES), "image_shape": None, "text_columns": [],
                             "nullable": False, "classes": list(CLASSES)}
 
 

@@ -19,6 +19,7 @@ class CountingModel:
     def __init__(self, model: ServedModel, fail: Exception | None = None) -> None:
         self.model, self.fail = model, fail
         self.version, self.feature_names = model.version, model.feature_names
+        self.layout, self.row_shape = model.layout, model.row_shape
         self.batch_sizes: list[int] = []
 
     def predict(self, rows: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -7,6 +7,9 @@ Two gates guard the pipeline:
                       known value range (else +/- `max_abs_value`, so inf fails), labels non-null
                       and - for built-in sources - in the integer label set. Class imbalance is a
                       warning, not a failure.
+  validate_images     an image folder, in place of the raw table: at least two class folders,
+                      each with enough images, every file readable as an image, each failure
+                      naming its folder or file.
   validate_processed  the train/val/test arrays after normalization: per-sample shape, no NaN/inf,
                       |x| <= `max_abs_value`, labels in [0, n_classes - 1], a non-empty training
                       split that holds every class.
@@ -25,7 +28,12 @@ and built per call.
 """
 
 from tasks.services.validation.messages import DataValidationError, Failure, ValidationReport
-from tasks.services.validation.suites import Leaks, validate_processed, validate_raw
+from tasks.services.validation.suites import (
+    Leaks,
+    validate_images,
+    validate_processed,
+    validate_raw,
+)
 
-__all__ = ["DataValidationError", "Failure", "Leaks", "ValidationReport", "validate_processed",
-           "validate_raw"]
+__all__ = ["DataValidationError", "Failure", "Leaks", "ValidationReport", "validate_images",
+           "validate_processed", "validate_raw"]

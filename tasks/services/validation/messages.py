@@ -25,13 +25,15 @@ class Failure:
     expectation: str  # e.g. "expect_column_values_to_not_be_null"
     column: str | None  # None for table-level expectations
     observed: str  # what was observed, e.g. "3 of 1797 values are null (e.g. rows 3, 5, 7)"
+    noun: str = "column"  # what `column` names: a column, or an image folder's "file" or "folder"
 
     def describe(self) -> str:
-        where = f"column '{self.column}'" if self.column is not None else "table"
+        where = f"{self.noun} '{self.column}'" if self.column is not None else "table"
         return f"{where}: {self.expectation}: {self.observed}"
 
     def to_dict(self) -> dict:
-        return {"expectation": self.expectation, "column": self.column, "observed": self.observed}
+        return {"expectation": self.expectation, "column": self.column, "observed": self.observed,
+                "noun": self.noun}
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,12 @@ def failures_of(result: Any, frame: pd.DataFrame) -> tuple[Failure, ...]:
         parts = {kwargs.get("column"): found}
     split = _split_of(kwargs.get("row_condition"))
     in_split = f"split '{split}': " if split is not None else ""
+    # a view of a table is located by its "feature" (a column); one of an image folder by the
+    # "file" or "folder" it holds a row for
+    noun = located[0] if located and located[0] in ("file", "folder") else "column"
     return tuple(
-        Failure(config.type, column, in_split + _observed(config.type, kwargs, part, column))
+        Failure(config.type, column, in_split + _observed(config.type, kwargs, part, column),
+                noun)
         for column, part in parts.items()
     )
 
@@ -176,6 +182,12 @@ def _observed(kind: str, kwargs: dict, result: dict, located: Any = None) -> str
     if column == "alone_accuracy":
         return (f"alone predicts the label with validation accuracy {_distinct(result)}, "
                 f"at or above {_num(kwargs.get('max_value'))}")
+    # the views of an image folder
+    if column == "error":
+        return _distinct(result)
+    if column == "images":
+        return (f"holds {_distinct(result)} images; a class needs at least "
+                f"{_num(kwargs.get('min_value'))} (prepare.images.min_per_class)")
     # the per-sample summary columns of validate_processed, in their own words
     if column == "x_shape":
         return (

@@ -147,23 +147,29 @@ def _cell_columns(frame: pd.DataFrame, features: Sequence[str], nulls_allowed: b
 
 
 @functools.cache
+def named_expectation(name: str, base: str, description: str) -> type:
+    """A GX expectation class called `name` (Data Docs and failures name it: ExpectFooBar is
+    expect_foo_bar), checking what GX's `base` checks; built on first use, as GX is imported
+    lazily."""
+    parent = getattr(import_gx().expectations, base)
+    return type(name, (parent,), {"__annotations__": {"description": str},
+                                  "description": description, "__module__": __name__})
+
+
 def leak_expectations() -> tuple[type, type]:
-    """The two GX expectations of `Leaks`, as classes of their own so that Data Docs and failures
-    name them: built on first use, as GX is imported lazily."""
-    gxe = import_gx().expectations
-
-    class ExpectFeaturesToNotBeRowIdentifiers(gxe.ExpectColumnValuesToBeInSet):
-        description: str = ("No feature column is a row identifier: an unnamed column, integers "
-                            "that are all distinct and consecutive, all-distinct text, or an id "
-                            "column with all-distinct values (prepare.csv.drop or "
-                            "prepare.csv.allow_identifier decide)")
-
-    class ExpectFeaturesToNotPredictTheLabelAlone(gxe.ExpectColumnValuesToBeBetween):
-        description: str = ("No feature column alone predicts the label on validation nearly as "
-                            "well as all columns together (within 1 pp, and 5 pp above the "
-                            "majority class): a warning, the user decides")
-
-    return ExpectFeaturesToNotBeRowIdentifiers, ExpectFeaturesToNotPredictTheLabelAlone
+    """The two GX expectations of `Leaks`."""
+    return (
+        named_expectation(
+            "ExpectFeaturesToNotBeRowIdentifiers", "ExpectColumnValuesToBeInSet",
+            "No feature column is a row identifier: an unnamed column, integers that are all "
+            "distinct and consecutive, all-distinct text, or an id column with all-distinct "
+            "values (prepare.csv.drop or prepare.csv.allow_identifier decide)"),
+        named_expectation(
+            "ExpectFeaturesToNotPredictTheLabelAlone", "ExpectColumnValuesToBeBetween",
+            "No feature column alone predicts the label on validation nearly as well as all "
+            "columns together (within 1 pp, and 5 pp above the majority class): a warning, the "
+            "user decides"),
+    )
 
 
 def _leak_checks(columns: pd.DataFrame, leaks: Leaks) -> tuple[pd.DataFrame, list]:
@@ -244,6 +250,43 @@ def imbalance_warnings(
         f"rows, smallest class '{counts.idxmin()}' has {n_min} (ratio {ratio:.1f} > "
         f"{rules.imbalance_warn_ratio:g})",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder
+# ---------------------------------------------------------------------------------------------
+def validate_images(files: pd.DataFrame, classes: pd.DataFrame, spec: DatasetSpec,
+                    rules: ValidationRules, min_per_class: int, docs_dir: Path
+                    ) -> ValidationReport:
+    """Validate an image folder from its two views, and write Data Docs under `docs_dir`:
+
+      classes  one row per class sub-folder: `label` (its name), `folder` (its path) and
+               `images` (how many image files it holds): at least two classes, each with at
+               least `min_per_class` images (a folder without any fails too)
+      files    one row per image file: `file` (its path), `label`, and `error` (why it cannot be
+               read as an image, "" when it can): at least `rules.min_rows` files, all readable
+
+    Each failure names the folder or file. Class imbalance is a warning, as for tables.
+
+    Raises:
+        DataValidationError: after the Data Docs are written, if any expectation failed.
+    """
+    gxe = import_gx().expectations
+    readable = named_expectation(
+        "ExpectImagesToBeReadable", "ExpectColumnValuesToBeInSet",
+        "Every image file decodes (PNG, JPEG, BMP, GIF, WebP, TIFF) within the pixel limit")
+    enough = named_expectation(
+        "ExpectClassesToHaveEnoughImages", "ExpectColumnValuesToBeBetween",
+        "Every class folder holds at least prepare.images.min_per_class images")
+    views = [
+        View("classes", classes, [gxe.ExpectTableRowCountToBeBetween(min_value=2),
+                                  enough(column="images", min_value=min_per_class)],
+             located_by=("folder",)),
+        View("files", files, [gxe.ExpectTableRowCountToBeBetween(min_value=rules.min_rows),
+                              readable(column="error", value_set=[""])],
+             located_by=("file",)),
+    ]
+    return run_suite(f"raw:{spec.name}", views, imbalance_warnings(files, spec, rules), docs_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_validation_report__to_dict_is_json_and_round_trips():
         assert ValidationReport.from_dict(data) == report
     assert _report(TOO_FEW).to_dict()["failures"] == [{
         "expectation": "expect_table_row_count_to_be_between", "column": None,
-        "observed": "row count 10, expected at least 50"}]
+        "observed": "row count 10, expected at least 50", "noun": "column"}]
 
 
 def test_data_validation_error__pickles_with_its_report():
