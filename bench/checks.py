@@ -21,6 +21,8 @@ CACHED_RERUN_TARGET_PCT = 8.0  # a cached re-run costs at most this share of a f
 HYPERVOLUME_DROP_PP = 5.0
 DISTILL_GAIN_TARGET_PP = 2.0
 TABLE_RUN_TARGET_S = 30 * 60  # a full default run on the generated 500,000-row table
+IMAGES_TASK = "shapes"  # the image task: a folder of generated 32x32 RGB shapes, a ResNet-8 teacher
+TEACHER_CEILING = 0.99  # its teacher's test accuracy stays below this: compression can lose some
 
 
 def interval_met(row: dict, key: str, target: float) -> bool:
@@ -174,6 +176,33 @@ def distillation_check(task: str, metrics: dict) -> dict:
         parts.append(f"soft labels on the labeled rows {metrics[f'{pick}.soft_label_gain_pp']:+.2f}"
                      f" pp, the unlabeled pool {metrics[f'{pick}.pool_gain_pp']:+.2f} pp more")
     return {"target": target, "value": "; ".join(parts), "met": gain >= DISTILL_GAIN_TARGET_PP}
+
+
+def image_checks(rows: list[dict], task: str = IMAGES_TASK) -> list[dict]:
+    """The image task's teacher leaves room to lose accuracy (below `TEACHER_CEILING` on test);
+    its deployed candidate (chosen on validation) is >= 4x smaller than the teacher's ONNX file,
+    >= 2x its batch-256 throughput in ONNX Runtime (the whole interval, timed again after the
+    choice when it was) and within 1 pp of it on test."""
+    task_rows = [row for row in rows if row["task"] == task]
+    teacher = next((row for row in task_rows if row["file"] == "models/baseline/model.onnx"), None)
+    deployed = next((row for row in task_rows if row["deployed"]), None)
+    hard = {"target": f"{task}: the teacher stays below {100 * TEACHER_CEILING:.0f}% on test (the "
+                      "data is hard enough for compression to lose accuracy)",
+            "value": f"{teacher['accuracy']:.4f}" if teacher else "no teacher",
+            "met": teacher is not None and teacher["accuracy"] < TEACHER_CEILING}
+    target = (f"{task} deployed: >= 4x smaller than the teacher's ONNX file, >= 2x its batch-256 "
+              "throughput in ONNX Runtime, within 1 pp on test")
+    if teacher is None or deployed is None:
+        return [hard, {"target": target, "value": "nothing deployed", "met": False}]
+    key = next(key for key in ("retimed_throughput_ratio_b256_vs_ort_fp32",
+                               "throughput_ratio_b256_vs_ort_fp32") if f"{key}_interval" in deployed)
+    smaller = teacher["size_bytes"] / deployed["size_bytes"]
+    return [hard, {
+        "target": target,
+        "value": f"{deployed['candidate']}: {smaller:.1f}x smaller, {ratio_text(deployed, key)} "
+                 f"at batch 256, test drop {deployed['accuracy_drop_pp']:.2f} pp",
+        "met": smaller >= 4 and interval_met(deployed, key, 2)
+               and within_drop(deployed["accuracy_drop_pp"], 1.0)}]
 
 
 def serving_check(serving: dict) -> dict:

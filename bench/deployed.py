@@ -5,8 +5,8 @@ those rounds is the one that won, so it leans high (the winner's curse). Here th
 the fp32 baseline (eager torch and ONNX Runtime) are timed again in fresh rounds, side by side
 with:
 
-  served    the deployable graph users call (models/deploy/model.onnx: raw rows in, label names
-            and probabilities out), fed raw rows;
+  served    the deployable graph users call (models/deploy/model.onnx: raw rows or uint8 images
+            in, label names and probabilities out), fed raw rows or images;
   identity  a one-node Identity graph of the input's width: what a call of an empty graph costs;
   matmul    one MatMul of the input's width x classes: the smallest graph that can classify.
 
@@ -61,9 +61,9 @@ def _served_predictor(path: Path, raw: np.ndarray, threads: int) -> Callable[[np
 
     session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
-    one = np.ascontiguousarray(raw[:1], dtype=np.float32)
-    batch = np.ascontiguousarray(np.resize(raw, (THROUGHPUT_BATCH, *raw.shape[1:])),
-                                 dtype=np.float32)
+    dtype = np.uint8 if raw.dtype == np.uint8 else np.float32  # images, or rows of numbers
+    one = np.ascontiguousarray(raw[:1], dtype=dtype)
+    batch = np.ascontiguousarray(np.resize(raw, (THROUGHPUT_BATCH, *raw.shape[1:])), dtype=dtype)
     return _fed(lambda rows: session.run(None, {name: rows}), one, batch)
 
 

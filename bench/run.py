@@ -9,7 +9,8 @@ user's own stores and outputs are untouched):
                orchestration overhead. The direct calls run again with the search off: the
                teacher is params.yaml's, as when the compression targets were set.
   compression  every candidate of each task (digits from the pipeline runs above, with the
-               searched teacher and with params.yaml's; mnist1d run directly), as measured side
+               searched teacher and with params.yaml's; mnist1d and the image task, a folder of
+               generated 32x32 shapes with a ResNet-8 teacher, run directly), as measured side
                by side by the compare stage, with the fields of shared/BENCH.md: validation
                accuracy (what every choice reads), test accuracy (reported only), and ratios
                against the fp32 baseline in torch and ONNX Runtime, each with its 95% interval.
@@ -60,7 +61,8 @@ sys.path.insert(0, str(REPO))
 from bench import checks  # noqa: E402  (the project root is on the path only now)
 
 OVERLAYS = {"digits": None, "mnist1d": "configs/mnist1d.yaml",
-            "breast_cancer": "configs/breast_cancer.yaml"}
+            "breast_cancer": "configs/breast_cancer.yaml", checks.IMAGES_TASK: "configs/shapes.yaml"}
+IMAGES_PER_CLASS = 500  # of the image task's 8 classes: 4,000 images, 800 of them for test
 UNSEARCHED = checks.UNSEARCHED
 # the quickest complete pipeline: only warms Prefect's database, its numbers are not reported
 WARM_UP = ["--set", "baseline.train.epochs=1", "--set", "prune.finetune_epochs=0",
@@ -226,6 +228,16 @@ def structured_torch_speedup(project: Path, threads: int) -> dict:
     return {**ratio.fields("speedup"), "rounds": cfg.rounds}
 
 
+def image_task(project: Path) -> None:
+    """The image task's inputs in `project`: the generated folder of shapes (bench/images.py)
+    and the team's own network, bench/nets.py, where its class path names it."""
+    from bench.images import write_folder
+
+    write_folder(project / "data" / "external" / "shapes", IMAGES_PER_CLASS)
+    (project / "bench").mkdir(exist_ok=True)
+    (project / "bench" / "nets.py").write_text((REPO / "bench" / "nets.py").read_text())
+
+
 def compression(workdir: Path, tasks: list[str], projects: dict[str, Path]) -> dict[str, Any]:
     """Candidates of every task (those in `projects` from the runs above, others run directly;
     the projects run here are added to it), the control of each, each task's distillation
@@ -236,6 +248,8 @@ def compression(workdir: Path, tasks: list[str], projects: dict[str, Path]) -> d
         if project is None:
             print(f"compression: {task}, every stage ...", flush=True)
             project = projects[task] = fresh_project(workdir, f"task-{task}")
+            if task == checks.IMAGES_TASK:
+                image_task(project)
             direct_calls(project, OVERLAYS[task])
         rows, found["controls"][task] = compression_rows(task, project)
         found["compression"] += rows
@@ -441,6 +455,8 @@ def targets(report: dict) -> list[dict]:
         found += [checks.mnist1d_check(rows), checks.recipe_check(rows)]
         if report.get("ensembles", {}).get("mnist1d"):
             found.append(checks.ensemble_check(rows, report["ensembles"]["mnist1d"]))
+    if checks.IMAGES_TASK in tasks:
+        found += checks.image_checks(rows)
     if report.get("distillation", {}).get("mnist1d"):
         found.append(checks.distillation_check("mnist1d", report["distillation"]["mnist1d"]))
     if report.get("structured_pruning_torch_b1"):
@@ -458,7 +474,8 @@ def targets(report: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["digits", "mnist1d", "table"],
+    parser.add_argument("--tasks", nargs="+",
+                        default=["digits", "mnist1d", checks.IMAGES_TASK, "table"],
                         choices=[*OVERLAYS, "table"])
     parser.add_argument("--table-rows", type=int, default=TABLE_ROWS,
                         help="rows of the generated table of the task 'table'")

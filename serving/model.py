@@ -188,9 +188,14 @@ def _image_shape(session: ort.InferenceSession) -> tuple[int, int, int] | None:
         raise ModelFileError(f"an image model takes uint8 [N, height, width, C] and says its size in "
                              f"metadata_props {IMAGE_SHAPE_KEY!r}; this one has {inputs[0].shape} and "
                              f"{sorted(metadata)}")
-    shape = json.loads(metadata[IMAGE_SHAPE_KEY])
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise ModelFileError(f"metadata_props {IMAGE_SHAPE_KEY!r} must be [height, width, C]; got {shape}")
+    try:
+        shape = json.loads(metadata[IMAGE_SHAPE_KEY])
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"metadata_props {IMAGE_SHAPE_KEY!r} is not JSON: {error}") from error
+    if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == shape[1]
+            and all(type(size) is int and size > 0 for size in shape)):
+        raise ModelFileError(f"metadata_props {IMAGE_SHAPE_KEY!r} must be [size, size, C] (images are "
+                             f"resized to squares); got {shape}")
     return shape[0], shape[1], shape[2]
 
 

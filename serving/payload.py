@@ -112,7 +112,7 @@ def parse_images(body: bytes, image_shape: tuple[int, int, int], *, max_images: 
     """
     if len(body) > max_bytes:
         raise BadRequest(413, f"the body has {len(body)} bytes; the limit is {max_bytes}")
-    payload = _decode(body, example='{"images": ["<base64 PNG or JPEG>", ...]}')
+    payload = _decode(body, ("images", "inputs"), '{"images": ["<base64 PNG or JPEG>", ...]}')
     keys = [key for key in ("images", "inputs") if key in payload]
     if len(keys) != 1:
         found = f"it has {_names(keys or list(payload)) or 'no keys'}"
@@ -188,7 +188,8 @@ def _pixel_arrays(value: Any, channels: int, max_images: int, max_pixels: int
     return list(array.astype(np.uint8))
 
 
-def _decode(body: bytes, example: str = '{"inputs": [[...], ...]}') -> dict[str, Any]:
+def _decode(body: bytes, keys: Sequence[str] = ACCEPTED_KEYS,
+            example: str = '{"inputs": [[...], ...]}') -> dict[str, Any]:
     if not body.strip():
         raise BadRequest(400, f"the body is empty: send a JSON object such as {example}")
     try:
@@ -198,7 +199,7 @@ def _decode(body: bytes, example: str = '{"inputs": [[...], ...]}') -> dict[str,
     except RecursionError as error:  # a few thousand nested brackets exhaust the decoder's stack
         raise BadRequest(400, "the body is not valid JSON: nested too deeply") from error
     if not isinstance(payload, dict):
-        raise BadRequest(400, f"the body must be a JSON object with one of the keys {_accepted()}, "
+        raise BadRequest(400, f"the body must be a JSON object with one of the keys {_accepted(keys)}, "
                               f"e.g. {example}; got {_kind(payload)}")
     return payload
 
@@ -209,7 +210,8 @@ def _rows(payload: dict[str, Any], feature_names: tuple[str, ...]
     keys = [key for key in ACCEPTED_KEYS if key in payload]
     if len(keys) != 1:
         found = f"it has {_names(keys or list(payload)) or 'no keys'}"
-        raise BadRequest(400, f"the body must have exactly one of the keys {_accepted()}; {found}")
+        raise BadRequest(400, f"the body must have exactly one of the keys {_accepted(ACCEPTED_KEYS)}; "
+                              f"{found}")
     key = keys[0]
     value = payload[key]
     if key == "inputs":
@@ -375,8 +377,8 @@ def _cell(index: int, where: str, position: int, columns: tuple[str, ...]) -> st
     return f"{_row(index, where)}, column {position} ({columns[position]!r})"
 
 
-def _accepted() -> str:
-    return ", ".join(repr(key) for key in ACCEPTED_KEYS)
+def _accepted(keys: Sequence[str]) -> str:
+    return ", ".join(repr(key) for key in keys)
 
 
 def _names(names: Sequence[str]) -> str:

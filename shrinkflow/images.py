@@ -7,10 +7,10 @@ sub-folder names in sorted order, their images the files with an image extension
 ImageFolder ignores them.
 
 An image is decoded to uint8 H x W x C, C being 1 (grey) or 3 (RGB): palette, alpha and other
-modes are converted as Pillow's `convert` does. It is then resized to size x size by the ONNX
-nodes the deployable graph starts with (`resize_nodes`: linear, antialiased, half-pixel
-centres), so that an image of another size sent to the served model is treated as the training
-images were, and rounded back to uint8.
+modes are converted as Pillow's `convert` does, 16-bit grey scaled to 8 bits. It is then
+resized to size x size by the ONNX nodes the deployable graph starts with (`resize_nodes`:
+linear, antialiased, half-pixel centres), so that an image of another size sent to the served
+model is treated as the training images were, and rounded back to uint8.
 """
 
 from __future__ import annotations
@@ -85,13 +85,18 @@ def decode(data: bytes, channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarr
             if image.width * image.height > max_pixels:
                 raise ImageTooLarge(f"the image has {image.width} x {image.height} pixels; the "
                                     f"limit is {max_pixels:,}")
+            if image.mode.startswith("I"):  # 16-bit grey: scaled to 8 bits (convert would clip)
+                image = Image.fromarray(
+                    (np.asarray(image, np.float64) / 257).round().clip(0, 255).astype(np.uint8))
             converted = image.convert(_MODES[channels])
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:  # Pillow's own limit, met before ours
+        raise ImageTooLarge(str(error)) from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image format Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF)"
                          ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"not a readable image: {error}") from None
     array = np.asarray(converted, dtype=np.uint8)
     return array[:, :, None] if channels == 1 else array

@@ -137,6 +137,40 @@ class TestDeployedChecks:
         assert not any(check["met"] for check in checks.deployed_checks([_row("x")], "digits"))
 
 
+class TestImageChecks:
+    def _rows(self, teacher_accuracy: float = 0.97, **deployed) -> list[dict]:
+        teacher = _teacher(task=checks.IMAGES_TASK, accuracy=teacher_accuracy)
+        chosen = _row("structured-50-int8_static", task=checks.IMAGES_TASK, deployed=True,
+                      size_bytes=2_000, accuracy_drop_pp=0.5,
+                      throughput_ratio_b256_vs_ort_fp32=3.0,
+                      throughput_ratio_b256_vs_ort_fp32_interval=[2.6, 3.3],
+                      retimed_throughput_ratio_b256_vs_ort_fp32=2.5,
+                      retimed_throughput_ratio_b256_vs_ort_fp32_interval=[2.2, 2.8])
+        return [teacher, {**chosen, **deployed}]
+
+    def test_a_hard_task_and_a_small_fast_close_candidate_pass(self):
+        hard, deployed = checks.image_checks(self._rows())
+        assert hard["met"] and deployed["met"]
+        assert deployed["value"] == ("structured-50-int8_static: 5.0x smaller, 2.50x [2.20, 2.80] "
+                                     "at batch 256, test drop 0.50 pp")
+
+    @pytest.mark.parametrize("change", [
+        {"size_bytes": 2_600},  # 3.8x smaller
+        {"retimed_throughput_ratio_b256_vs_ort_fp32_interval": [1.9, 2.8]},  # fresh rounds
+        {"accuracy_drop_pp": 1.25},
+    ])
+    def test_a_candidate_short_of_one_target_fails(self, change):
+        assert not checks.image_checks(self._rows(**change))[1]["met"]
+
+    def test_a_teacher_at_99_percent_leaves_nothing_to_lose_and_fails(self):
+        assert not checks.image_checks(self._rows(teacher_accuracy=0.99))[0]["met"]
+
+    def test_nothing_deployed_fails(self):
+        rows = [row for row in self._rows() if not row["deployed"]]
+        assert checks.image_checks(rows)[1]["value"] == "nothing deployed"
+        assert not checks.image_checks(rows)[1]["met"]
+
+
 TABLE = {"rows": 500_000, "csv_mb": 79.0, "prepare_s": 53.2, "prepare_peak_rss_mb": 1517.0,
          "floor_rows": 2_000, "floor_prepare_s": 9.4, "floor_peak_rss_mb": 488.0,
          "full_run_s": 1500.0, "deployed": "student-kd-int8_weights",

@@ -72,9 +72,9 @@ def offline(deployed) -> tuple[list[dict], list[str]]:
     """The raw test rows (as records) and REQUEST, with the labels the deployed graph gives them
     evaluated offline."""
     rows = registry.Rows.of_split(deployed, "test")
-    records = [*json.loads(rows.frame.to_json(orient="records")), *REQUEST]
+    records = [*json.loads(rows.inputs.to_json(orient="records")), *REQUEST]
     model = ServedModel.from_onnx(deployed / "models" / "deploy" / "model.onnx", version="file")
-    frame = pd.DataFrame.from_records(records, columns=list(rows.frame.columns))
+    frame = pd.DataFrame.from_records(records, columns=list(rows.inputs.columns))
     labels, _ = model.predict(registry.Rows(frame, np.array([])).x)
     return records, labels
 
