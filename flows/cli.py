@@ -299,7 +299,8 @@ def serve(name: NameOption = None,
                                          "(`shrinkflow models list`)")
     application = create_app(source, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                              max_request_rows=cfg.max_request_rows,
-                             max_body_bytes=cfg.max_body_bytes, poll_seconds=cfg.poll_seconds)
+                             max_body_bytes=cfg.max_body_bytes, poll_seconds=cfg.poll_seconds,
+                             max_image_pixels=cfg.max_image_pixels)
     bind = host or cfg.host
     if bind not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: binding {bind} makes the server reachable from the network; it has "

@@ -633,6 +633,8 @@ class ServeConfig(_Section):
         2.0, ge=0, description="longest a request waits for others to share its call")
     max_request_rows: int = Field(1024, ge=1, description="rows one request may send")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="largest request body")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=64, description="pixels of one image sent to an image model (more: 413)")
     poll_seconds: float = Field(
         5.0, gt=0, description="how often the alias is checked (the server follows it)")
     threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads")

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from shrinkflow.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-MAX_PIXELS = 4096 * 4096  # of one image: bigger ones are refused before they are decoded
+MAX_PIXELS = 4096 * 4096  # of one image, by default: bigger ones are refused before decoding
 RESIZE_OPSET = 18  # Resize's antialias attribute
 _MODES = {1: "L", 3: "RGB"}
 
