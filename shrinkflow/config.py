@@ -599,6 +599,14 @@ class CompareConfig(_Section):
         "interval of its batch-1 speed-up clears this: a smaller gain, however sure, does not pay "
         "for a bigger file (the two tie and the smaller file is deployed)"
     )
+    min_agreement: float | None = Field(
+        None, gt=0, le=1, description="a deployable model gives the teacher's top class on at "
+        "least this share of the validation samples (null: no such rule)")
+    max_robustness_drop_pp: float | None = Field(
+        None, ge=0, description="a deployable model loses at most this much validation accuracy "
+        "on strongly corrupted inputs (null: no such rule)")
+    seed: int = Field(0, description="seed of the corrupted copies of the inputs (the same for "
+                      "every candidate)")
 
 
 # ---------------------------------------------------------------------------------------------

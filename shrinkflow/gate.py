@@ -4,7 +4,10 @@ Every decision here reads the validation split; test accuracy is reported beside
 read here, so the reported test figure is not the one the choice was fitted to.
 
 A candidate is acceptable when its validation accuracy drop against the teacher
-(`val_accuracy_drop_pp`) stays within the tolerance (params.yaml `compare.max_accuracy_drop_pp`).
+(`val_accuracy_drop_pp`) stays within the tolerance (params.yaml `compare.max_accuracy_drop_pp`),
+and, when those rules are set, when it agrees with the teacher on enough validation samples
+(`compare.min_agreement`) and loses little accuracy on the strongly corrupted validation inputs
+(`compare.max_robustness_drop_pp`; `shrinkflow.judge`).
 Among acceptable candidates the Pareto front over (validation accuracy, file size, batch-1
 latency) is kept, and the deployed one is the fastest on that front: a CPU target is what
 compression is for, and the tolerance has already bounded the accuracy. Latencies that differ by
@@ -40,8 +43,37 @@ def within_drop(drop_pp: float, max_drop_pp: float) -> bool:
     return drop_pp <= max_drop_pp + 1e-9
 
 
-def acceptable(row: Row, max_drop_pp: float) -> bool:
-    return within_drop(row["val_accuracy_drop_pp"], max_drop_pp)
+ROBUSTNESS_RULE = "val_robustness_drop_pp_strong"  # what compare.max_robustness_drop_pp bounds
+AGREEMENT_RULE = "val_agreement"  # what compare.min_agreement bounds
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a deployable candidate must meet on validation (None: the rule is off)."""
+
+    max_drop_pp: float
+    min_agreement: float | None = None
+    max_robustness_drop_pp: float | None = None
+
+    def describe(self) -> str:
+        """The rules in words, e.g. 'within 0.5 pp of the teacher on validation'."""
+        parts = [f"within {self.max_drop_pp} pp of the teacher on validation"]
+        if self.min_agreement is not None:
+            parts.append(f"agreeing with it on at least {self.min_agreement:.0%} of the "
+                         "validation samples")
+        if self.max_robustness_drop_pp is not None:
+            parts.append(f"losing at most {self.max_robustness_drop_pp} pp on strongly corrupted "
+                         "validation inputs")
+        return ", ".join(parts)
+
+
+def acceptable(row: Row, rules: Rules | float) -> bool:
+    """Within the accuracy tolerance (a float: that alone), and the other rules that are set."""
+    rules = rules if isinstance(rules, Rules) else Rules(rules)
+    return (within_drop(row["val_accuracy_drop_pp"], rules.max_drop_pp)
+            and (rules.min_agreement is None or row[AGREEMENT_RULE] >= rules.min_agreement)
+            and (rules.max_robustness_drop_pp is None
+                 or within_drop(row[ROBUSTNESS_RULE], rules.max_robustness_drop_pp)))
 
 
 def dominates(a: Row, b: Row, faster: Faster = plainly_faster) -> bool:
@@ -58,10 +90,11 @@ def pareto_front(rows: Sequence[Row], faster: Faster = plainly_faster) -> list[R
     return [row for row in rows if not any(dominates(other, row, faster) for other in rows)]
 
 
-def choose(rows: Sequence[Row], max_drop_pp: float,
+def choose(rows: Sequence[Row], rules: Rules | float,
            faster: Faster = plainly_faster) -> Row | None:
-    """The candidate to deploy, or None when no candidate is within the tolerance."""
-    front = pareto_front([row for row in rows if acceptable(row, max_drop_pp)], faster)
+    """The candidate to deploy, or None when no candidate meets the rules (a float: the accuracy
+    tolerance alone)."""
+    front = pareto_front([row for row in rows if acceptable(row, rules)], faster)
     if not front:
         return None
     quickest = min(front, key=lambda row: row["latency_ms_p50_b1"])

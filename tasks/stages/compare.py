@@ -11,9 +11,14 @@ exist), data/processed/ and params.yaml `compare` and `measure`.
   interval over the rounds, and a control (the baseline's ONNX file timed a second time as if it
   were another candidate) shows the noise floor: its ratio to the baseline should read 1.00. These
   are the only speed figures: they are also logged to each candidate's own MLflow run.
-- Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation,
-  on the Pareto front, the fastest, latencies inside the noise or within `compare.min_speedup`
-  counting as ties.
+- Judged as the compression literature judges a compressed model (`shrinkflow.judge`): agreement
+  with the teacher (top-1 and KL divergence), calibration (ECE) and accuracy on corrupted copies
+  of the inputs at two severities (the same copies for every candidate, `compare.seed`), on
+  validation and test.
+- Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation
+  (and, when set, `compare.min_agreement` and `compare.max_robustness_drop_pp`), on the Pareto
+  front, the fastest, latencies inside the noise or within `compare.min_speedup` counting as
+  ties.
 
 Writes metrics/compare.json (the headline: how many candidates were compared, the deployed
 candidate's accuracies, drop, size ratio and speed-up over ONNX Runtime fp32) and reports/compare/:
@@ -31,9 +36,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from shrinkflow import gate, measure, plots
-from shrinkflow.config import MeasureConfig, Params
-from shrinkflow.data import Splits
+from shrinkflow import gate, judge, measure, plots
+from shrinkflow.config import CompareConfig, MeasureConfig, Params
+from shrinkflow.data import DatasetSpec, Splits
 from shrinkflow.export import onnx_predictor
 from tasks.services import dag, io, tracking
 from tasks.services.candidates import (
@@ -70,15 +75,22 @@ FIGURES = ("val_accuracy", "accuracy", "accuracy_drop_pp", "size_bytes", "size_r
 HEADLINE = {"candidates": "candidates", "val_accuracy": "val_accuracy", "accuracy": "accuracy",
             "accuracy_drop_pp": "accuracy_drop_pp", "size_ratio": "size_ratio",
             "speedup_b1": "speedup_b1_vs_ort_fp32"}
+# (column, header, format) of the second table of candidates.md: the judged figures, on test
+JUDGED_TABLE = (("val_agreement", "val agreement", "{:.4f}"), ("agreement", "agreement", "{:.4f}"),
+                ("kl_to_teacher", "KL to teacher", "{:.4f}"), ("ece", "ECE", "{:.4f}"),
+                *((f"robustness_drop_pp_{name}", f"drop pp {name}", "{:.2f}")
+                  for name in judge.SEVERITIES))
+JUDGED = tuple(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] for prefix in ("val_", ""))
 # columns of candidates.csv (`dvc plots`): the scalar fields of a row; intervals stay in the JSON
 CSV_COLUMNS = ("candidate", "kind", "method", "parent", "val_accuracy", "accuracy",
                "val_accuracy_drop_pp", "accuracy_drop_pp", "params_count", "size_bytes",
                "size_ratio", "latency_ms_p50_b1", "throughput_sps_b256", "speedup_b1_vs_torch",
-               "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32", "pareto", "deployed")
+               "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32", *JUDGED, "pareto",
+               "deployed")
 # what compare logs onto each candidate's own run (and the deployed one's onto compare's run)
 LOGGED = ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_sps_b256", "size_ratio",
           "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32", "throughput_ratio_b256_vs_ort_fp32",
-          "val_accuracy_drop_pp", "accuracy_drop_pp")
+          "val_accuracy_drop_pp", "accuracy_drop_pp", *JUDGED)
 
 
 def _kind(catalog: Catalog, stage: str) -> str:
@@ -103,25 +115,39 @@ def _ratio_cell(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
 
-def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: str | None,
-                   max_drop_pp: float) -> str:
-    lines = ["| candidate | " + " | ".join(header for _, header, _ in TABLE) + " |",
-             "|---|" + "---:|" * len(TABLE)]
+def _table(rows: list[dict[str, Any]], columns: tuple, chosen: str | None) -> list[str]:
+    lines = ["| candidate | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for row in rows:
         name = f"**{row['candidate']}** (deployed)" if row["candidate"] == chosen else row["candidate"]
         cells = [_ratio_cell(row, key) if fmt is None else fmt.format(row[key])
-                 for key, _, fmt in TABLE]
+                 for key, _, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    verdict = (f"Deployed: `{chosen}`, the fastest candidate on the Pareto front within "
-               f"{max_drop_pp} pp of the teacher on validation (latencies inside the timing noise "
-               "tie; then the smaller file wins)." if chosen else
-               f"No candidate is within {max_drop_pp} pp of the teacher on validation: nothing "
-               "is deployable.")
+    return lines
+
+
+def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: str | None,
+                   rules: gate.Rules) -> str:
+    lines = _table(rows, TABLE, chosen)
+    verdict = (f"Deployed: `{chosen}`, the fastest candidate on the Pareto front "
+               f"{rules.describe()} (latencies inside the timing noise tie; then the smaller file "
+               "wins)." if chosen else
+               f"No candidate is {rules.describe()}: nothing is deployable.")
+    judged = _table(rows, JUDGED_TABLE, chosen)
+    severities = "; ".join(
+        f"{name}: noise of {severity.noise_std:g} of each input's spread, images shifted up to "
+        f"{severity.max_shift} px and rotated up to {severity.max_rotation_deg:g} degrees, "
+        f"signals shifted up to {severity.max_shift} samples and scaled by up to "
+        f"{severity.max_scale:.0%}" for name, severity in judge.SEVERITIES.items())
     noise = (f"Control: the baseline's ONNX file timed a second time as another candidate runs "
              f"{_ratio_cell(control, 'speedup_b1_vs_ort_fp32')} as fast as itself at batch 1 and "
              f"{_ratio_cell(control, 'throughput_ratio_b256_vs_ort_fp32')} at batch 256: the "
              "noise floor of these ratios. Intervals: 95% bootstrap over the timing rounds.")
-    return "\n".join(lines) + f"\n\n{verdict}\n\n{noise}\n"
+    return ("\n".join(lines) + f"\n\n{verdict}\n\n{noise}\n\n"
+            "Judged against the teacher, on test (agreement also on validation): top-1 "
+            "agreement, KL divergence of the probabilities from the teacher's, expected "
+            "calibration error (15 bins), and the accuracy lost on corrupted inputs "
+            f"({severities}).\n\n" + "\n".join(judged) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -181,6 +207,17 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
     return row, model
 
 
+def _judge_inputs(splits: Splits, spec: DatasetSpec, teacher: measure.Predictor,
+                  cfg: CompareConfig) -> judge.Inputs:
+    """The splits' inputs, their corrupted copies and the teacher's answers, for every
+    candidate."""
+    log.info("corrupted copies of the validation and test inputs (%s), and the teacher's answers",
+             ", ".join(judge.SEVERITIES))
+    return judge.Inputs.make({"val": splits.val.x, "test": splits.test.x},
+                             {"val": splits.val.y, "test": splits.test.y}, spec.kind, teacher,
+                             cfg.seed)
+
+
 def _time(catalog: Catalog, candidates: list[Candidate], teacher: Any, splits: Splits,
           cfg: MeasureConfig) -> tuple[dict[str, measure.Timing], measure.Noise]:
     """Every candidate, the eager-torch teacher (None: the teacher is an ONNX file) and the
@@ -212,11 +249,16 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         # the reference of drops and size ratios: the teacher in eager torch, or, when it is a
         # user's ONNX file, that file (the baseline's manifest comes first)
         torch_row, teacher = _torch_row(catalog, splits) if torch_teacher(catalog) else (None, None)
-        rows = [torch_row] if torch_row else []
+        teacher_predict = (measure.torch_predictor(teacher) if teacher is not None
+                           else onnx_predictor(catalog.path(candidates[0].onnx)))
+        inputs = _judge_inputs(splits, spec, teacher_predict, cfg)
+        rows = [torch_row | judge.judged(teacher_predict, inputs)] if torch_row else []
         for number, (kind, c) in enumerate(found, 1):
             log.info("evaluating candidate %d of %d: %s", number, len(found), c.name)
+            path = catalog.path(c.onnx)
             rows.append({"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
-                         "method": c.method, **evaluate_onnx(catalog.path(c.onnx), splits)})
+                         "method": c.method, **evaluate_onnx(path, splits),
+                         **judge.judged(onnx_predictor(path), inputs)})
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         reference = rows[0]
         for row in rows:
@@ -230,15 +272,15 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
             return noise.faster(a["candidate"], b["candidate"], cfg.min_speedup)
 
         # only ONNX files are served; the eager-torch row is there as the reference
-        chosen = gate.choose([row for row in rows if row["file"].endswith(".onnx")],
-                             cfg.max_accuracy_drop_pp, faster)
+        rules = gate.Rules(cfg.max_accuracy_drop_pp, cfg.min_agreement, cfg.max_robustness_drop_pp)
+        chosen = gate.choose([row for row in rows if row["file"].endswith(".onnx")], rules, faster)
         chosen_name = chosen["candidate"] if chosen else None
         front = [row["candidate"] for row in gate.pareto_front(rows, faster)]
         for row in rows:
             row["deployed"] = row["candidate"] == chosen_name
             row["pareto"] = row["candidate"] in front
 
-        table = markdown_table(rows, control, chosen_name, cfg.max_accuracy_drop_pp)
+        table = markdown_table(rows, control, chosen_name, rules)
         with io.atomic_dir(catalog.compare_dir) as staging:
             io.write_json(staging / catalog.candidates_report("compare").name,
                           {"task": spec.name, "deployed": chosen_name, "control": control,
@@ -255,13 +297,13 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         return {"stage": "compare", "run_id": run.info.run_id, "dataset": spec.name,
                 "deployed": chosen_name, "table": table,
                 "metrics": {key: float(value) for key, value in metrics.items() if key != "deployed"},
-                "headline": _headline(chosen, cfg.max_accuracy_drop_pp)}
+                "headline": _headline(chosen, rules)}
 
 
-def _headline(chosen: dict[str, Any] | None, max_drop_pp: float) -> str:
+def _headline(chosen: dict[str, Any] | None, rules: gate.Rules) -> str:
     """The deployable candidate in one line, as the command line prints it."""
     if chosen is None:
-        return f"none: no candidate within {max_drop_pp} pp of the teacher on validation"
+        return f"none: no candidate {rules.describe()}"
     return (f"{chosen['candidate']}: validation accuracy {chosen['val_accuracy']:.4f} (test "
             f"{chosen['accuracy']:.4f}), {chosen['size_ratio']:.1f}x smaller, "
             f"{_ratio_cell(chosen, 'speedup_b1_vs_ort_fp32')} as fast as ONNX Runtime fp32"

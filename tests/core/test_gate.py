@@ -27,12 +27,12 @@ def test_pareto_front_drops_dominated_candidates():
 
 def test_choose_takes_the_fastest_acceptable_front_member():
     # given: LOSSY is faster still but loses 4 pp on validation
-    chosen = gate.choose([BASELINE, SMALL, WORSE, LOSSY], max_drop_pp=0.5)
+    chosen = gate.choose([BASELINE, SMALL, WORSE, LOSSY], 0.5)
     assert chosen is not None and chosen["candidate"] == "small"
 
 
 def test_choose_returns_none_when_nothing_is_within_tolerance():
-    assert gate.choose([LOSSY], max_drop_pp=0.5) is None
+    assert gate.choose([LOSSY], 0.5) is None
 
 
 def test_acceptable_includes_the_tolerance_itself():
@@ -51,11 +51,11 @@ def test_latencies_inside_the_noise_tie_and_the_smaller_file_wins():
         return a["candidate"] in same_graph and b["candidate"] == "teacher"
 
     # when
-    chosen = gate.choose([fp32, fp16, int8, slow], max_drop_pp=0.5, faster=faster)
+    chosen = gate.choose([fp32, fp16, int8, slow], 0.5, faster=faster)
     # then: not the one that happened to time fastest, but the smallest of those that tie
     assert chosen["candidate"] == "student-int8"
     # while with plain latency comparisons the noisy lowest figure would have won
-    assert gate.choose([fp32, fp16, int8, slow], max_drop_pp=0.5)["candidate"] == "student"
+    assert gate.choose([fp32, fp16, int8, slow], 0.5)["candidate"] == "student"
 
 
 def test_the_choice_is_unchanged_when_the_test_labels_are_shuffled():
@@ -63,12 +63,12 @@ def test_the_choice_is_unchanged_when_the_test_labels_are_shuffled():
     rng = random.Random(0)
     rows = [row(f"c{i}", rng.uniform(0.97, 1.0), rng.randint(1_000, 90_000),
                 rng.uniform(0.01, 0.1), rng.uniform(0.0, 1.0)) for i in range(30)]
-    chosen = gate.choose(rows, max_drop_pp=0.5)["candidate"]
+    chosen = gate.choose(rows, 0.5)["candidate"]
     for _ in range(5):
         shuffled = [{**r, "accuracy": rng.uniform(0.0, 1.0), "accuracy_drop_pp": rng.uniform(-50, 50)}
                     for r in rows]
         # then: the same candidate is chosen
-        assert gate.choose(shuffled, max_drop_pp=0.5)["candidate"] == chosen
+        assert gate.choose(shuffled, 0.5)["candidate"] == chosen
 
 
 # ---------------------------------------------------------------------------------------------

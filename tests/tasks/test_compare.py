@@ -19,7 +19,7 @@ from shrinkflow.models import build_model
 from tasks.services import io, tracking
 from tasks.services.candidates import Candidate, load_torch, write_manifest
 from tasks.services.catalog import Catalog
-from tasks.stages.compare import CONTROL, TORCH_BASELINE, run_compare
+from tasks.stages.compare import CONTROL, JUDGED, TORCH_BASELINE, run_compare
 from tests.conftest import TINY, copy_trained
 
 # the default timing settings (TINY shortens them): enough calls for real intervals
@@ -99,7 +99,7 @@ def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
         for key in ("val_accuracy", "val_accuracy_drop_pp", "accuracy", "accuracy_drop_pp",
                     "size_bytes", "size_ratio", "latency_ms_p50_b1", "throughput_sps_b256",
                     "speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
-                    "throughput_ratio_b256_vs_ort_fp32", "deployed"):
+                    "throughput_ratio_b256_vs_ort_fp32", "deployed", *JUDGED):
             assert key in row, f"{row['candidate']} should report {key}"
         for key in ("speedup_b1_vs_torch", "speedup_b1_vs_ort_fp32",
                     "throughput_ratio_b256_vs_ort_fp32"):
@@ -107,6 +107,10 @@ def test_compare__rows_carry_validation_test_and_speed_with_intervals(compared):
             assert low <= row[key] <= high, f"{row['candidate']}: {key} outside its interval"
     torch_row = report["candidates"][TORCH_BASELINE]
     assert torch_row["size_ratio"] == 1.0 and torch_row["speedup_b1_vs_torch"] == 1.0
+    # and: judged beside the teacher, its own file agrees with it, the untrained model does not
+    rows = report["candidates"]
+    assert torch_row["agreement"] == 1.0 and rows["baseline-fp32"]["agreement"] == 1.0
+    assert rows["untrained"]["val_agreement"] < 0.5 and rows["untrained"]["kl_to_teacher"] > 0.1
     # and: the control (the baseline file timed twice) reads about 1 with an interval: the same
     # file, not the eager-torch model (several times slower); how close to 1 is the machine's
     # noise, which `make bench` reports (two test workers on two cores swing it by +-30%)
@@ -190,10 +194,11 @@ def test_compare__the_choice_is_unchanged_when_the_test_labels_are_shuffled(comp
     assert second["deployed"] == first["deployed"] == "baseline-fp32"
 
 
-def test_compare__a_candidate_beyond_tolerance_on_validation_is_never_deployed(compared):
+@pytest.mark.parametrize("rule", [{"max_accuracy_drop_pp": 0.0},
+                                  {"max_accuracy_drop_pp": 100.0, "min_agreement": 0.9}])
+def test_compare__a_candidate_beyond_tolerance_on_validation_is_never_deployed(compared, rule):
     project, params, _, _ = compared
-    strict = params.model_copy(update={"compare": params.compare.model_copy(
-        update={"max_accuracy_drop_pp": 0.0})})
+    strict = params.model_copy(update={"compare": params.compare.model_copy(update=rule)})
     summary = run_compare(strict, project)
     assert summary["deployed"] == "baseline-fp32"
     assert not _report(project)["candidates"]["untrained"]["deployed"]
