@@ -24,28 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shrinkflow.footprint import floor_graph
+
 FLOORS = ("identity", "matmul")
 RETIMED = ("torch", "baseline", "deployed", "served", *FLOORS)
-
-
-def floor_graph(kind: str, width: int, classes: int, path: Path) -> Path:
-    """A float32 graph of input [N, width]: Identity, or MatMul by a width x classes weight."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
-    if kind == "identity":
-        nodes, weights, out_width = [helper.make_node("Identity", ["x"], ["y"])], [], width
-    else:
-        weight = np.random.default_rng(0).normal(size=(width, classes)).astype(np.float32)
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
-        weights, out_width = [numpy_helper.from_array(weight, "w")], classes
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_width])
-    model = helper.make_model(helper.make_graph(nodes, kind, [x], [y], weights),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what the pinned ONNX Runtime reads (onnx's helper writes a newer one)
-    onnx.save(model, str(path))
-    return path
 
 
 def _fed(predict: Callable[[np.ndarray], np.ndarray], one: np.ndarray, batch: np.ndarray

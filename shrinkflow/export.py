@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from shrinkflow.measure import Predictor
+from shrinkflow.runtime import onnx_session
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -97,18 +98,6 @@ def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     model.graph.doc_string = ""
     model.doc_string = ""
     return model
-
-
-def onnx_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with a fixed intra-op thread count."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_predictor(path: str | Path, threads: int = 1) -> Predictor:

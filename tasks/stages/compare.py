@@ -15,6 +15,8 @@ exist), data/processed/ and params.yaml `compare` and `measure`.
   with the teacher (top-1 and KL divergence), calibration (ECE) and accuracy on corrupted copies
   of the inputs at two severities (the same copies for every candidate, `compare.seed`), on
   validation and test.
+- Memory: each candidate's ONNX Runtime session at batch 1 and 256, in a fresh process each
+  (`shrinkflow.footprint`), beside the runtime's own (an Identity graph of the input's width).
 - Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation
   (and, when set, `compare.min_agreement` and `compare.max_robustness_drop_pp`), on the Pareto
   front, the fastest, latencies inside the noise or within `compare.min_speedup` counting as
@@ -36,7 +38,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from shrinkflow import gate, judge, measure, plots
+from shrinkflow import footprint, gate, judge, measure, plots
 from shrinkflow.config import CompareConfig, MeasureConfig, Params
 from shrinkflow.data import DatasetSpec, Splits
 from shrinkflow.export import onnx_predictor
@@ -79,8 +81,11 @@ HEADLINE = {"candidates": "candidates", "val_accuracy": "val_accuracy", "accurac
 JUDGED_TABLE = (("val_agreement", "val agreement", "{:.4f}"), ("agreement", "agreement", "{:.4f}"),
                 ("kl_to_teacher", "KL to teacher", "{:.4f}"), ("ece", "ECE", "{:.4f}"),
                 *((f"robustness_drop_pp_{name}", f"drop pp {name}", "{:.2f}")
-                  for name in judge.SEVERITIES))
-JUDGED = tuple(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] for prefix in ("val_", ""))
+                  for name in judge.SEVERITIES),
+                ("memory_mb_b1", "MB b1", "{:.1f}"), ("memory_mb_b256", "MB b256", "{:.1f}"))
+MEMORY = ("memory_mb_b1", "memory_mb_b256")  # of an ONNX Runtime session (`shrinkflow.footprint`)
+JUDGED = (*(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] if key not in MEMORY
+            for prefix in ("val_", "")), *MEMORY)
 # columns of candidates.csv (`dvc plots`): the scalar fields of a row; intervals stay in the JSON
 CSV_COLUMNS = ("candidate", "kind", "method", "parent", "val_accuracy", "accuracy",
                "val_accuracy_drop_pp", "accuracy_drop_pp", "params_count", "size_bytes",
@@ -115,19 +120,23 @@ def _ratio_cell(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.2f}x [{low:.2f}, {high:.2f}]"
 
 
+def _cell(value: float, fmt: str) -> str:
+    return "n/a" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
+
+
 def _table(rows: list[dict[str, Any]], columns: tuple, chosen: str | None) -> list[str]:
     lines = ["| candidate | " + " | ".join(header for _, header, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for row in rows:
         name = f"**{row['candidate']}** (deployed)" if row["candidate"] == chosen else row["candidate"]
-        cells = [_ratio_cell(row, key) if fmt is None else fmt.format(row[key])
+        cells = [_ratio_cell(row, key) if fmt is None else _cell(row[key], fmt)
                  for key, _, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: str | None,
-                   rules: gate.Rules) -> str:
+                   rules: gate.Rules, floor: dict[str, float]) -> str:
     lines = _table(rows, TABLE, chosen)
     verdict = (f"Deployed: `{chosen}`, the fastest candidate on the Pareto front "
                f"{rules.describe()} (latencies inside the timing noise tie; then the smaller file "
@@ -146,8 +155,11 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
     return ("\n".join(lines) + f"\n\n{verdict}\n\n{noise}\n\n"
             "Judged against the teacher, on test (agreement also on validation): top-1 "
             "agreement, KL divergence of the probabilities from the teacher's, expected "
-            "calibration error (15 bins), and the accuracy lost on corrupted inputs "
-            f"({severities}).\n\n" + "\n".join(judged) + "\n")
+            "calibration error (15 bins), the accuracy lost on corrupted inputs "
+            f"({severities}); and the peak memory of an ONNX Runtime session running batches of "
+            f"1 and 256, each in a fresh process (the runtime alone, an Identity graph of the "
+            f"input's width, takes {floor['memory_mb_b1']:.1f} and {floor['memory_mb_b256']:.1f} "
+            "MB).\n\n" + "\n".join(judged) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -252,13 +264,21 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         teacher_predict = (measure.torch_predictor(teacher) if teacher is not None
                            else onnx_predictor(catalog.path(candidates[0].onnx)))
         inputs = _judge_inputs(splits, spec, teacher_predict, cfg)
-        rows = [torch_row | judge.judged(teacher_predict, inputs)] if torch_row else []
+        # eager torch is not a runtime session: its memory is not measured
+        rows = [torch_row | judge.judged(teacher_predict, inputs)
+                | dict.fromkeys(MEMORY, math.nan)] if torch_row else []
         for number, (kind, c) in enumerate(found, 1):
             log.info("evaluating candidate %d of %d: %s", number, len(found), c.name)
             path = catalog.path(c.onnx)
             rows.append({"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
                          "method": c.method, **evaluate_onnx(path, splits),
                          **judge.judged(onnx_predictor(path), inputs)})
+        log.info("peak memory of each candidate's session, each in a fresh process")
+        memory = footprint.session_memory([catalog.path(c.onnx) for c in candidates],
+                                          spec.input_shape, params.measure.threads)
+        for row, used in zip(rows[len(rows) - len(candidates):], memory, strict=True):
+            row |= used
+        floor = footprint.memory_floor(spec.input_shape, params.measure.threads)
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         reference = rows[0]
         for row in rows:
@@ -280,10 +300,11 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
             row["deployed"] = row["candidate"] == chosen_name
             row["pareto"] = row["candidate"] in front
 
-        table = markdown_table(rows, control, chosen_name, rules)
+        table = markdown_table(rows, control, chosen_name, rules, floor)
         with io.atomic_dir(catalog.compare_dir) as staging:
             io.write_json(staging / catalog.candidates_report("compare").name,
                           {"task": spec.name, "deployed": chosen_name, "control": control,
+                           "memory_floor": floor,
                            "candidates": {row["candidate"]: row for row in rows}})
             write_csv(staging / catalog.candidates_table.name, rows)
             io.write_text(staging / "candidates.md", f"# Candidates on {spec.name}\n\n{table}")
