@@ -4,8 +4,8 @@ Each file is opened in a fresh process, forked from a small process that has imp
 runtime once (and not torch), so nothing the measuring process allocated before counts. That
 process resets its peak resident set (Linux's /proc/self/clear_refs), opens the session, runs a
 batch of 1 and then one of 256 (`BATCHES`), and reads the peak after each: the growth over its
-start is the session's memory at that batch (weights, the runtime's arena, the activations).
-The peak only grows, so the batch-256 figure holds the batch-1 one.
+start is the memory serving that batch takes (weights, the runtime's arena, the batch and its
+activations). The peak only grows, so the batch-256 figure holds the batch-1 one.
 
   memory_mb_b1     peak growth opening the session and running a batch of 1, in MB
   memory_mb_b256   the same once a batch of 256 has run too
@@ -69,7 +69,8 @@ def _probe(path: str, input_shape: tuple[int, ...], threads: int) -> dict[str, f
     name = session.get_inputs()[0].name
     found = {}
     for batch in BATCHES:
-        session.run(None, {name: np.zeros((batch, *input_shape), np.float32)})
+        # a batch of real values: zeros would be pages the system never maps
+        session.run(None, {name: np.full((batch, *input_shape), 0.5, np.float32)})
         found[f"memory_mb_b{batch}"] = (_peak_kb() - start) / 1024
     return found
 
@@ -85,16 +86,20 @@ shape, threads = tuple(json.loads(sys.argv[1])), int(sys.argv[2])
 for path in sys.argv[3:]:
     read, write = os.pipe()
     child = os.fork()
-    if child == 0:
+    if child == 0:  # whatever happens, the child leaves through os._exit: no cleanup of the parent's
         os.close(read)
-        os.write(write, json.dumps(_probe(path, shape, threads)).encode())
+        try:
+            found = _probe(path, shape, threads)
+        except BaseException as error:
+            found = {"error": f"{type(error).__name__}: {error}"}
+        os.write(write, json.dumps(found).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as answer:
         found = answer.read()
-    _, status = os.waitpid(child, 0)
-    if status or not found:
-        sys.exit(f"measuring the memory of {path} failed (status {status})")
+    os.waitpid(child, 0)
+    if not found or "error" in json.loads(found):
+        sys.exit(f"{path}: {json.loads(found or '{}').get('error', 'the probe died')}")
     print(found, flush=True)
 """
 
