@@ -117,8 +117,11 @@ def evaluate_onnx(path: Path, splits: Splits) -> dict[str, float]:
 
 def report_candidate(path: Path, splits: Splits, **extra: float) -> dict[str, float]:
     """Evaluate a candidate's file and log the result (with `extra` metrics) on the active run,
-    tagged as the run that made this file; returns what was logged."""
-    measured = {**evaluate_onnx(path, splits), **extra}
+    tagged as the run that made this file; returns what was logged. `make_seconds`: the wall
+    seconds since its candidate run began (training, fine-tuning, calibration, export), unless
+    `extra` gives them."""
+    seconds = tracking.candidate_seconds()
+    measured = {**evaluate_onnx(path, splits), "make_seconds": seconds, **extra}
     tracking.log_metrics(measured)
     tracking.tag_model_file(path)
     return measured

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -38,6 +39,8 @@ PIPELINE_RUN_TAG = "shrinkflow.pipeline_run"
 # the stage run a run belongs to: a stage run's own id, its candidates' and trials' stage run
 STAGE_RUN_TAG = "shrinkflow.stage_run"
 MAX_TAG_VALUE = 8000  # MLflow's limit on a tag's value (mlflow.utils.validation)
+# when the candidate run that is open in this thread (or task) began: its candidate's cost
+_CANDIDATE_STARTED: ContextVar[float | None] = ContextVar("candidate_started", default=None)
 
 
 def tracking_uri(root: Path) -> str:
@@ -336,11 +339,22 @@ def candidate_run(name: str, tags: dict[str, Any] | None = None,
                  STAGE_RUN_TAG: known.get(STAGE_RUN_TAG) or stage.info.run_id}
     # a tracking server takes strings only (a SQLite store converts on its own)
     tagged = {key: str(value) for key, value in {**inherited, **(tags or {})}.items()}
-    with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
-                          tags=tagged) as run:
-        mlflow.log_params({key: str(value) for key, value in (made_by or {}).items()
-                           if value is not None})
-        yield run
+    started = _CANDIDATE_STARTED.set(time.perf_counter())
+    try:
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=stage.info.experiment_id,
+                              tags=tagged) as run:
+            mlflow.log_params({key: str(value) for key, value in (made_by or {}).items()
+                               if value is not None})
+            yield run
+    finally:
+        _CANDIDATE_STARTED.reset(started)
+
+
+def candidate_seconds() -> float:
+    """Wall seconds since the innermost `candidate_run` began: what making its candidate cost
+    (0.0 outside one)."""
+    started = _CANDIDATE_STARTED.get()
+    return 0.0 if started is None else time.perf_counter() - started
 
 
 def tag_model_file(path: Path) -> None:

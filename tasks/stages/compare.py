@@ -17,6 +17,8 @@ exist), data/processed/ and params.yaml `compare` and `measure`.
   validation and test.
 - Memory: each candidate's ONNX Runtime session at batch 1 and 256, in a fresh process each
   (`shrinkflow.footprint`), beside the runtime's own (an Identity graph of the input's width).
+- Cost: the wall seconds each candidate and what it was made from took to make, from the stages'
+  reports (`make_seconds`; the baseline's `train_seconds`).
 - Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation
   (and, when set, `compare.min_agreement` and `compare.max_robustness_drop_pp`), on the Pareto
   front, the fastest, latencies inside the noise or within `compare.min_speedup` counting as
@@ -82,10 +84,12 @@ JUDGED_TABLE = (("val_agreement", "val agreement", "{:.4f}"), ("agreement", "agr
                 ("kl_to_teacher", "KL to teacher", "{:.4f}"), ("ece", "ECE", "{:.4f}"),
                 *((f"robustness_drop_pp_{name}", f"drop pp {name}", "{:.2f}")
                   for name in judge.SEVERITIES),
-                ("memory_mb_b1", "MB b1", "{:.1f}"), ("memory_mb_b256", "MB b256", "{:.1f}"))
+                ("memory_mb_b1", "MB b1", "{:.1f}"), ("memory_mb_b256", "MB b256", "{:.1f}"),
+                ("cost_seconds", "s to make", "{:.1f}"))
 MEMORY = ("memory_mb_b1", "memory_mb_b256")  # of an ONNX Runtime session (`shrinkflow.footprint`)
-JUDGED = (*(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] if key not in MEMORY
-            for prefix in ("val_", "")), *MEMORY)
+UNSPLIT = (*MEMORY, "cost_seconds")  # figures of the file, not of a split
+JUDGED = (*(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] if key not in UNSPLIT
+            for prefix in ("val_", "")), *UNSPLIT)
 # columns of candidates.csv (`dvc plots`): the scalar fields of a row; intervals stay in the JSON
 CSV_COLUMNS = ("candidate", "kind", "method", "parent", "val_accuracy", "accuracy",
                "val_accuracy_drop_pp", "accuracy_drop_pp", "params_count", "size_bytes",
@@ -159,7 +163,8 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
             f"({severities}); and the peak memory of an ONNX Runtime session running batches of "
             f"1 and 256, each in a fresh process (the runtime alone, an Identity graph of the "
             f"input's width, takes {floor['memory_mb_b1']:.1f} and {floor['memory_mb_b256']:.1f} "
-            "MB).\n\n" + "\n".join(judged) + "\n")
+            "MB); and the wall seconds it took to make, with everything it was made from (the "
+            "teacher's training included).\n\n" + "\n".join(judged) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -217,6 +222,32 @@ def _torch_row(catalog: Catalog, splits: Splits) -> tuple[dict[str, Any], Any]:
            **measure.scores(predict, splits.val.x, splits.val.y, splits.test.x, splits.test.y),
            **measure.torch_size(model, catalog.baseline_dir / "model.pt", arch.input_shape)}
     return row, model
+
+
+def _costs(catalog: Catalog, found: list[tuple[str, Candidate]]) -> dict[str, float]:
+    """Each candidate's cost: the wall seconds it took to make and those of everything it was
+    made from (its parent, their parents, an ensemble's members, the teacher's training), each
+    counted once. The seconds are read from the stages' reports, which no cache key covers: a
+    duration is not a property of the file."""
+    own = {"baseline": io.read_metrics(catalog, "baseline").get("train_seconds", 0.0)}
+    for stage in dag.candidate_stages("compare"):
+        report = catalog.candidates_report(stage)
+        if report.is_file():
+            own |= {name: figures.get("make_seconds", 0.0) for name, figures in
+                    io.read_candidates(catalog, stage).get("candidates", {}).items()}
+    parents = {candidate.name: candidate.parent for _, candidate in found}
+    parents[TORCH_BASELINE] = "baseline"
+
+    def cost(name: str) -> float:
+        seen, waiting = set(), [name]
+        while waiting:
+            current = waiting.pop()
+            if current not in seen:
+                seen.add(current)
+                waiting += parents[current].split("+") if current in parents else []
+        return sum(own.get(ancestor, 0.0) for ancestor in seen)
+
+    return {name: cost(name) for name in parents}
 
 
 def _judge_inputs(splits: Splits, spec: DatasetSpec, teacher: measure.Predictor,
@@ -279,6 +310,9 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         for row, used in zip(rows[len(rows) - len(candidates):], memory, strict=True):
             row |= used
         floor = footprint.memory_floor(spec.input_shape, params.measure.threads)
+        costs = _costs(catalog, found)
+        for row in rows:
+            row["cost_seconds"] = costs[row["candidate"]]
         timings, noise = _time(catalog, candidates, teacher, splits, params.measure)
         reference = rows[0]
         for row in rows:

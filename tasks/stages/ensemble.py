@@ -142,6 +142,6 @@ def _build(method: str, members: list[onnx.ModelProto], weights: np.ndarray, nam
                           if method == "weighted" else {})
         measured = report_candidate(path, splits)
     report["candidates"][name] = {key: measured[key] for key in
-                                  ("val_accuracy", "accuracy", "size_bytes")}
+                                  ("val_accuracy", "accuracy", "size_bytes", "make_seconds")}
     return Candidate(name, catalog.relative(catalog.models_dir("ensemble") / path.name),
                      "+".join(names), method)

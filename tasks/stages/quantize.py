@@ -97,7 +97,7 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                         measured = report_candidate(dst, splits)
                     report[name] = {**record, "val_accuracy_fp32": reference,
                                     **{key: measured[key] for key in
-                                       ("val_accuracy", "accuracy", "size_bytes")}}
+                                       ("val_accuracy", "accuracy", "size_bytes", "make_seconds")}}
                     candidates.append(Candidate(name, catalog.relative(folder / dst.name),
                                                 source.name, method))
             write_manifest(staging, candidates)

@@ -151,7 +151,8 @@ def run_recipes(params: Params, root: Path, parent_run_id: str | None = None) ->
                             path = staging / f"{label}.onnx"
                             shutil.copyfile(catalog.search_trials_dir(name) /
                                             f"trial-{trial.number}.onnx", path)
-                            report["candidates"][label] = report_candidate(path, splits)
+                            report["candidates"][label] = report_candidate(
+                                path, splits, make_seconds=trial.duration.total_seconds())
                             candidates.append(Candidate(
                                 label, catalog.relative(folder / path.name), "baseline", "recipe"))
                     report["trials"].append(_trial_row(trial))

@@ -207,3 +207,30 @@ def test_compare__a_candidate_beyond_tolerance_on_validation_is_never_deployed(c
 def test_compare__without_baseline_names_the_stage(tmp_path, tiny_params):
     with pytest.raises(FileNotFoundError, match="prepare|baseline"):
         run_compare(tiny_params, tmp_path)
+
+
+def test_costs__each_candidate_counts_what_it_was_made_from_once(tmp_path):
+    from tasks.services.candidates import Candidate
+    from tasks.stages.compare import _costs
+
+    catalog = Catalog.at(tmp_path)
+    # given the seconds each stage's report holds: the teacher trained in 10 s, pruning took 5,
+    # quantizing the pruned one 1, distilling 20, and an ensemble of the last two 0.5
+    reports = {"baseline": ("metrics.json", {"train_seconds": 10.0}),
+               "prune": ("candidates.json", {"candidates": {"structured-50": {"make_seconds": 5.0}}}),
+               "quantize": ("candidates.json", {"candidates": {"structured-50-int8": {"make_seconds": 1.0}}}),
+               "distill": ("candidates.json", {"candidates": {"student-kd": {"make_seconds": 20.0}}}),
+               "ensemble": ("candidates.json", {"candidates": {"ensemble-average": {"make_seconds": 0.5}}})}
+    for stage, (name, content) in reports.items():
+        (catalog.report_dir(stage)).mkdir(parents=True)
+        (catalog.report_dir(stage) / name).write_text(json.dumps(content))
+    found = [("baseline", Candidate("baseline-fp32", "b.onnx", "baseline", "fp32")),
+             ("pruned", Candidate("structured-50", "p.onnx", "baseline", "structured")),
+             ("quantized", Candidate("structured-50-int8", "q.onnx", "structured-50", "int8")),
+             ("distilled", Candidate("student-kd", "s.onnx", "baseline", "kd")),
+             ("ensemble", Candidate("ensemble-average", "e.onnx", "structured-50-int8+student-kd",
+                                    "average"))]
+    # when the costs are summed; then the teacher's training is counted once, also for the ensemble
+    assert _costs(catalog, found) == {"baseline-fp32": 10.0, "structured-50": 15.0,
+                                      "structured-50-int8": 16.0, "student-kd": 30.0,
+                                      "ensemble-average": 36.5, TORCH_BASELINE: 10.0}
