@@ -17,6 +17,8 @@ exist), data/processed/ and params.yaml `compare` and `measure`.
   validation and test.
 - Memory: each candidate's ONNX Runtime session at batch 1 and 256, in a fresh process each
   (`shrinkflow.footprint`), beside the runtime's own (an Identity graph of the input's width).
+- Portability: whether a second runtime (OpenVINO, when installed) runs each file, and how often
+  it gives ONNX Runtime's top class on the validation inputs (`shrinkflow.portability`).
 - Cost: the wall seconds each candidate and what it was made from took to make, from the stages'
   reports (`make_seconds`; the baseline's `train_seconds`).
 - Choice (`shrinkflow.gate`): within `compare.max_accuracy_drop_pp` of the teacher on validation
@@ -40,7 +42,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from shrinkflow import footprint, gate, judge, measure, plots
+from shrinkflow import footprint, gate, judge, measure, plots, portability
 from shrinkflow.config import CompareConfig, MeasureConfig, Params
 from shrinkflow.data import DatasetSpec, Splits
 from shrinkflow.export import onnx_predictor
@@ -85,9 +87,10 @@ JUDGED_TABLE = (("val_agreement", "val agreement", "{:.4f}"), ("agreement", "agr
                 *((f"robustness_drop_pp_{name}", f"drop pp {name}", "{:.2f}")
                   for name in judge.SEVERITIES),
                 ("memory_mb_b1", "MB b1", "{:.1f}"), ("memory_mb_b256", "MB b256", "{:.1f}"),
-                ("cost_seconds", "s to make", "{:.1f}"))
+                ("cost_seconds", "s to make", "{:.1f}"),
+                ("second_runtime_agreement", "2nd runtime agreement", "{:.4f}"))
 MEMORY = ("memory_mb_b1", "memory_mb_b256")  # of an ONNX Runtime session (`shrinkflow.footprint`)
-UNSPLIT = (*MEMORY, "cost_seconds")  # figures of the file, not of a split
+UNSPLIT = (*MEMORY, "cost_seconds", "second_runtime_agreement")  # not of a split
 JUDGED = (*(f"{prefix}{key}" for key, _, _ in JUDGED_TABLE[1:] if key not in UNSPLIT
             for prefix in ("val_", "")), *UNSPLIT)
 # columns of candidates.csv (`dvc plots`): the scalar fields of a row; intervals stay in the JSON
@@ -128,6 +131,17 @@ def _cell(value: float, fmt: str) -> str:
     return "n/a" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
 
 
+def _unported(rows: list[dict[str, Any]]) -> str:
+    """The candidates the second runtime could not run, and why."""
+    refused = [f"- {row['candidate']}: {row['second_runtime_error']}" for row in rows
+               if row["second_runtime_error"] and row["file"].endswith(".onnx")]
+    runtime = next((row["second_runtime"] for row in rows if row["second_runtime"]), "")
+    if not runtime:
+        return "\nNo second runtime is installed (`pip install openvino`): portability is not measured.\n"
+    return f"\nRun by ONNX Runtime only, not by {runtime}:\n\n" + "\n".join(refused) + "\n" \
+        if refused else f"\nEvery candidate file also runs in {runtime}.\n"
+
+
 def _table(rows: list[dict[str, Any]], columns: tuple, chosen: str | None) -> list[str]:
     lines = ["| candidate | " + " | ".join(header for _, header, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
@@ -163,8 +177,10 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
             f"({severities}); and the peak memory of an ONNX Runtime session running batches of "
             f"1 and 256, each in a fresh process (the runtime alone, an Identity graph of the "
             f"input's width, takes {floor['memory_mb_b1']:.1f} and {floor['memory_mb_b256']:.1f} "
-            "MB); and the wall seconds it took to make, with everything it was made from (the "
-            "teacher's training included).\n\n" + "\n".join(judged) + "\n")
+            "MB); the wall seconds it took to make, with everything it was made from (the "
+            "teacher's training included); and how often a second runtime gives the top class "
+            "ONNX Runtime gives, on the validation inputs.\n\n" + "\n".join(judged) + "\n"
+            + _unported(rows))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -198,6 +214,8 @@ def _accuracy_drops(scores: dict[str, float], teacher: dict[str, float]) -> dict
             for split in ("val_", "")}
 
 
+NOT_A_FILE = {"second_runtime": "", "second_runtime_agreement": math.nan,
+              "second_runtime_error": "eager torch, not an ONNX file"}
 NOT_TIMED = {"speedup_b1_vs_torch": math.nan, "speedup_b1_vs_torch_interval": [math.nan, math.nan]}
 
 
@@ -295,15 +313,19 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
         teacher_predict = (measure.torch_predictor(teacher) if teacher is not None
                            else onnx_predictor(catalog.path(candidates[0].onnx)))
         inputs = _judge_inputs(splits, spec, teacher_predict, cfg)
-        # eager torch is not a runtime session: its memory is not measured
+        # eager torch is not a runtime session: its memory and portability are not measured
         rows = [torch_row | judge.judged(teacher_predict, inputs)
-                | dict.fromkeys(MEMORY, math.nan)] if torch_row else []
+                | dict.fromkeys(MEMORY, math.nan) | NOT_A_FILE] if torch_row else []
         for number, (kind, c) in enumerate(found, 1):
             log.info("evaluating candidate %d of %d: %s", number, len(found), c.name)
             path = catalog.path(c.onnx)
+            predict = onnx_predictor(path)
             rows.append({"candidate": c.name, "kind": kind, "file": c.onnx, "parent": c.parent,
                          "method": c.method, **evaluate_onnx(path, splits),
-                         **judge.judged(onnx_predictor(path), inputs)})
+                         **judge.judged(predict, inputs),
+                         **portability.check(path, splits.val.x,
+                                             measure.predict_batched(predict, splits.val.x),
+                                             params.measure.threads)})
         log.info("peak memory of each candidate's session, each in a fresh process")
         memory = footprint.session_memory([catalog.path(c.onnx) for c in candidates],
                                           spec.input_shape, params.measure.threads)
