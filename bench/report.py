@@ -141,6 +141,36 @@ def _compression(report: dict) -> list[str]:
     return lines
 
 
+def _number(value: float, fmt: str) -> str:
+    return "n/a" if value != value else fmt.format(value)  # NaN: not measured for this row
+
+
+def _judged(report: dict) -> list[str]:
+    """Every candidate beside its teacher as compare judged it (on test; agreement on validation
+    too), with its session memory, the seconds it took to make and a second runtime's agreement."""
+    lines = ["", "### Judged beside the teacher", "",
+             "Top-1 agreement with the teacher and KL divergence from its probabilities, expected "
+             "calibration error, the accuracy lost on corrupted inputs (mild and strong), the ONNX "
+             "Runtime session's peak memory at batch 1 and 256, the wall seconds the candidate and "
+             "what it was made from took, and how often a second runtime gives ONNX Runtime's top "
+             "class (n/a: it cannot run the file).", "",
+             "| task | candidate | val agreement | agreement | KL | ECE | drop pp mild | drop pp "
+             "strong | MB b1 | MB b256 | s to make | 2nd runtime |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in report["compression"]:
+        if "agreement" not in row:
+            continue
+        name = f"**{row['candidate']}**" if row["deployed"] else row["candidate"]
+        cells = [_number(row[key], fmt) for key, fmt in (
+            ("val_agreement", "{:.4f}"), ("agreement", "{:.4f}"), ("kl_to_teacher", "{:.4f}"),
+            ("ece", "{:.4f}"), ("robustness_drop_pp_mild", "{:.2f}"),
+            ("robustness_drop_pp_strong", "{:.2f}"), ("memory_mb_b1", "{:.1f}"),
+            ("memory_mb_b256", "{:.1f}"), ("cost_seconds", "{:.1f}"),
+            ("second_runtime_agreement", "{:.4f}"))]
+        lines.append(f"| {row['task']} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _deployed(deployed: dict) -> list[str]:
     lines = ["", "## The deployed candidates, timed again", "",
              "After compare's choice, in fresh rounds: the deployed file, the deployable graph users "
@@ -200,7 +230,7 @@ def markdown(report: dict) -> str:
     if report.get("pipeline"):
         lines += _pipeline(report["pipeline"])
     if report.get("compression"):
-        lines += _compression(report)
+        lines += _compression(report) + _judged(report)
     if report.get("deployed"):
         lines += _deployed(report["deployed"])
     pruning = report.get("structured_pruning_torch_b1")

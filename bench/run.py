@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import checks  # noqa: E402  (the project root is on the path only now)
+from tasks.stages.compare import JUDGED  # noqa: E402
 
 OVERLAYS = {"digits": None, "mnist1d": "configs/mnist1d.yaml",
             "breast_cancer": "configs/breast_cancer.yaml", checks.IMAGES_TASK: "configs/shapes.yaml"}
@@ -182,7 +183,8 @@ def stages_at_once(workdir: Path, full: float) -> dict[str, Any]:
 BENCH_FIELDS = ("candidate", "file", "val_accuracy", "val_accuracy_drop_pp", "accuracy",
                 "accuracy_drop_pp", "params_count", "size_bytes", "size_ratio",
                 "latency_ms_p50_b1", "throughput_sps_b256", "deployed", "pareto",
-                *checks.INTERVALS, *(f"{key}_interval" for key in checks.INTERVALS))
+                *checks.INTERVALS, *(f"{key}_interval" for key in checks.INTERVALS),
+                *JUDGED, "second_runtime", "second_runtime_error")
 def stage_report(project: Path, stage: str) -> dict:
     """Every candidate `stage` made or measured in `project`, with all its figures."""
     from tasks.services import io
