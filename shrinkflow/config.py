@@ -312,10 +312,12 @@ class PruneConfig(_Section):
 # quantize
 # ---------------------------------------------------------------------------------------------
 class QuantizeConfig(_Section):
-    """Stage `quantize`: fp16, int8 weight-only, dynamic and static (ONNX) and quantization-aware training."""
+    """Stage `quantize`: fp16, int8 and 4-bit weight-only, int8 dynamic and static (ONNX) and
+    quantization-aware training."""
 
-    methods: tuple[Literal["fp16", "int8_weights", "int8_dynamic", "int8_static", "qat"], ...] = Field(
-        ("fp16", "int8_weights", "int8_dynamic", "int8_static"),
+    methods: tuple[Literal["fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static",
+                           "qat"], ...] = Field(
+        ("fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static"),
         description="quantized variants made of each candidate",
     )
     calibration: Literal["minmax", "percentile", "entropy"] = Field(
@@ -396,9 +398,10 @@ class RecipeSpace(_Section):
     student_depth: Choices = Field((2, 3), description="distill: blocks or hidden layers")
     temperature: Range = Field(Range(low=1.0, high=8.0), description="distill: KD temperature")
     alpha: Range = Field(Range(low=0.5, high=1.0), description="distill: weight of the soft labels")
-    quantization: tuple[Literal["fp32", "fp16", "int8_weights", "int8_dynamic", "int8_static"],
-                        ...] = Field(("fp32", "fp16", "int8_weights", "int8_static"), min_length=1,
-                                     description="the file's precision (not for unstructured)")
+    quantization: tuple[Literal["fp32", "fp16", "int8_weights", "int4_weights", "int8_dynamic",
+                                "int8_static"], ...] = Field(
+        ("fp32", "fp16", "int8_weights", "int4_weights", "int8_static"), min_length=1,
+        description="the file's precision (not for unstructured)")
     calibration: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(
         ("minmax", "percentile"), min_length=1, description="int8_static: calibration")
 

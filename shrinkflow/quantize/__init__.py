@@ -8,6 +8,8 @@ this CPU:
                    in float32: the file halves, the time does not.
   to_int8_weights  weight-only int8: the file shrinks ~4x; ORT expands the weights once at load,
                    so latency is the float32 model's.
+  to_int4_weights  weight-only 4-bit: packed INT4 in blocks of up to 64 weights of a channel, a
+                   float16 scale each (opset 21); expanded at load like int8 weights.
   to_int8_dynamic  int8 weights; MatMul/Gemm quantize their activations at run time. Conv weights
                    are only stored as int8 (expanded at load): ConvInteger, what dynamic
                    quantization makes of a Conv, ran 5x (batch 1) to 13x (batch 256) slower
@@ -52,7 +54,7 @@ data), calibrate (int8 static, sensitivity), qat (quantization-aware training), 
 """
 
 from shrinkflow.quantize.calibrate import to_int8_static
-from shrinkflow.quantize.convert import to_fp16, to_int8_dynamic, to_int8_weights
+from shrinkflow.quantize.convert import to_fp16, to_int4_weights, to_int8_dynamic, to_int8_weights
 from shrinkflow.quantize.fallback import Attempt, FallbackResult, quantize_with_fallback
 from shrinkflow.quantize.graph import quantizable_nodes
 from shrinkflow.quantize.qat import export_qat_onnx, qat_train_config, quantization_aware_training
@@ -69,4 +71,5 @@ __all__ = [
     "to_int8_dynamic",
     "to_int8_static",
     "to_int8_weights",
+    "to_int4_weights",
 ]

@@ -139,6 +139,7 @@ def store(model: torch.nn.Module, arch: models.Architecture, sparse: bool,
             "fp32": lambda: Path(fp32).replace(path),
             "fp16": lambda: quantize.to_fp16(fp32, path),
             "int8_weights": lambda: quantize.to_int8_weights(fp32, path),
+            "int4_weights": lambda: quantize.to_int4_weights(fp32, path),
             "int8_dynamic": lambda: quantize.to_int8_dynamic(fp32, path),
             "int8_static": lambda: quantize.to_int8_static(
                 fp32, path, calibration_x, recipe["calibration"], quant_format="qoperator"),

@@ -42,10 +42,10 @@ from tasks.services.io import load_processed
 log = logging.getLogger("shrinkflow.quantize")
 # methods that only convert the file: no data, no fallback
 # the numbers a method's file computes with
-PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int8_dynamic": "int8",
-             "int8_static": "int8", "qat": "int8"}
+PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int4_weights": "int4 weights",
+             "int8_dynamic": "int8", "int8_static": "int8", "qat": "int8"}
 CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
-               "int8_dynamic": quantize.to_int8_dynamic}
+               "int4_weights": quantize.to_int4_weights, "int8_dynamic": quantize.to_int8_dynamic}
 
 
 def _accuracy_on(split: data.Split):
