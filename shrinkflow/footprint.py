@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -80,10 +79,11 @@ def _probe(path: str, input_shape: tuple[int, ...], threads: int) -> dict[str, f
 # multiprocessing, which would import the caller's main module again in it
 _FORKING_PROBE = """
 import json, os, sys
+sys.path.insert(0, sys.argv[1])  # where this package is
 import onnxruntime
 from shrinkflow.footprint import _probe
-shape, threads = tuple(json.loads(sys.argv[1])), int(sys.argv[2])
-for path in sys.argv[3:]:
+shape, threads = tuple(json.loads(sys.argv[2])), int(sys.argv[3])
+for path in sys.argv[4:]:
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # whatever happens, the child leaves through os._exit: no cleanup of the parent's
@@ -124,11 +124,9 @@ def session_memory(paths: list[Path], input_shape: tuple[int, ...], threads: int
     if not paths:
         return []
     package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
     done = subprocess.run(  # nosec B603: this interpreter, this package's code, file paths
-        [sys.executable, "-c", _FORKING_PROBE, json.dumps(list(input_shape)), str(threads),
-         *map(str, paths)], capture_output=True, text=True, env=env, check=False)
+        [sys.executable, "-c", _FORKING_PROBE, package_root, json.dumps(list(input_shape)),
+         str(threads), *map(str, paths)], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
                            else f"the memory probe exited with {done.returncode}")
