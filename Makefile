@@ -33,13 +33,13 @@ run: $(STAMP)  ## run the pipeline (prepare -> ... -> deploy) on params.yaml
 TEST_WORKERS ?= 2
 PYTEST = $(BIN)/pytest -n $(TEST_WORKERS)
 
-test: $(STAMP)  ## run the test suite (all but the accuracy targets: make test-slow)
+test: $(STAMP)  ## run the test suite (all but the slowest: make test-slow)
 	$(PYTEST) -m "not slow"
 
 test-fast: $(STAMP)  ## core and stage tests only: no servers, subprocess pipelines, services or accuracy targets
 	$(PYTEST) -m "not slow and not integration"
 
-test-slow: $(STAMP)  ## the accuracy targets: the default configs trained until they reach them (CI runs it)
+test-slow: $(STAMP)  ## the slowest tests: accuracy targets, whole pipelines per kind of input (CI runs it)
 	$(PYTEST) -m slow
 
 lint: $(STAMP)  ## ruff (style, imports, bugbear) and bandit (security) on the code

@@ -213,6 +213,7 @@ def test_pipeline__missing_outputs_force_a_rerun(reference):
     assert (Catalog.at(project).baseline_dir / "model.onnx").is_file()
 
 
+@pytest.mark.slow  # nearly a whole run again; other params' reruns are checked in make test
 def test_pipeline__changed_baseline_param_reruns_baseline_and_what_reads_it(reference):
     project = reference["project"]
     before = pipeline(root=str(project))

@@ -50,6 +50,7 @@ def finished_run(filter_string: str, timeout: float, log: Path | None = None):
     raise AssertionError(f"no finished run for {filter_string} in {timeout:.0f} s\n{tail}")
 
 
+@pytest.mark.slow  # a whole run in the background: make test-slow
 def test_a_commit_starts_a_tagged_run_only_when_it_changes_an_input(api, dvc_project):
     mlflow_client().search_experiments()  # the store exists before the hook's run opens it
     assert run([SHRINKFLOW, "hooks", "install", *QUICK], dvc_project).returncode == 0
