@@ -82,8 +82,9 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])  # where this package is
 import onnxruntime
 from shrinkflow.footprint import _probe
-shape, threads = tuple(json.loads(sys.argv[2])), int(sys.argv[3])
-for path in sys.argv[4:]:
+threads = int(sys.argv[2])
+for path, shape in json.loads(sys.stdin.read()):
+    shape = tuple(shape)
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # whatever happens, the child leaves through os._exit: no cleanup of the parent's
@@ -104,13 +105,16 @@ for path in sys.argv[4:]:
 """
 
 
-def memory_floor(input_shape: tuple[int, ...], threads: int = 1) -> dict[str, float]:
-    """The same figures for a one-node Identity graph of the input's width: what the runtime
-    takes with no model in it."""
+def with_floor(paths: list[Path], input_shape: tuple[int, ...], threads: int = 1
+               ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """`session_memory` of `paths`, and the same figures for a one-node Identity graph of the
+    input's width: what the runtime takes with no model in it (one probe for all)."""
     width = math.prod(input_shape)
     with tempfile.TemporaryDirectory(prefix="shrinkflow-floor-") as scratch:
-        path = floor_graph("identity", width, 1, Path(scratch) / "identity.onnx")
-        return session_memory([path], (width,), threads)[0]
+        floor = floor_graph("identity", width, 1, Path(scratch) / "identity.onnx")
+        *found, identity = _probe_all([*((path, input_shape) for path in paths),
+                                       (floor, (width,))], threads)
+    return found, identity
 
 
 def session_memory(paths: list[Path], input_shape: tuple[int, ...], threads: int = 1
@@ -121,12 +125,17 @@ def session_memory(paths: list[Path], input_shape: tuple[int, ...], threads: int
     Raises:
         RuntimeError: a file could not be opened or run, with the probe's own message.
     """
-    if not paths:
+    return _probe_all([(path, input_shape) for path in paths], threads)
+
+
+def _probe_all(files: list[tuple[Path, tuple[int, ...]]], threads: int) -> list[dict[str, float]]:
+    if not files:
         return []
     package_root = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(  # nosec B603: this interpreter, this package's code, file paths
-        [sys.executable, "-c", _FORKING_PROBE, package_root, json.dumps(list(input_shape)),
-         str(threads), *map(str, paths)], capture_output=True, text=True, check=False)
+        [sys.executable, "-c", _FORKING_PROBE, package_root, str(threads)],
+        input=json.dumps([[str(path), list(shape)] for path, shape in files]),
+        capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip()
                            else f"the memory probe exited with {done.returncode}")

@@ -34,6 +34,13 @@ def second_runtime() -> str:
     return f"{SECOND_RUNTIME} {openvino.__version__.split('-')[0]}"
 
 
+@functools.cache
+def _core():
+    import openvino
+
+    return openvino.Core()
+
+
 def _reason(error: Exception) -> str:
     """The runtime's message in a line: the operators it failed on, or its last statement."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -53,9 +60,7 @@ def check(path: Path, x: np.ndarray, onnx_runtime_logits: np.ndarray, threads: i
     if not name:
         return {"second_runtime": "", "second_runtime_agreement": math.nan,
                 "second_runtime_error": "no second runtime installed"}
-    import openvino
-
-    core = openvino.Core()
+    core = _core()
     try:
         compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                       {"INFERENCE_NUM_THREADS": threads})

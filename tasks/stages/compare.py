@@ -327,11 +327,10 @@ def run_compare(params: Params, root: Path, parent_run_id: str | None = None) ->
                                              measure.predict_batched(predict, splits.val.x),
                                              params.measure.threads)})
         log.info("peak memory of each candidate's session, each in a fresh process")
-        memory = footprint.session_memory([catalog.path(c.onnx) for c in candidates],
-                                          spec.input_shape, params.measure.threads)
+        memory, floor = footprint.with_floor([catalog.path(c.onnx) for c in candidates],
+                                             spec.input_shape, params.measure.threads)
         for row, used in zip(rows[len(rows) - len(candidates):], memory, strict=True):
             row |= used
-        floor = footprint.memory_floor(spec.input_shape, params.measure.threads)
         costs = _costs(catalog, found)
         for row in rows:
             row["cost_seconds"] = costs[row["candidate"]]

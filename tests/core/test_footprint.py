@@ -26,9 +26,11 @@ def test_bigger_weights_and_a_bigger_batch_need_more_memory(tmp_path: Path):
     assert narrow["memory_mb_b256"] >= narrow["memory_mb_b1"] > 0
 
 
-def test_the_floor_is_an_identity_graph_of_the_inputs_width():
-    floor = footprint.memory_floor((1, 8, 8))
-    assert set(floor) == {"memory_mb_b1", "memory_mb_b256"} and floor["memory_mb_b1"] > 0
+def test_the_floor_is_an_identity_graph_of_the_inputs_width(tmp_path: Path):
+    heavy = footprint.floor_graph("matmul", 64, 10, tmp_path / "heavy.onnx")
+    (found,), floor = footprint.with_floor([heavy], (64,))
+    assert set(floor) == set(found) == {"memory_mb_b1", "memory_mb_b256"}
+    assert 0 < floor["memory_mb_b1"] <= floor["memory_mb_b256"]
     assert footprint.BATCHES == (1, THROUGHPUT_BATCH)
 
 
