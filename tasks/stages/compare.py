@@ -164,7 +164,7 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
     severities = "; ".join(
         f"{name}: noise of {severity.noise_std:g} of each input's spread, images shifted up to "
         f"{severity.max_shift} px and rotated up to {severity.max_rotation_deg:g} degrees, "
-        f"signals shifted up to {severity.max_shift} samples and scaled by up to "
+        f"signals shifted up to {severity.max_shift} sample(s) and scaled by up to "
         f"{severity.max_scale:.0%}" for name, severity in judge.SEVERITIES.items())
     noise = (f"Control: the baseline's ONNX file timed a second time as another candidate runs "
              f"{_ratio_cell(control, 'speedup_b1_vs_ort_fp32')} as fast as itself at batch 1 and "
@@ -174,7 +174,7 @@ def markdown_table(rows: list[dict[str, Any]], control: dict[str, Any], chosen: 
             "Judged against the teacher, on test (agreement also on validation): top-1 "
             "agreement, KL divergence of the probabilities from the teacher's, expected "
             "calibration error (15 bins), the accuracy lost on corrupted inputs "
-            f"({severities}); and the peak memory of an ONNX Runtime session running batches of "
+            f"({severities}); the peak memory of an ONNX Runtime session running batches of "
             f"1 and 256, each in a fresh process (the runtime alone, an Identity graph of the "
             f"input's width, takes {floor['memory_mb_b1']:.1f} and {floor['memory_mb_b256']:.1f} "
             "MB); the wall seconds it took to make, with everything it was made from (the "
