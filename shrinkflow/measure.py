@@ -87,7 +87,9 @@ def count_onnx_params(path: str | Path) -> tuple[int, int]:
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
-    arrays = [numpy_helper.to_array(init) for init in model.graph.initializer]
+    # packed types (INT4, INT2) come back as ml_dtypes arrays of kind "V"; int8 holds their values
+    arrays = [array.astype(np.int8) if array.dtype.kind == "V" else array
+              for array in map(numpy_helper.to_array, model.graph.initializer)]
     arrays = [a for a in arrays if a.dtype.kind in "fiu" and a.size > 1]  # skip scalars/shapes
     total = sum(a.size for a in arrays)
     nonzero = sum(int(np.count_nonzero(a)) for a in arrays)

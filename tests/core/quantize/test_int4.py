@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from shrinkflow import quantize as q
 from shrinkflow.export import export_onnx, onnx_predictor
-from shrinkflow.measure import file_size
+from shrinkflow.measure import count_onnx_params, file_size
 from shrinkflow.quantize.convert import block_for, int4_blockwise, int4_expand
 from tests.core.quantize.conftest import assert_runs_like_fp32
 
@@ -74,6 +74,8 @@ def test_the_file_computes_with_the_numpy_reference_weights(tmp_path: Path):
     assert all(len(init.raw_data) == -(-int(np.prod(init.dims)) // 2) for init in packed)
     floats = [numpy_helper.to_array(init) for init in stored if init.data_type == onnx.TensorProto.FLOAT]
     assert sum(array.size for array in floats) <= 10 + 16  # the two biases
+    # and the packed weights count as parameters
+    assert count_onnx_params(int4)[0] >= sum(p.numel() for p in model.parameters())
 
 
 def test_big_weights_shrink_about_twice_from_int8_weights(tmp_path: Path):
