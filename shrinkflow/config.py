@@ -312,11 +312,11 @@ class PruneConfig(_Section):
 # quantize
 # ---------------------------------------------------------------------------------------------
 class QuantizeConfig(_Section):
-    """Stage `quantize`: fp16, int8 and 4-bit weight-only, int8 dynamic and static (ONNX) and
-    quantization-aware training."""
+    """Stage `quantize`: fp16, int8 and 4-bit weight-only, int8 dynamic and static (ONNX),
+    quantization-aware training, and ternary or binary weights (trained)."""
 
     methods: tuple[Literal["fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static",
-                           "qat"], ...] = Field(
+                           "qat", "ternary", "binary"], ...] = Field(
         ("fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static"),
         description="quantized variants made of each candidate",
     )
@@ -339,7 +339,8 @@ class QuantizeConfig(_Section):
         ("percentile", "entropy", "exclude_sensitive", "qat"),
         description="what to try, in order, when int8 static loses too much",
     )
-    qat_epochs: int = Field(5, ge=1, description="quantization-aware fine-tuning epochs")
+    qat_epochs: int = Field(5, ge=1, description="quantization-aware (and ternary, binary) "
+                            "fine-tuning epochs")
 
 
 # ---------------------------------------------------------------------------------------------

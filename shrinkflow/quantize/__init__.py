@@ -49,8 +49,13 @@ calibrators and explicit sizes, and handed to `quantize_static` as a calibration
               the search settle on its first, degenerate candidate for ReLU outputs (clipping them
               to a quarter of their range) and took seconds.
 
+  low_bit_training + to_ternary_weights
+                   ternary ({-a, 0, +a} per channel) or binary ({-a, +a}) hidden weights, fine-tuned
+                   through a straight-through estimator, stored as packed INT2 (opset 25).
+
 Modules, each importing only modules listed before it: graph (ONNX helpers), convert (needs no
-data), calibrate (int8 static, sensitivity), qat (quantization-aware training), fallback.
+data), calibrate (int8 static, sensitivity), qat (quantization-aware training), ternary (ternary
+and binary weights), fallback.
 """
 
 from shrinkflow.quantize.calibrate import to_int8_static
@@ -58,6 +63,7 @@ from shrinkflow.quantize.convert import to_fp16, to_int4_weights, to_int8_dynami
 from shrinkflow.quantize.fallback import Attempt, FallbackResult, quantize_with_fallback
 from shrinkflow.quantize.graph import quantizable_nodes
 from shrinkflow.quantize.qat import export_qat_onnx, qat_train_config, quantization_aware_training
+from shrinkflow.quantize.ternary import low_bit_training, to_ternary_weights
 
 __all__ = [
     "Attempt",
@@ -72,4 +78,6 @@ __all__ = [
     "to_int8_static",
     "to_int8_weights",
     "to_int4_weights",
+    "low_bit_training",
+    "to_ternary_weights",
 ]

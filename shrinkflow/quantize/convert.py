@@ -14,6 +14,7 @@ import numpy as np
 from shrinkflow.quantize.graph import (
     WEIGHTED_OPS,
     load_onnx,
+    opset_of,
     preprocess,
     quiet,
     save_lean,
@@ -63,7 +64,7 @@ def to_int8_dynamic(
                              weight_type=QuantType.QInt8)
         model = load_onnx(out)
     if store_conv_weights_int8:
-        _store_weights_int8(model, ("Conv",))
+        store_weights_int8(model, ("Conv",))
     return save_lean(model, dst)
 
 
@@ -77,7 +78,7 @@ def to_int8_weights(src: str | Path, dst: str | Path) -> Path:
     Gather, not Conv.)
     """
     model = load_onnx(src)
-    _store_weights_int8(model, WEIGHTED_OPS)
+    store_weights_int8(model, WEIGHTED_OPS)
     return save_lean(model, dst)
 
 
@@ -93,17 +94,13 @@ def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLO
     from onnx import version_converter
 
     model = load_onnx(src)
-    if _opset(model) < INT4_OPSET:  # INT4 tensors and their Cast came with opset 21
+    if opset_of(model) < INT4_OPSET:  # INT4 tensors and their Cast came with opset 21
         model = version_converter.convert_version(model, INT4_OPSET)
     _store_weights_int4(model, WEIGHTED_OPS, block_size)
     return save_lean(model, dst)
 
 
 INT4_OPSET = 21
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
 
 
 def block_for(width: int, block_size: int) -> int:
@@ -161,7 +158,7 @@ def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_s
     initializers = {init.name: init for init in graph.initializer}
     new_nodes, constants = [], [numpy_helper.from_array(np.asarray([0], np.int64), "int4_zero"),
                                 numpy_helper.from_array(np.asarray([1], np.int64), "int4_one")]
-    for name, axis in sorted(_weight_axes(graph, op_types, initializers).items()):
+    for name, axis in sorted(weight_axes(graph, op_types, initializers).items()):
         weight = numpy_helper.to_array(initializers[name])
         if weight.dtype != np.float32 or weight.ndim < 2:
             continue
@@ -196,7 +193,7 @@ def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_s
     graph.node.extend(new_nodes + nodes)  # they read only initializers: the graph stays sorted
 
 
-def _weight_axes(graph: onnx.GraphProto, op_types: Sequence[str],
+def weight_axes(graph: onnx.GraphProto, op_types: Sequence[str],
                  initializers: dict[str, onnx.TensorProto]) -> dict[str, int]:
     """The weight initializers of `op_types` nodes, each with its output-channel axis."""
     return {node.input[1]: _weight_axis(node, len(initializers[node.input[1]].dims))
@@ -223,7 +220,7 @@ def _int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.nda
     return np.clip(np.round(weight / scale), -127, 127).astype(np.int8), scale
 
 
-def _store_weights_int8(model: onnx.ModelProto, op_types: Sequence[str]) -> None:
+def store_weights_int8(model: onnx.ModelProto, op_types: Sequence[str]) -> None:
     """Replace the float weight initializers of `op_types` nodes by int8 + per-channel scale,
     expanded back by Cast + Mul nodes that ONNX Runtime constant-folds when the session loads."""
     from onnx import TensorProto, helper, numpy_helper
@@ -231,7 +228,7 @@ def _store_weights_int8(model: onnx.ModelProto, op_types: Sequence[str]) -> None
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     new_nodes = []
-    for name, axis in sorted(_weight_axes(graph, op_types, initializers).items()):
+    for name, axis in sorted(weight_axes(graph, op_types, initializers).items()):
         weight = numpy_helper.to_array(initializers[name])
         if weight.dtype != np.float32 or weight.ndim < 2:
             continue

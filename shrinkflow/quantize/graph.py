@@ -40,6 +40,11 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset."""
+    return next(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
+
+
 def sort_topologically(model: onnx.ModelProto) -> None:
     """Reorder nodes so each comes after its inputs' producers (ONNX requires it; some tools
     append nodes at the end, which ONNX Runtime tolerates but onnx.checker rejects)."""

@@ -1,9 +1,11 @@
-"""Stage `quantize`: fp16, int8 weight-only, dynamic and static (with fallback) and QAT of
-every candidate.
+"""Stage `quantize`: fp16, int8 and 4-bit weight-only, int8 dynamic and static (with fallback),
+QAT, and ternary or binary weights of every candidate.
 
 Reads the candidates.json manifests of the stages declared before it in `tasks.services.dag` that make
 candidates (models/{baseline,pruned,distilled}/), data/processed/ and params.yaml `quantize`,
-`baseline.train` / `baseline.augment` (QAT reuses the training loop).
+`baseline.train` / `baseline.augment` (QAT and the ternary and binary fine-tuning reuse the
+training loop; they need the candidate's torch model, and are skipped, with the reason, for one
+without).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
 candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
 metrics/quantize.json (how many candidates, the best one's accuracies on validation and test) and
@@ -26,7 +28,7 @@ import numpy as np
 
 from shrinkflow import data, measure, progress, quantize, sparse
 from shrinkflow.config import Params, QuantizeConfig
-from shrinkflow.export import onnx_predictor
+from shrinkflow.export import export_onnx, onnx_predictor
 from tasks.services import dag, io, tracking
 from tasks.services.candidates import (
     Candidate,
@@ -43,7 +45,11 @@ log = logging.getLogger("shrinkflow.quantize")
 # methods that only convert the file: no data, no fallback
 # the numbers a method's file computes with
 PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int4_weights": "int4 weights",
-             "int8_dynamic": "int8", "int8_static": "int8", "qat": "int8"}
+             "int8_dynamic": "int8", "int8_static": "int8", "qat": "int8",
+             "ternary": "ternary weights", "binary": "binary weights"}
+# methods that fine-tune the source's torch model, by what they do
+TRAINED = {"qat": "quantization-aware training", "ternary": "ternary training",
+           "binary": "binary training"}
 CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
                "int4_weights": quantize.to_int4_weights, "int8_dynamic": quantize.to_int8_dynamic}
 
@@ -79,9 +85,9 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
                 reference = evaluate(src)
                 for method in cfg.methods:
                     name = f"{source.name}-{method}"
-                    if method == "qat" and source.torch is None:  # an ensemble, an ONNX teacher
+                    if method in TRAINED and source.torch is None:  # an ensemble, an ONNX teacher
                         log.info("%s: skipped: %s has no torch model to train", name, source.name)
-                        skipped[name] = f"quantization-aware training needs a torch model; " \
+                        skipped[name] = f"{TRAINED[method]} needs a torch model; " \
                                         f"{source.name} has none"
                         continue
                     dst = staging / f"{name}.onnx"
@@ -153,6 +159,15 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
     if method == "qat":  # sources without a torch model are skipped by the caller
         quantize.to_int8_static(qat_float_onnx(), dst, calibration, "minmax", cfg.per_channel,
                                 quant_format=cfg.format)
+        return {"method": method}
+    if method in ("ternary", "binary"):  # the same: hidden weights trained to 2-bit values
+        arch, model = load_torch(catalog.path(source.torch), produced_by=source.parent)
+        trained = quantize.low_bit_training(
+            model, splits.train, splits.val, quantize.qat_train_config(params.baseline.train, cfg),
+            data.Augmenter(params.baseline.augment, spec.kind), binary=method == "binary",
+            on_epoch_end=tracking.log_epoch)
+        quantize.to_ternary_weights(
+            export_onnx(trained, arch.input_shape, scratch / f"{source.name}-{method}.onnx"), dst)
         return {"method": method}
     result = quantize.quantize_with_fallback(
         src, dst, calibration, evaluate, reference, cfg,

@@ -16,7 +16,7 @@ from tasks.services.runner import run_stage
 from tasks.stages.quantize import run_quantize
 
 QUICK_QUANTIZE = ["prune.structured.enabled=false", "distill.enabled=false",
-                  "quantize.methods=[fp16, int8_weights]"]
+                  "quantize.methods=[fp16, int8_weights, ternary]"]
 
 
 def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_sparse(
@@ -35,8 +35,12 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     # then each gets each method, listed in the manifest
     folder = catalog.models_dir("quantize")
     names = [c.name for c in read_manifest(folder, "quantize")]
-    assert names == ["baseline-fp32-fp16", "baseline-fp32-int8_weights",
-                     "unstructured-80-fp16", "unstructured-80-int8_weights"]
+    assert names == ["baseline-fp32-fp16", "baseline-fp32-int8_weights", "baseline-fp32-ternary",
+                     "unstructured-80-fp16", "unstructured-80-int8_weights",
+                     "unstructured-80-ternary"]
+    # and a ternary file stores its hidden weights as 2-bit codes
+    ternary = onnx.load(str(folder / "baseline-fp32-ternary.onnx"))
+    assert any(init.data_type == onnx.TensorProto.INT2 for init in ternary.graph.initializer)
     # and the int8 version of the sparse candidate stores its int8 weights sparse: smaller than
     # both its fp32 sparse source and the dense int8 baseline
     int8 = onnx.load(str(folder / "unstructured-80-int8_weights.onnx"))
@@ -55,8 +59,8 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     assert abs(int8_accuracy - fp32_accuracy) <= 2 / 360 + 1e-9, (
         f"int8 weights {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}")
     # and: reports/quantize/metrics.json counts them (no int8 static here: no fallback chain)
-    assert io.read_metrics(catalog, "quantize") == {"candidates": 4, "int8_static_beyond_drop": 0}
+    assert io.read_metrics(catalog, "quantize") == {"candidates": 6, "int8_static_beyond_drop": 0}
     # and: metrics/quantize.json shows the count and the best on validation, not on test
     best = max(quantized.values(), key=lambda row: row["val_accuracy"])
     assert json.loads(catalog.metrics_file("quantize").read_text()) == {
-        "candidates": 4, "val_accuracy": best["val_accuracy"], "accuracy": best["accuracy"]}
+        "candidates": 6, "val_accuracy": best["val_accuracy"], "accuracy": best["accuracy"]}

@@ -1,0 +1,148 @@
+"""Ternary and binary weights: trained through a straight-through estimator, stored in 2 bits.
+
+Each hidden Conv/Linear weight becomes, per output channel, {-a, 0, +a} (ternary; Li & Liu 2016,
+Ternary Weight Networks) or {-a, +a} (binary, the extreme setting of the same method):
+  ternary  weights with |w| <= 0.7 * mean|w| become 0, the others +-a, a the mean |w| over them
+           (the least-squares scale for that support)
+  binary   every weight becomes +-a, a = mean|w|
+The network's first weighted layer and its classifier stay as they are (as Trained Ternary
+Quantization keeps them): they hold few weights and most of the accuracy a few bits would cost.
+
+`low_bit_training` fine-tunes a torch model with its hidden weights replaced by their ternary (or
+binary) values in the forward pass while the float weights learn through the straight-through
+gradient (`torch.nn.utils.parametrize`), then leaves the ternary values in place.
+`to_ternary_weights` stores every weight that holds at most three values per channel as packed
+ONNX INT2 codes (four to a byte) and a float16 scale per channel, expanded when the session loads
+(opset 25); the remaining float weights are stored as int8 weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from shrinkflow.config import TrainConfig
+from shrinkflow.data import Augmenter, Split
+from shrinkflow.quantize.convert import store_weights_int8, weight_axes
+from shrinkflow.quantize.graph import WEIGHTED_OPS, load_onnx, opset_of, save_lean
+from shrinkflow.train import EpochLog, fit
+
+THRESHOLD = 0.7  # of mean|w|: at or below it a ternary weight is 0 (TWN's rule)
+INT2_OPSET = 25  # INT2 tensors and their Cast
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def ternarize(weight: torch.Tensor, binary: bool = False) -> torch.Tensor:
+    """`weight`'s ternary (or binary) values per output channel (axis 0); see the module
+    docstring."""
+    flat = weight.flatten(1)
+    magnitude = flat.abs()
+    if binary:
+        keep = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        keep = magnitude > THRESHOLD * magnitude.mean(dim=1, keepdim=True)
+    kept = keep.sum(dim=1, keepdim=True).clamp_min(1)
+    scale = (magnitude * keep).sum(dim=1, keepdim=True) / kept
+    return (torch.sign(flat) * keep * scale).view_as(weight)
+
+
+class _StraightThrough(nn.Module):
+    """The ternary values forward, the float weight's gradient backward."""
+
+    def __init__(self, binary: bool) -> None:
+        super().__init__()
+        self.binary = binary
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (ternarize(weight, self.binary) - weight).detach()
+
+
+def hidden_layers(model: nn.Module) -> list[nn.Module]:
+    """The weighted layers but the first and the last, in the order `model` registers them."""
+    weighted = [module for module in model.modules() if isinstance(module, _WEIGHTED)]
+    return weighted[1:-1]
+
+
+def low_bit_training(model: nn.Module, train: Split, val: Split, cfg: TrainConfig,
+                     augment: Augmenter | None = None, binary: bool = False,
+                     on_epoch_end: Callable[[EpochLog], None] | None = None) -> nn.Module:
+    """A copy of `model` whose hidden layers' weights are ternary (binary) values, fine-tuned
+    for `cfg.epochs` through the straight-through estimator (early stopping on validation as
+    every fit)."""
+    import copy
+
+    tuned = copy.deepcopy(model)
+    layers = hidden_layers(tuned)
+    for layer in layers:
+        parametrize.register_parametrization(layer, "weight", _StraightThrough(binary))
+    fit(tuned, train, val, cfg, augment, on_epoch_end=on_epoch_end,
+        description="binary" if binary else "ternary")
+    for layer in layers:  # the float weights back, then their exact ternary values
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        with torch.no_grad():
+            layer.weight.copy_(ternarize(layer.weight, binary))
+    return tuned
+
+
+def ternary_codes(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codes in {-1, 0, 1} as int8, float16 scale per channel shaped to broadcast) when each
+    channel along `axis` of `weight` holds only 0 and +-a, else None."""
+    rows = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    scale = np.abs(rows).max(axis=1, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    codes = np.round(rows / scale)
+    if not np.allclose(codes * scale, rows, rtol=1e-3, atol=1e-6):
+        return None
+    shape = [-1 if dim == axis else 1 for dim in range(weight.ndim)]
+    moved = np.moveaxis(codes.reshape([weight.shape[axis], *np.delete(weight.shape, axis)]), 0,
+                        axis)
+    return moved.astype(np.int8), scale.reshape(shape).astype(np.float16)
+
+
+def _packed_int2(name: str, codes: np.ndarray):
+    """An INT2 initializer holding `codes` (int8 in [-2, 1]), four to a byte, lowest bits first."""
+    from onnx import TensorProto, helper
+
+    flat = (codes.reshape(-1).astype(np.int16) & 0x3).astype(np.uint8)
+    flat = np.append(flat, np.zeros(-len(flat) % 4, np.uint8))
+    packed = flat[0::4] | (flat[1::4] << 2) | (flat[2::4] << 4) | (flat[3::4] << 6)
+    return helper.make_tensor(name, TensorProto.INT2, codes.shape, packed.tobytes(), raw=True)
+
+
+def to_ternary_weights(src: str | Path, dst: str | Path) -> Path:
+    """Store the ternary (or binary) weights of the float ONNX file `src` (made from
+    `low_bit_training`'s model) as INT2 codes and per-channel scales, the other weights as int8
+    weights; see the module docstring."""
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    model = load_onnx(src)
+    if opset_of(model) < INT2_OPSET:
+        model = version_converter.convert_version(model, INT2_OPSET)
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    expansions = []
+    for name, axis in sorted(weight_axes(graph, WEIGHTED_OPS, initializers).items()):
+        weight = numpy_helper.to_array(initializers[name])
+        found = ternary_codes(weight, axis) if weight.dtype == np.float32 else None
+        if found is None:
+            continue
+        codes, scale = found
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend([_packed_int2(f"{name}_int2", codes),
+                                  numpy_helper.from_array(scale, f"{name}_scale")])
+        expansions += [
+            helper.make_node("Cast", [f"{name}_int2"], [f"{name}_codes"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", [f"{name}_scale"], [f"{name}_scales"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{name}_codes", f"{name}_scales"], [name]),
+        ]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(expansions + nodes)  # they read only initializers: the graph stays sorted
+    store_weights_int8(model, WEIGHTED_OPS)
+    return save_lean(model, dst)
+
