@@ -5,7 +5,7 @@ expanded when the session loads)."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,8 +13,8 @@ import numpy as np
 
 from shrinkflow.quantize.graph import (
     WEIGHTED_OPS,
+    load_at_opset,
     load_onnx,
-    opset_of,
     preprocess,
     quiet,
     save_lean,
@@ -91,11 +91,7 @@ def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLO
     block with a float16 scale (`int4_blockwise`); computed in float32 as `to_int8_weights` is,
     the weights expanded once when the session loads. The weights shrink about 7x from float32
     (4 bits and a quarter of a bit of scale each)."""
-    from onnx import version_converter
-
-    model = load_onnx(src)
-    if opset_of(model) < INT4_OPSET:  # INT4 tensors and their Cast came with opset 21
-        model = version_converter.convert_version(model, INT4_OPSET)
+    model = load_at_opset(src, INT4_OPSET)  # INT4 tensors and their Cast came with opset 21
     _store_weights_int4(model, WEIGHTED_OPS, block_size)
     return save_lean(model, dst)
 
@@ -137,15 +133,47 @@ def int4_expand(values: np.ndarray, scale: np.ndarray, shape: tuple[int, ...], a
     return np.moveaxis(rows[:, :int(np.prod(moved[1:]))].reshape(moved), 0, axis)
 
 
-def _packed_int4(name: str, values: np.ndarray) -> onnx.TensorProto:
-    """An INT4 initializer holding `values` (int8 in [-8, 7]), two to a byte, low nibble first."""
+def packed(name: str, values: np.ndarray, bits: int) -> onnx.TensorProto:
+    """An INT4 (`bits` 4) or INT2 (`bits` 2) initializer holding the signed `values` (int8 that
+    fit in `bits`), 8 // `bits` to a byte, the lowest bits first."""
     from onnx import TensorProto, helper
 
-    flat = (values.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
-    if flat.size % 2:
-        flat = np.append(flat, np.uint8(0))
-    packed = flat[0::2] | (flat[1::2] << 4)
-    return helper.make_tensor(name, TensorProto.INT4, values.shape, packed.tobytes(), raw=True)
+    per_byte = 8 // bits
+    flat = (values.reshape(-1).astype(np.int16) & (2**bits - 1)).astype(np.uint8)
+    flat = np.append(flat, np.zeros(-len(flat) % per_byte, np.uint8))
+    packed_bytes = np.zeros(len(flat) // per_byte, np.uint8)
+    for position in range(per_byte):
+        packed_bytes |= flat[position::per_byte] << (bits * position)
+    data_type = {4: TensorProto.INT4, 2: TensorProto.INT2}[bits]
+    return helper.make_tensor(name, data_type, values.shape, packed_bytes.tobytes(), raw=True)
+
+
+Expansion = Callable[[str, np.ndarray, int], "tuple[list[onnx.TensorProto], list[onnx.NodeProto]] | None"]
+
+
+def replace_weights(model: onnx.ModelProto, op_types: Sequence[str], expand: Expansion) -> None:
+    """Replace each float32 weight (2-D or more) of `op_types` nodes by the initializers and
+    nodes `expand(name, weight, output-channel axis)` returns for it (None: the weight stays).
+    The nodes go first: they read only initializers, so the graph stays sorted."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    new_nodes = []
+    for name, axis in sorted(_weight_axes(graph, op_types, initializers).items()):
+        weight = numpy_helper.to_array(initializers[name])
+        if weight.dtype != np.float32 or weight.ndim < 2:
+            continue
+        found = expand(name, weight, axis)
+        if found is None:
+            continue
+        constants, nodes = found
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend(constants)
+        new_nodes += nodes
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)
 
 
 def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_size: int) -> None:
@@ -154,22 +182,14 @@ def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_s
     a float32 weight when the session loads."""
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    new_nodes, constants = [], [numpy_helper.from_array(np.asarray([0], np.int64), "int4_zero"),
-                                numpy_helper.from_array(np.asarray([1], np.int64), "int4_one")]
-    for name, axis in sorted(weight_axes(graph, op_types, initializers).items()):
-        weight = numpy_helper.to_array(initializers[name])
-        if weight.dtype != np.float32 or weight.ndim < 2:
-            continue
+    def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list]:
         moved = [weight.shape[axis], *(size for dim, size in enumerate(weight.shape) if dim != axis)]
         width = int(np.prod(moved[1:]))
         block = block_for(width, block_size)
         values, scale = int4_blockwise(weight, axis, block)
-        graph.initializer.remove(initializers[name])
-        constants += [_packed_int4(f"{name}_int4", values),
-                      numpy_helper.from_array(scale, f"{name}_scale"),
-                      numpy_helper.from_array(np.asarray(moved, np.int64), f"{name}_shape")]
+        constants = [packed(f"{name}_int4", values, 4),
+                     numpy_helper.from_array(scale, f"{name}_scale"),
+                     numpy_helper.from_array(np.asarray(moved, np.int64), f"{name}_shape")]
         nodes = [helper.make_node("Cast", [f"{name}_int4"], [f"{name}_values"], to=TensorProto.FLOAT),
                  helper.make_node("Cast", [f"{name}_scale"], [f"{name}_scales"], to=TensorProto.FLOAT),
                  helper.make_node("Mul", [f"{name}_values", f"{name}_scales"], [f"{name}_blocks"])]
@@ -186,14 +206,14 @@ def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_s
         if axis:  # back from output channels first to the weight's own layout
             nodes.append(helper.make_node("Transpose", [f"{name}_first"], [name],
                                           perm=[*range(1, axis + 1), 0, *range(axis + 1, weight.ndim)]))
-        new_nodes += nodes
-    graph.initializer.extend(constants)
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(new_nodes + nodes)  # they read only initializers: the graph stays sorted
+        return constants, nodes
+
+    model.graph.initializer.extend([numpy_helper.from_array(np.asarray([0], np.int64), "int4_zero"),
+                                    numpy_helper.from_array(np.asarray([1], np.int64), "int4_one")])
+    replace_weights(model, op_types, expand)
 
 
-def weight_axes(graph: onnx.GraphProto, op_types: Sequence[str],
+def _weight_axes(graph: onnx.GraphProto, op_types: Sequence[str],
                  initializers: dict[str, onnx.TensorProto]) -> dict[str, int]:
     """The weight initializers of `op_types` nodes, each with its output-channel axis."""
     return {node.input[1]: _weight_axis(node, len(initializers[node.input[1]].dims))
@@ -225,25 +245,15 @@ def store_weights_int8(model: onnx.ModelProto, op_types: Sequence[str]) -> None:
     expanded back by Cast + Mul nodes that ONNX Runtime constant-folds when the session loads."""
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    new_nodes = []
-    for name, axis in sorted(weight_axes(graph, op_types, initializers).items()):
-        weight = numpy_helper.to_array(initializers[name])
-        if weight.dtype != np.float32 or weight.ndim < 2:
-            continue
+    def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list]:
         quantized, scale = _int8_per_channel(weight, axis)
-        graph.initializer.remove(initializers[name])
-        graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
-                                  numpy_helper.from_array(scale, f"{name}_scale")])
         # Cast + Mul rather than DequantizeLinear: ORT keeps DequantizeLinear unfolded (it waits
         # for a QDQ fusion), which made each call dequantize and lose the NCHWc conv (2.5x slower)
-        new_nodes += [
-            helper.make_node("Cast", [f"{name}_int8"], [f"{name}_float"], to=TensorProto.FLOAT,
-                             name=f"{name}_Cast"),
-            helper.make_node("Mul", [f"{name}_float", f"{name}_scale"], [name], name=f"{name}_Mul"),
-        ]
-    # the expansions come first: they read only initializers, and the graph must stay sorted
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(new_nodes + nodes)
+        return ([numpy_helper.from_array(quantized, f"{name}_int8"),
+                 numpy_helper.from_array(scale, f"{name}_scale")],
+                [helper.make_node("Cast", [f"{name}_int8"], [f"{name}_float"],
+                                  to=TensorProto.FLOAT, name=f"{name}_Cast"),
+                 helper.make_node("Mul", [f"{name}_float", f"{name}_scale"], [name],
+                                  name=f"{name}_Mul")])
+
+    replace_weights(model, op_types, expand)

@@ -45,6 +45,14 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
 
 
+def load_at_opset(path: str | Path, opset: int) -> onnx.ModelProto:
+    """The ONNX model at `path`, converted to default-domain `opset` when it is on an older one."""
+    from onnx import version_converter
+
+    model = load_onnx(path)
+    return version_converter.convert_version(model, opset) if opset_of(model) < opset else model
+
+
 def sort_topologically(model: onnx.ModelProto) -> None:
     """Reorder nodes so each comes after its inputs' producers (ONNX requires it; some tools
     append nodes at the end, which ONNX Runtime tolerates but onnx.checker rejects)."""

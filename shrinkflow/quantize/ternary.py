@@ -28,8 +28,8 @@ from torch.nn.utils import parametrize
 
 from shrinkflow.config import TrainConfig
 from shrinkflow.data import Augmenter, Split
-from shrinkflow.quantize.convert import store_weights_int8, weight_axes
-from shrinkflow.quantize.graph import WEIGHTED_OPS, load_onnx, opset_of, save_lean
+from shrinkflow.quantize.convert import packed, replace_weights, store_weights_int8
+from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, save_lean
 from shrinkflow.train import EpochLog, fit
 
 THRESHOLD = 0.7  # of mean|w|: at or below it a ternary weight is 0 (TWN's rule)
@@ -104,45 +104,25 @@ def ternary_codes(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray
     return moved.astype(np.int8), scale.reshape(shape).astype(np.float16)
 
 
-def _packed_int2(name: str, codes: np.ndarray):
-    """An INT2 initializer holding `codes` (int8 in [-2, 1]), four to a byte, lowest bits first."""
-    from onnx import TensorProto, helper
-
-    flat = (codes.reshape(-1).astype(np.int16) & 0x3).astype(np.uint8)
-    flat = np.append(flat, np.zeros(-len(flat) % 4, np.uint8))
-    packed = flat[0::4] | (flat[1::4] << 2) | (flat[2::4] << 4) | (flat[3::4] << 6)
-    return helper.make_tensor(name, TensorProto.INT2, codes.shape, packed.tobytes(), raw=True)
-
-
 def to_ternary_weights(src: str | Path, dst: str | Path) -> Path:
     """Store the ternary (or binary) weights of the float ONNX file `src` (made from
     `low_bit_training`'s model) as INT2 codes and per-channel scales, the other weights as int8
     weights; see the module docstring."""
-    from onnx import TensorProto, helper, numpy_helper, version_converter
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = load_onnx(src)
-    if opset_of(model) < INT2_OPSET:
-        model = version_converter.convert_version(model, INT2_OPSET)
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    expansions = []
-    for name, axis in sorted(weight_axes(graph, WEIGHTED_OPS, initializers).items()):
-        weight = numpy_helper.to_array(initializers[name])
-        found = ternary_codes(weight, axis) if weight.dtype == np.float32 else None
+    def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list] | None:
+        found = ternary_codes(weight, axis)
         if found is None:
-            continue
+            return None
         codes, scale = found
-        graph.initializer.remove(initializers[name])
-        graph.initializer.extend([_packed_int2(f"{name}_int2", codes),
-                                  numpy_helper.from_array(scale, f"{name}_scale")])
-        expansions += [
-            helper.make_node("Cast", [f"{name}_int2"], [f"{name}_codes"], to=TensorProto.FLOAT),
-            helper.make_node("Cast", [f"{name}_scale"], [f"{name}_scales"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{name}_codes", f"{name}_scales"], [name]),
-        ]
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(expansions + nodes)  # they read only initializers: the graph stays sorted
+        return ([packed(f"{name}_int2", codes, 2), numpy_helper.from_array(scale, f"{name}_scale")],
+                [helper.make_node("Cast", [f"{name}_int2"], [f"{name}_codes"], to=TensorProto.FLOAT),
+                 helper.make_node("Cast", [f"{name}_scale"], [f"{name}_scales"],
+                                  to=TensorProto.FLOAT),
+                 helper.make_node("Mul", [f"{name}_codes", f"{name}_scales"], [name])])
+
+    model = load_at_opset(src, INT2_OPSET)
+    replace_weights(model, WEIGHTED_OPS, expand)
     store_weights_int8(model, WEIGHTED_OPS)
     return save_lean(model, dst)
 
