@@ -400,9 +400,9 @@ class RecipeSpace(_Section):
     temperature: Range = Field(Range(low=1.0, high=8.0), description="distill: KD temperature")
     alpha: Range = Field(Range(low=0.5, high=1.0), description="distill: weight of the soft labels")
     quantization: tuple[Literal["fp32", "fp16", "int8_weights", "int4_weights", "int8_dynamic",
-                                "int8_static"], ...] = Field(
-        ("fp32", "fp16", "int8_weights", "int4_weights", "int8_static"), min_length=1,
-        description="the file's precision (not for unstructured)")
+                                "int8_static", "ternary", "binary"], ...] = Field(
+        ("fp32", "fp16", "int8_weights", "int4_weights", "int8_static", "ternary"), min_length=1,
+        description="the file's precision (not for unstructured; ternary and binary train)")
     calibration: tuple[Literal["minmax", "percentile", "entropy"], ...] = Field(
         ("minmax", "percentile"), min_length=1, description="int8_static: calibration")
 

@@ -34,7 +34,8 @@ do not re-check choices and bounds; read by `quantize_with_fallback` and `qat_tr
   max_accuracy_drop_pp  largest accepted accuracy drop, in percentage points of the reference
   fallback              steps tried in order after a too large drop: percentile | entropy | minmax
                         (another calibration), exclude_sensitive (keep the most sensitive layers in
-                        float, one more at a time), qat (quantization-aware training)
+                        float, one more at a time; for 4-bit, ternary and binary files: at 8
+                        bits), qat (quantization-aware training)
   qat_epochs            epochs of quantization-aware fine-tuning
 (`quantize.methods`, which variants to make, is read by the stage that calls these functions.)
 
@@ -52,6 +53,10 @@ calibrators and explicit sizes, and handed to `quantize_static` as a calibration
   low_bit_training + to_ternary_weights
                    ternary ({-a, 0, +a} per channel) or binary ({-a, +a}) hidden weights, fine-tuned
                    through a straight-through estimator, stored as packed INT2 (opset 25).
+  low_bit_with_fallback
+                   4-bit, ternary or binary weights, and when they lose too much accuracy, the
+                   most sensitive weights (int4_sensitivity, ternary_sensitivity) kept at 8 bits,
+                   one more at a time; every attempt is recorded.
 
 Modules, each importing only modules listed before it: graph (ONNX helpers), convert (needs no
 data), calibrate (int8 static, sensitivity), qat (quantization-aware training), ternary (ternary
@@ -59,16 +64,29 @@ and binary weights), fallback.
 """
 
 from shrinkflow.quantize.calibrate import to_int8_static
-from shrinkflow.quantize.convert import to_fp16, to_int4_weights, to_int8_dynamic, to_int8_weights
-from shrinkflow.quantize.fallback import Attempt, FallbackResult, quantize_with_fallback
+from shrinkflow.quantize.convert import (
+    int4_sensitivity,
+    to_fp16,
+    to_int4_weights,
+    to_int8_dynamic,
+    to_int8_weights,
+)
+from shrinkflow.quantize.fallback import (
+    Attempt,
+    FallbackResult,
+    low_bit_with_fallback,
+    quantize_with_fallback,
+)
 from shrinkflow.quantize.graph import quantizable_nodes
 from shrinkflow.quantize.qat import export_qat_onnx, qat_train_config, quantization_aware_training
-from shrinkflow.quantize.ternary import low_bit_training, to_ternary_weights
+from shrinkflow.quantize.ternary import low_bit_training, ternary_sensitivity, to_ternary_weights
 
 __all__ = [
     "Attempt",
     "FallbackResult",
     "export_qat_onnx",
+    "int4_sensitivity",
+    "low_bit_with_fallback",
     "qat_train_config",
     "quantizable_nodes",
     "quantization_aware_training",
@@ -79,5 +97,6 @@ __all__ = [
     "to_int8_weights",
     "to_int4_weights",
     "low_bit_training",
+    "ternary_sensitivity",
     "to_ternary_weights",
 ]

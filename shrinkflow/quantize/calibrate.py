@@ -17,6 +17,7 @@ from shrinkflow.quantize.graph import (
     preprocess,
     quantizable_nodes,
     quiet,
+    relative_errors,
     save_lean,
 )
 
@@ -133,23 +134,17 @@ class Calibrated:
         return save_lean(load_onnx(out), dst)
 
     def sensitivity(self, method: CalibrationName, per_channel: bool) -> list[tuple[str, float]]:
-        """(node, relative logit error) when only that weighted node is int8, most sensitive first.
-
-        The error is mean((int8 logits - float logits)^2) / mean(float logits^2) on the
-        calibration rows: cheap, label-free and deterministic; a ranking signal, not a metric.
-        """
+        """(node, relative logit error on the calibration rows, `relative_errors`) when only
+        that weighted node is int8, most sensitive first."""
         from shrinkflow.export import onnx_predictor
 
-        reference = onnx_predictor(self.pre)(self.x)
-        power = float(np.mean(reference**2)) or 1.0
-        scores = []
-        for name in quantizable_nodes(self.pre):
+        def logits_with(name: str) -> np.ndarray:
             path = self.quantize(self.workdir / "single.onnx", method, per_channel,
                                  only_nodes=[name])
-            error = float(np.mean((onnx_predictor(path)(self.x) - reference) ** 2)) / power
-            scores.append((name, error))
-        # the name breaks ties so the order is reproducible
-        return sorted(scores, key=lambda item: (-item[1], item[0]))
+            return onnx_predictor(path)(self.x)
+
+        return relative_errors(quantizable_nodes(self.pre), logits_with,
+                               onnx_predictor(self.pre)(self.x))
 
 
 def to_int8_static(

@@ -5,7 +5,7 @@ expanded when the session loads)."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from shrinkflow.quantize.graph import (
     load_onnx,
     preprocess,
     quiet,
+    relative_errors,
     save_lean,
     sort_topologically,
 )
@@ -85,15 +86,46 @@ def to_int8_weights(src: str | Path, dst: str | Path) -> Path:
 INT4_BLOCK = 64  # weights per 4-bit block that share one scale
 
 
-def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLOCK) -> Path:
+def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLOCK,
+                    keep_int8: Collection[str] = ()) -> Path:
     """Weight-only 4-bit: every Conv/Gemm/MatMul weight stored as packed INT4 (two per byte),
     symmetric in blocks of up to `block_size` weights of one output channel (`block_for`), each
     block with a float16 scale (`int4_blockwise`); computed in float32 as `to_int8_weights` is,
     the weights expanded once when the session loads. The weights shrink about 7x from float32
-    (4 bits and a quarter of a bit of scale each)."""
+    (4 bits and a quarter of a bit of scale each). The weights named in `keep_int8` (see
+    `weight_names`) are stored as int8 weights instead."""
     model = load_at_opset(src, INT4_OPSET)  # INT4 tensors and their Cast came with opset 21
-    _store_weights_int4(model, WEIGHTED_OPS, block_size)
+    _store_weights_int4(model, WEIGHTED_OPS, block_size, frozenset(keep_int8))
+    store_weights_int8(model, WEIGHTED_OPS)
     return save_lean(model, dst)
+
+
+def int4_sensitivity(src: str | Path, x: np.ndarray, workdir: Path,
+                     block_size: int = INT4_BLOCK) -> list[str]:
+    """The weights of `src` (`weight_names`), most sensitive to 4 bits first: ranked by the
+    logit error on rows `x` when only that weight is 4-bit, the others at 8 (`relative_errors`)."""
+    from shrinkflow.export import onnx_predictor
+
+    names = weight_names(src)
+
+    def logits_with(name: str) -> np.ndarray:
+        path = to_int4_weights(src, workdir / "single.onnx", block_size,
+                               keep_int8=[other for other in names if other != name])
+        return onnx_predictor(path)(x)
+
+    return [name for name, _ in relative_errors(names, logits_with, onnx_predictor(src)(x))]
+
+
+def weight_names(src: str | Path) -> list[str]:
+    """The float weight initializers (2-D or more) of `src`'s Conv/Gemm/MatMul nodes, sorted:
+    what the weight-only methods store in fewer bits."""
+    from onnx import numpy_helper
+
+    graph = load_onnx(src).graph
+    initializers = {init.name: init for init in graph.initializer}
+    return sorted(name for name in _weight_axes(graph, WEIGHTED_OPS, initializers)
+                  if (weight := numpy_helper.to_array(initializers[name])).dtype == np.float32
+                  and weight.ndim >= 2)
 
 
 INT4_OPSET = 21
@@ -176,13 +208,16 @@ def replace_weights(model: onnx.ModelProto, op_types: Sequence[str], expand: Exp
     graph.node.extend(new_nodes + nodes)
 
 
-def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_size: int) -> None:
-    """Replace the float weights of `op_types` nodes by `_packed_int4` values and float16 block
-    scales, expanded by Cast, Mul, Reshape, Slice and Transpose nodes that ONNX Runtime folds into
-    a float32 weight when the session loads."""
+def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_size: int,
+                        keep: frozenset[str]) -> None:
+    """Replace the float weights of `op_types` nodes (but those in `keep`) by packed INT4 values
+    and float16 block scales, expanded by Cast, Mul, Reshape, Slice and Transpose nodes that ONNX
+    Runtime folds into a float32 weight when the session loads."""
     from onnx import TensorProto, helper, numpy_helper
 
-    def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list]:
+    def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list] | None:
+        if name in keep:
+            return None
         moved = [weight.shape[axis], *(size for dim, size in enumerate(weight.shape) if dim != axis)]
         width = int(np.prod(moved[1:]))
         block = block_for(width, block_size)

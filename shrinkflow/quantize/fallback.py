@@ -1,11 +1,13 @@
 """The accuracy-aware fallback: int8 static, and while it loses too much accuracy, other
-calibrations, the most sensitive layers kept in float, then QAT; every attempt is recorded."""
+calibrations, the most sensitive layers kept in float, then QAT; low-bit weights (4-bit, ternary,
+binary), and while they lose too much, the most sensitive weights kept at 8 bits. Every attempt
+is recorded."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,9 +28,9 @@ class Attempt:
     """One quantized model tried by `quantize_with_fallback`."""
 
     step: str  # what produced it: initial | minmax | percentile | entropy | exclude_sensitive | qat
-    method: str  # int8_static, or qat (int8 static of the QAT-trained model)
-    calibration: str
-    excluded_nodes: tuple[str, ...]
+    method: str  # int8_static, qat (int8 static of the QAT-trained model), or a low-bit method
+    calibration: str  # none for weight-only methods
+    excluded_nodes: tuple[str, ...]  # left in float (int8 static), or at 8 bits (low-bit)
     accuracy: float
     drop_pp: float  # reference accuracy minus this one, in percentage points
     size_bytes: int
@@ -48,6 +50,44 @@ class FallbackResult:
     @property
     def accepted(self) -> bool:
         return self.chosen.accepted
+
+
+def low_bit_with_fallback(
+    dst: str | Path,
+    make: Callable[[tuple[str, ...], Path], Path],
+    ranking: Callable[[], Sequence[str]],
+    evaluate: Callable[[Path], float],
+    reference_accuracy: float,
+    cfg: QuantizeConfig,
+    method: str,
+) -> FallbackResult:
+    """A low-bit file (4-bit, ternary or binary weights), and while its accuracy drop exceeds
+    `quantize.max_accuracy_drop_pp` (and `quantize.fallback` lists exclude_sensitive), the same
+    with the 1, 2, ... most sensitive weights kept at 8 bits (at least one stays low-bit).
+
+    make(kept, path) writes the file with the weights named in `kept` at 8 bits to `path`.
+    ranking() -> every low-bit weight's name, most sensitive first (called only when needed).
+    evaluate, reference_accuracy, the choice and `dst`: as `quantize_with_fallback`.
+    """
+    _check_reference(reference_accuracy)
+    with tempfile.TemporaryDirectory(prefix="shrinkflow-fallback-") as tmp:
+        chain = _Chain(Path(tmp), evaluate, reference_accuracy, cfg)
+
+        def attempt(step: str, kept: tuple[str, ...]) -> bool:
+            return chain.record(step, method, "none", kept, make(kept, chain.next_path()))
+
+        if not attempt("initial", ()) and "exclude_sensitive" in cfg.fallback:
+            names = list(ranking())
+            any(attempt("exclude_sensitive", tuple(names[:count])) for count in range(1, len(names)))
+        chosen, chosen_path = chain.choice()
+        shutil.copyfile(chosen_path, dst)
+    return FallbackResult(Path(dst), chosen, tuple(a for a, _ in chain.tried))
+
+
+def _check_reference(reference_accuracy: float) -> None:
+    # measured by the caller, so no QuantizeConfig bound covers it
+    if not 0.0 <= reference_accuracy <= 1.0:
+        raise ValueError(f"reference_accuracy must be in [0, 1], got {reference_accuracy!r}")
 
 
 def quantize_with_fallback(
@@ -74,9 +114,7 @@ def quantize_with_fallback(
     accepted one, or the most accurate with `accepted=False`: the caller decides) is written to
     `dst`; the other attempts live in a temporary directory that is removed.
     """
-    # measured by the caller, so no QuantizeConfig bound covers it
-    if not 0.0 <= reference_accuracy <= 1.0:
-        raise ValueError(f"reference_accuracy must be in [0, 1], got {reference_accuracy!r}")
+    _check_reference(reference_accuracy)
     x = calibration_rows(calibration_x)[: cfg.calibration_samples]
 
     with tempfile.TemporaryDirectory(prefix="shrinkflow-fallback-") as tmp:
@@ -114,11 +152,19 @@ class _Chain:
         path.mkdir()
         return path
 
+    def next_path(self) -> Path:
+        return self.workdir / f"attempt-{len(self.tried)}.onnx"
+
     def attempt(self, step: str, source: Calibrated, calibration: CalibrationName,
                 excluded: tuple[str, ...] = (), method: str = "int8_static") -> bool:
         """Quantize `source`, evaluate and record it; whether it was accepted."""
-        path = source.quantize(self.workdir / f"attempt-{len(self.tried)}.onnx", calibration,
-                               self.cfg.per_channel, excluded, quant_format=self.cfg.format)
+        path = source.quantize(self.next_path(), calibration, self.cfg.per_channel, excluded,
+                               quant_format=self.cfg.format)
+        return self.record(step, method, calibration, excluded, path)
+
+    def record(self, step: str, method: str, calibration: str, excluded: tuple[str, ...],
+               path: Path) -> bool:
+        """Evaluate the attempt's file at `path` and record it; whether it was accepted."""
         accuracy = float(self.evaluate(path))
         # rounded so that 0.99 - 0.985 counts as 0.5 pp, not 0.5000000000000004
         drop_pp = round((self.reference_accuracy - accuracy) * 100.0, 9)

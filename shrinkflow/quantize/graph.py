@@ -1,14 +1,17 @@
-"""Small ONNX helpers shared by the quantizers: loading, saving lean files, ORT pre-processing and
-the list of weighted nodes that int8 quantization (and exclusion from it) is about."""
+"""Small helpers shared by the quantizers: loading ONNX files, saving lean ones, ORT
+pre-processing, the list of weighted nodes that int8 quantization (and exclusion from it) is
+about, and the sensitivity ranking the fallback keeps the most sensitive ones by."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     import onnx
@@ -129,3 +132,16 @@ def quantizable_nodes(path: str | Path) -> list[str]:
     """
     model = load_onnx(path)
     return [node.name for node in model.graph.node if node.op_type in WEIGHTED_OPS]
+
+
+def relative_errors(names: Sequence[str], logits_with: Callable[[str], np.ndarray],
+                    reference: np.ndarray) -> list[tuple[str, float]]:
+    """(name, relative logit error) for each of `names`, most sensitive first: the error of
+    `logits_with(name)` (the model with only that part quantized) against the float `reference`
+    logits, mean((logits - reference)^2) / mean(reference^2). Cheap, label-free and
+    deterministic: a ranking signal, not a metric."""
+    power = float(np.mean(reference**2)) or 1.0
+    scores = [(name, float(np.mean((logits_with(name) - reference) ** 2)) / power)
+              for name in names]
+    # the name breaks ties so the order is reproducible
+    return sorted(scores, key=lambda item: (-item[1], item[0]))

@@ -7,6 +7,7 @@ Ternary Weight Networks) or {-a, +a} (binary, the extreme setting of the same me
   binary   every weight becomes +-a, a = mean|w|
 The network's first weighted layer and its classifier stay as they are (as Trained Ternary
 Quantization keeps them): they hold few weights and most of the accuracy a few bits would cost.
+The accuracy-aware fallback may keep more of them (`keep`, ranked by `ternary_sensitivity`).
 
 `low_bit_training` fine-tunes a torch model with its hidden weights replaced by their ternary (or
 binary) values in the forward pass while the float weights learn through the straight-through
@@ -18,7 +19,7 @@ ONNX INT2 codes (four to a byte) and a float16 scale per channel, expanded when 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from torch.nn.utils import parametrize
 from shrinkflow.config import TrainConfig
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.quantize.convert import packed, replace_weights, store_weights_int8
-from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, save_lean
+from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, relative_errors, save_lean
 from shrinkflow.train import EpochLog, fit
 
 THRESHOLD = 0.7  # of mean|w|: at or below it a ternary weight is 0 (TWN's rule)
@@ -62,22 +63,25 @@ class _StraightThrough(nn.Module):
         return weight + (ternarize(weight, self.binary) - weight).detach()
 
 
-def hidden_layers(model: nn.Module) -> list[nn.Module]:
-    """The weighted layers but the first and the last, in the order `model` registers them."""
-    weighted = [module for module in model.modules() if isinstance(module, _WEIGHTED)]
-    return weighted[1:-1]
+def hidden_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The weighted layers but the first and the last by name, in the order `model` registers
+    them."""
+    weighted = [(name, module) for name, module in model.named_modules()
+                if isinstance(module, _WEIGHTED)]
+    return dict(weighted[1:-1])
 
 
 def low_bit_training(model: nn.Module, train: Split, val: Split, cfg: TrainConfig,
                      augment: Augmenter | None = None, binary: bool = False,
-                     on_epoch_end: Callable[[EpochLog], None] | None = None) -> nn.Module:
-    """A copy of `model` whose hidden layers' weights are ternary (binary) values, fine-tuned
-    for `cfg.epochs` through the straight-through estimator (early stopping on validation as
-    every fit)."""
+                     on_epoch_end: Callable[[EpochLog], None] | None = None,
+                     keep: Collection[str] = ()) -> nn.Module:
+    """A copy of `model` whose hidden layers' weights (but those named in `keep`, which stay
+    float) are ternary (binary) values, fine-tuned for `cfg.epochs` through the
+    straight-through estimator (early stopping on validation as every fit)."""
     import copy
 
     tuned = copy.deepcopy(model)
-    layers = hidden_layers(tuned)
+    layers = [layer for name, layer in hidden_layers(tuned).items() if name not in keep]
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", _StraightThrough(binary))
     fit(tuned, train, val, cfg, augment, on_epoch_end=on_epoch_end,
@@ -87,6 +91,29 @@ def low_bit_training(model: nn.Module, train: Split, val: Split, cfg: TrainConfi
         with torch.no_grad():
             layer.weight.copy_(ternarize(layer.weight, binary))
     return tuned
+
+
+def ternary_sensitivity(model: nn.Module, x: np.ndarray, binary: bool = False) -> list[str]:
+    """`model`'s hidden layers (`hidden_layers`), most sensitive to 2 bits first: ranked by the
+    logit error on rows `x` when only that layer's weights are ternary (binary) values, before
+    any training (`relative_errors`)."""
+    import copy
+
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def logits(net: nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            return net.eval()(inputs).numpy()
+
+    def logits_with(name: str) -> np.ndarray:
+        single = copy.deepcopy(model)
+        layer = single.get_submodule(name)
+        with torch.no_grad():
+            layer.weight.copy_(ternarize(layer.weight, binary))
+        return logits(single)
+
+    return [name for name, _ in relative_errors(list(hidden_layers(model)), logits_with,
+                                                logits(model))]
 
 
 def ternary_codes(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -3,7 +3,8 @@
 A recipe is what a person otherwise sets by hand in `prune`, `distill` and `quantize`: a method
 (structured pruning with a conv and a linear ratio and an importance criterion, unstructured
 pruning with a ratio, or a distilled student with a width, depth, temperature and alpha), then a
-precision for the ONNX file (fp32, fp16, int8 weight-only, dynamic or static with a calibration).
+precision for the ONNX file (fp32, fp16, int8 or 4-bit weight-only, dynamic or static int8 with a
+calibration, or ternary or binary weights, trained to those values).
 It is built with the same functions those stages use, trained for `search.compression.epochs`,
 and scored on three objectives: validation accuracy (maximised), file size and batch-1 ONNX
 Runtime latency (minimised). Only the validation split is read.
@@ -30,6 +31,7 @@ from shrinkflow.config import (
     PruneConfig,
     RecipeSpace,
     StructuredPruneConfig,
+    TrainConfig,
     UnstructuredPruneConfig,
 )
 from shrinkflow.distill import distill
@@ -40,6 +42,7 @@ from shrinkflow.sparse import sparsify_onnx
 OBJECTIVES = ("val_accuracy", "size_bytes", "latency_ms")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 FINETUNE_LR_SHARE = 0.3  # fine-tuning after pruning runs at this share of the teacher's lr
+TWO_BIT = ("ternary", "binary")  # precisions whose weights are trained to their values
 
 
 @dataclass(frozen=True)
@@ -82,18 +85,37 @@ def suggest(trial: optuna.Trial, recipes: RecipeSpace) -> dict[str, Any]:
     return recipe
 
 
+def _finetune_config(cfg: CompressionSearchConfig, baseline: BaselineConfig) -> TrainConfig:
+    return baseline.train.model_copy(update={"epochs": cfg.epochs,
+                                             "lr": baseline.train.lr * FINETUNE_LR_SHARE,
+                                             "patience": cfg.epochs})
+
+
 def _finetune(cfg: CompressionSearchConfig, baseline: BaselineConfig, recipe_data: RecipeData,
               prune_cfg: PruneConfig):
-    train_cfg = baseline.train.model_copy(update={"lr": baseline.train.lr * FINETUNE_LR_SHARE,
-                                                  "patience": cfg.epochs})
-    return prune.make_finetune(recipe_data.train, recipe_data.val, train_cfg, prune_cfg,
+    return prune.make_finetune(recipe_data.train, recipe_data.val,
+                               _finetune_config(cfg, baseline), prune_cfg,
                                data.Augmenter(baseline.augment, recipe_data.kind))
 
 
 def shrink(recipe: dict[str, Any], teacher: torch.nn.Module, teacher_arch: models.Architecture,
            cfg: CompressionSearchConfig, baseline: BaselineConfig, recipe_data: RecipeData
            ) -> tuple[torch.nn.Module, models.Architecture, bool]:
-    """The smaller torch model of `recipe`: (model, architecture, stored sparse)."""
+    """The smaller torch model of `recipe`: (model, architecture, stored sparse); for a ternary
+    or binary precision, its hidden weights then trained to 2-bit values (`search.compression.
+    epochs`, at the pruning fine-tune's learning rate)."""
+    model, arch, sparse = _smaller(recipe, teacher, teacher_arch, cfg, baseline, recipe_data)
+    if recipe["quantization"] in TWO_BIT:
+        model = quantize.low_bit_training(model, recipe_data.train, recipe_data.val,
+                                          _finetune_config(cfg, baseline),
+                                          data.Augmenter(baseline.augment, recipe_data.kind),
+                                          binary=recipe["quantization"] == "binary")
+    return model, arch, sparse
+
+
+def _smaller(recipe: dict[str, Any], teacher: torch.nn.Module, teacher_arch: models.Architecture,
+             cfg: CompressionSearchConfig, baseline: BaselineConfig, recipe_data: RecipeData
+             ) -> tuple[torch.nn.Module, models.Architecture, bool]:
     if recipe["method"] == "distill":
         # a student of the built-in family of the data (of the teacher's when it is one)
         family = teacher_arch.family if teacher_arch.is_builtin else "auto"
@@ -140,6 +162,7 @@ def store(model: torch.nn.Module, arch: models.Architecture, sparse: bool,
             "fp16": lambda: quantize.to_fp16(fp32, path),
             "int8_weights": lambda: quantize.to_int8_weights(fp32, path),
             "int4_weights": lambda: quantize.to_int4_weights(fp32, path),
+            **{two_bit: lambda: quantize.to_ternary_weights(fp32, path) for two_bit in TWO_BIT},
             "int8_dynamic": lambda: quantize.to_int8_dynamic(fp32, path),
             "int8_static": lambda: quantize.to_int8_static(
                 fp32, path, calibration_x, recipe["calibration"], quant_format="qoperator"),

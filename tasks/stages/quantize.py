@@ -9,12 +9,15 @@ without).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
 candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
 metrics/quantize.json (how many candidates, the best one's accuracies on validation and test) and
-reports/quantize/metrics.json (also how many int8 static ones stayed beyond the drop).
+reports/quantize/metrics.json (also how many files stayed beyond the drop).
 Unstructured-pruned candidates are quantized from a dense copy, and their zeros are stored sparse
 again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
-accuracy checks of the fallback chain use the validation split, never the test split.
+accuracy checks of the fallback chain use the validation split, never the test split. int8
+static, 4-bit, ternary and binary files go through the accuracy-aware fallback
+(`quantize.max_accuracy_drop_pp`, `quantize.fallback`): the low-bit ones keep their most
+sensitive weights at 8 bits, one more at a time, while they lose too much.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int4_weights": "in
 TRAINED = {"qat": "quantization-aware training", "ternary": "ternary training",
            "binary": "binary training"}
 CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
-               "int4_weights": quantize.to_int4_weights, "int8_dynamic": quantize.to_int8_dynamic}
+               "int8_dynamic": quantize.to_int8_dynamic}
 
 
 def _accuracy_on(split: data.Split):
@@ -120,11 +123,11 @@ def run_quantize(params: Params, root: Path, parent_run_id: str | None = None) -
 
 
 def _counts(report: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """reports/quantize/metrics.json: how many candidates, and how many int8 static ones no
-    attempt of the fallback chain brought within `quantize.max_accuracy_drop_pp` on validation
-    (the most accurate attempt is kept)."""
+    """reports/quantize/metrics.json: how many candidates, and how many (int8 static, 4-bit,
+    ternary or binary) no attempt of the fallback chain brought within
+    `quantize.max_accuracy_drop_pp` on validation (the most accurate attempt is kept)."""
     return {"candidates": len(report),
-            "int8_static_beyond_drop": sum(not record["accepted"] for record in report.values()
+            "beyond_drop": sum(not record["accepted"] for record in report.values()
                                            if "accepted" in record)}
 
 
@@ -160,21 +163,34 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
         quantize.to_int8_static(qat_float_onnx(), dst, calibration, "minmax", cfg.per_channel,
                                 quant_format=cfg.format)
         return {"method": method}
-    if method in ("ternary", "binary"):  # the same: hidden weights trained to 2-bit values
+    if method == "int4_weights":
+        result = quantize.low_bit_with_fallback(
+            dst, lambda kept, path: quantize.to_int4_weights(src, path, keep_int8=kept),
+            lambda: quantize.int4_sensitivity(src, calibration, scratch),
+            evaluate, reference, cfg, method)
+    elif method in ("ternary", "binary"):  # the same: hidden weights trained to 2-bit values
         arch, model = load_torch(catalog.path(source.torch), produced_by=source.parent)
-        trained = quantize.low_bit_training(
-            model, splits.train, splits.val, quantize.qat_train_config(params.baseline.train, cfg),
-            data.Augmenter(params.baseline.augment, spec.kind), binary=method == "binary",
-            on_epoch_end=tracking.log_epoch)
-        quantize.to_ternary_weights(
-            export_onnx(trained, arch.input_shape, scratch / f"{source.name}-{method}.onnx"), dst)
-        return {"method": method}
-    result = quantize.quantize_with_fallback(
-        src, dst, calibration, evaluate, reference, cfg,
-        qat=qat_float_onnx if source.torch is not None else None)
-    attempts = [attempt.to_dict() for attempt in result.attempts]
+        binary = method == "binary"
+
+        def trained(kept: tuple[str, ...], path: Path) -> Path:
+            tuned = quantize.low_bit_training(
+                model, splits.train, splits.val,
+                quantize.qat_train_config(params.baseline.train, cfg),
+                data.Augmenter(params.baseline.augment, spec.kind), binary=binary,
+                on_epoch_end=tracking.log_epoch, keep=kept)
+            return quantize.to_ternary_weights(
+                export_onnx(tuned, arch.input_shape, scratch / f"{source.name}-{method}.onnx"),
+                path)
+
+        result = quantize.low_bit_with_fallback(
+            dst, trained, lambda: quantize.ternary_sensitivity(model, calibration, binary),
+            evaluate, reference, cfg, method)
+    else:
+        result = quantize.quantize_with_fallback(
+            src, dst, calibration, evaluate, reference, cfg,
+            qat=qat_float_onnx if source.torch is not None else None)
     if not result.accepted:
-        log.warning("%s: no int8 attempt within %.2f pp; kept the most accurate (%s)",
-                    source.name, cfg.max_accuracy_drop_pp, result.chosen.step)
+        log.warning("%s-%s: no attempt within %.2f pp; kept the most accurate (%s)",
+                    source.name, method, cfg.max_accuracy_drop_pp, result.chosen.step)
     return {"method": method, "accepted": result.accepted, "chosen": result.chosen.step,
-            "attempts": attempts}
+            "attempts": [attempt.to_dict() for attempt in result.attempts]}

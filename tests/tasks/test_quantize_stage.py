@@ -59,7 +59,7 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     assert abs(int8_accuracy - fp32_accuracy) <= 2 / 360 + 1e-9, (
         f"int8 weights {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}")
     # and: reports/quantize/metrics.json counts them (no int8 static here: no fallback chain)
-    assert io.read_metrics(catalog, "quantize") == {"candidates": 6, "int8_static_beyond_drop": 0}
+    assert io.read_metrics(catalog, "quantize") == {"candidates": 6, "beyond_drop": 0}
     # and: metrics/quantize.json shows the count and the best on validation, not on test
     best = max(quantized.values(), key=lambda row: row["val_accuracy"])
     assert json.loads(catalog.metrics_file("quantize").read_text()) == {

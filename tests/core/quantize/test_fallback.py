@@ -147,3 +147,34 @@ def test_quantize_config_rejects_an_unknown_method():
     with pytest.raises(ValidationError, match="int4"):
         QuantizeConfig(methods=("int4",))
 
+
+
+def test_low_bit_fallback_keeps_the_most_sensitive_weights_at_8_bits_until_within_the_drop(
+        fp32, tmp_path):
+    # given a 4-bit file losing 4 pp, 3 pp with its most sensitive weight at 8 bits and 0.5 pp
+    # with the two most sensitive
+    made: list[tuple[str, ...]] = []
+
+    def make(kept: tuple[str, ...], path: Path) -> Path:
+        made.append(kept)
+        path.write_bytes(fp32.read_bytes() + bytes(len(kept)))  # sizes tell the files apart
+        return path
+
+    ranked: list[int] = []
+    result = q.low_bit_with_fallback(
+        tmp_path / "out.onnx", make, lambda: ranked.append(1) or ["c", "a", "b"],
+        ScriptedEvaluate([0.95, 0.96, 0.985]), 0.99, _cfg(), "int4_weights")
+    # then the sensitive ones were kept one more at a time, and the first accepted file is dst
+    assert made == [(), ("c",), ("c", "a")] and ranked == [1]
+    assert [(a.step, a.method, a.excluded_nodes, a.accepted) for a in result.attempts] == [
+        ("initial", "int4_weights", (), False), ("exclude_sensitive", "int4_weights", ("c",), False),
+        ("exclude_sensitive", "int4_weights", ("c", "a"), True)]
+    assert result.accepted and file_size(result.path) == file_size(fp32) + 2
+    # an accepted first file needs no ranking; without exclude_sensitive in quantize.fallback the
+    # most accurate (only) attempt is kept, flagged
+    for accuracies, fallback, accepted in (([0.99], ("qat",), True), ([0.9], ("qat",), False)):
+        made.clear()
+        again = q.low_bit_with_fallback(tmp_path / "again.onnx", make, lambda: pytest.fail(),
+                                        ScriptedEvaluate(accuracies), 0.99,
+                                        _cfg(fallback=fallback), "ternary")
+        assert made == [()] and again.accepted is accepted

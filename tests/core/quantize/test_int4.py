@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from shrinkflow import quantize as q
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import count_onnx_params, file_size
-from shrinkflow.quantize.convert import block_for, int4_blockwise, int4_expand
+from shrinkflow.quantize.convert import block_for, int4_blockwise, int4_expand, weight_names
 from tests.core.quantize.conftest import assert_runs_like_fp32
 
 RNG = np.random.default_rng(0)
@@ -89,3 +89,26 @@ def test_big_weights_shrink_about_twice_from_int8_weights(tmp_path: Path):
 
 def test_the_packaged_cnn_runs_like_fp32(fp32, workdir, splits):
     assert_runs_like_fp32(q.to_int4_weights(fp32, workdir / "int4.onnx"), fp32, splits.test.x)
+
+
+def test_the_weight_with_outliers_ranks_first_and_stays_int8_when_kept(tmp_path: Path):
+    # given a model whose head holds a few outliers: 4-bit blocks scaled to them zero the rest
+    torch.manual_seed(0)
+    model = TwoLayers().eval()
+    with torch.no_grad():
+        model.head.weight[:, ::97] *= 40.0
+    fp32 = export_onnx(model, (1, 8, 8), tmp_path / "fp32.onnx")
+    x = np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32)
+    names = weight_names(fp32)
+    ranking = q.int4_sensitivity(fp32, x, tmp_path)
+    head = next(name for name in names if "head" in name)
+    assert sorted(ranking) == names and ranking[0] == head, ranking
+    # when the head is kept at 8 bits, it is stored int8 and the conv INT4, and it answers closer
+    mixed = q.to_int4_weights(fp32, tmp_path / "mixed.onnx", keep_int8=[head])
+    types = {init.name: init.data_type for init in onnx.load(str(mixed)).graph.initializer}
+    assert types[f"{head}_int8"] == onnx.TensorProto.INT8 and f"{head}_int4" not in types
+    assert sum(t == onnx.TensorProto.INT4 for t in types.values()) == 1
+    reference = onnx_predictor(fp32)(x)
+    error = {path: np.abs(onnx_predictor(path)(x) - reference).mean()
+             for path in (mixed, q.to_int4_weights(fp32, tmp_path / "all.onnx"))}
+    assert error[mixed] < error[tmp_path / "all.onnx"] / 2, error

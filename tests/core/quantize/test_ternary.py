@@ -60,9 +60,9 @@ def test_the_2_bit_file_computes_with_the_ternary_weights_and_shrinks(tmp_path: 
     # given a network whose hidden layers hold ternary values (first and last as they are)
     torch.manual_seed(0)
     model = Net().eval()
-    assert hidden_layers(model) == [model.hidden, model.more]
+    assert hidden_layers(model) == {"hidden": model.hidden, "more": model.more}
     with torch.no_grad():
-        for layer in hidden_layers(model):
+        for layer in hidden_layers(model).values():
             layer.weight.copy_(ternarize(layer.weight))
     fp32 = export_onnx(model, (1, 8, 8), tmp_path / "fp32.onnx")
     # when stored in 2 bits
@@ -86,7 +86,7 @@ def test_training_leaves_ternary_hidden_weights_the_file_computes_with(trained, 
 
     tuned = q.low_bit_training(trained, splits.train, splits.val,
                                TrainConfig(epochs=2, lr=3e-4, patience=2), binary=binary)
-    for layer in hidden_layers(tuned):
+    for layer in hidden_layers(tuned).values():
         levels = [set(np.unique(np.abs(row))) for row in layer.weight.detach().numpy().reshape(
             layer.weight.shape[0], -1)]
         assert all(len(level - {0.0}) <= 1 for level in levels)
@@ -100,3 +100,17 @@ def test_training_leaves_ternary_hidden_weights_the_file_computes_with(trained, 
     logits = onnx_predictor(path)(splits.test.x)
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.97
     assert (logits.argmax(1) == splits.test.y).mean() > 0.85
+
+
+def test_sensitivity_ranks_every_hidden_layer_and_a_kept_one_stays_float(trained, splits):
+    from shrinkflow.config import TrainConfig
+
+    ranking = q.ternary_sensitivity(trained, splits.train.x[:128])
+    assert sorted(ranking) == sorted(hidden_layers(trained)) and ranking
+    kept = ranking[0]
+    tuned = q.low_bit_training(trained, splits.train, splits.val,
+                               TrainConfig(epochs=1, lr=3e-4, patience=1), keep=[kept])
+    for name, layer in hidden_layers(tuned).items():
+        levels = {len(set(np.unique(np.abs(row))) - {0.0})
+                  for row in layer.weight.detach().numpy().reshape(layer.weight.shape[0], -1)}
+        assert (max(levels) > 1) == (name == kept), (name, levels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import optuna
 import pytest
 from sklearn.datasets import load_digits
@@ -41,10 +42,13 @@ RECIPES = [
     {"method": "unstructured", "unstructured_ratio": 0.8, "quantization": "fp32"},
     {"method": "distill", "student_width": 8, "student_depth": 2, "temperature": 4.0,
      "alpha": 0.9, "quantization": "int8_weights"},
+    {"method": "structured", "conv_ratio": 0.3, "linear_ratio": 0.0, "importance": "l1",
+     "quantization": "ternary"},
 ]
 
 
-@pytest.mark.parametrize("values", RECIPES, ids=[values["method"] for values in RECIPES])
+@pytest.mark.parametrize("values", RECIPES,
+                         ids=[f"{values['method']}-{values['quantization']}" for values in RECIPES])
 def test_each_method_makes_a_smaller_scored_file(values, digits_setup, tmp_path):
     data, baseline, arch, teacher, teacher_bytes = digits_setup
     cfg = CompressionSearchConfig(epochs=5, steps=1)  # enough for a small student to learn
@@ -53,6 +57,9 @@ def test_each_method_makes_a_smaller_scored_file(values, digits_setup, tmp_path)
     if values["method"] != "unstructured":
         assert sum(shrunk_arch.widths) < sum(arch.widths)
     path = recipe.store(model, shrunk_arch, sparse, values, data.train.x, tmp_path / "r.onnx")
+    if values["quantization"] == "ternary":  # hidden weights trained to 2 bits, stored in them
+        assert any(init.data_type == onnx.TensorProto.INT2
+                   for init in onnx.load(str(path)).graph.initializer)
     scored = recipe.score(path, data.val)
     assert scored["size_bytes"] == file_size(path) < teacher_bytes
     assert 0.3 < scored["val_accuracy"] <= 1.0 and scored["latency_ms"] > 0  # chance is 0.1
