@@ -23,6 +23,11 @@ DISTILL_GAIN_TARGET_PP = 2.0
 TABLE_RUN_TARGET_S = 30 * 60  # a full default run on the generated 500,000-row table
 IMAGES_TASK = "shapes"  # the image task: a folder of generated 32x32 RGB shapes, a ResNet-8 teacher
 TEACHER_CEILING = 0.99  # its teacher's test accuracy stays below this: compression can lose some
+LOW_BIT = ("int4_weights", "ternary", "binary")  # quantize methods storing weights in < 8 bits
+LOW_BIT_SMALLER = 1.8  # a low-bit file against the same model's int8 weight-only file
+LOW_BIT_DROP_PP = 0.5
+FLOOR_RATIO = 1.5  # the deployed digits model's batch-1 latency against one MatMul's
+FLOOR_DROP_PP = 0.3  # ... while it stays this close to params.yaml's teacher on test
 
 
 def interval_met(row: dict, key: str, target: float) -> bool:
@@ -203,6 +208,72 @@ def image_checks(rows: list[dict], task: str = IMAGES_TASK) -> list[dict]:
                  f"at batch 256, test drop {deployed['accuracy_drop_pp']:.2f} pp",
         "met": smaller >= 4 and interval_met(deployed, key, 2)
                and within_drop(deployed["accuracy_drop_pp"], 1.0)}]
+
+
+def low_bit_rows(rows: list[dict], task: str) -> list[dict]:
+    """`task`'s quantize candidates with weights in fewer than 8 bits, each with
+    `smaller_than_int8_weights`: the size of the same model's int8 weight-only file over its own
+    (absent when that file was not made)."""
+    task_rows = [row for row in rows if row["task"] == task and row["kind"] == "quantized"]
+    int8 = {row["parent"]: row for row in task_rows if row["method"] == "int8_weights"}
+    return [{**row, **({"smaller_than_int8_weights": int8[row["parent"]]["size_bytes"]
+                        / row["size_bytes"]} if row["parent"] in int8 else {})}
+            for row in task_rows if row["method"] in LOW_BIT]
+
+
+def low_bit_check(rows: list[dict], task: str) -> dict:
+    """Among `task`'s 4-bit, ternary and binary files that are on compare's front,
+    `LOW_BIT_SMALLER` times smaller than the same model's int8 weight-only file and within
+    `LOW_BIT_DROP_PP` of the teacher on validation, the most accurate on validation (then the
+    smallest); its test drop must be within `LOW_BIT_DROP_PP` too."""
+    target = (f"{task}: a 4-bit, ternary or binary file on compare's front, >= "
+              f"{LOW_BIT_SMALLER}x smaller than the same model's int8 weight-only file, within "
+              f"{LOW_BIT_DROP_PP} pp of the teacher on test (picked on validation)")
+    made = low_bit_rows(rows, task)
+    eligible = [row for row in made if row["pareto"]
+                and row.get("smaller_than_int8_weights", 0.0) >= LOW_BIT_SMALLER
+                and within_drop(row["val_accuracy_drop_pp"], LOW_BIT_DROP_PP)]
+    if not eligible:
+        best = max(made, key=lambda row: row.get("smaller_than_int8_weights", 0.0), default=None)
+        return {"target": target, "met": False,
+                "value": "no low-bit file made" if best is None else
+                         f"none on the front within {LOW_BIT_DROP_PP} pp on validation and "
+                         f"{LOW_BIT_SMALLER}x smaller; the smallest against its int8 file: "
+                         f"{best['candidate']}, {best.get('smaller_than_int8_weights', 0.0):.2f}x, "
+                         f"validation drop {best['val_accuracy_drop_pp']:.2f} pp, "
+                         f"{'on' if best['pareto'] else 'off'} the front"}
+    pick = max(eligible, key=lambda row: (row["val_accuracy"], -row["size_bytes"]))
+    return {"target": target,
+            "value": f"{pick['candidate']}: {pick['smaller_than_int8_weights']:.2f}x smaller than "
+                     f"its int8 weight-only file ({pick['size_bytes']:,} bytes), test drop "
+                     f"{pick['accuracy_drop_pp']:.2f} pp (validation "
+                     f"{pick['val_accuracy_drop_pp']:.2f} pp)",
+            "met": within_drop(pick["accuracy_drop_pp"], LOW_BIT_DROP_PP)}
+
+
+def floor_check(rows: list[dict], task: str) -> dict:
+    """`task`'s deployed model, timed again after the choice: its batch-1 latency in ONNX Runtime
+    against one MatMul of the input's width (the runtime's floor, timed in the same rounds), the
+    whole interval at most `FLOOR_RATIO`, while within `FLOOR_DROP_PP` of params.yaml's teacher on
+    test; by how much it misses when it does."""
+    target = (f"{task} deployed: batch-1 latency <= {FLOOR_RATIO}x one MatMul of the input's "
+              f"width in ONNX Runtime (the floor, timed in the same run), within {FLOOR_DROP_PP} pp "
+              "of params.yaml's teacher on test")
+    key = "latency_vs_matmul_b1"
+    row = next((row for row in rows if row["task"] == task and row["deployed"]), None)
+    if row is None or f"{key}_interval" not in row or "vs_params_yaml_teacher" not in row:
+        return {"target": target, "value": "not timed against the floor", "met": False}
+    drop = row["vs_params_yaml_teacher"]["accuracy_drop_pp"]
+    fast = row[f"{key}_interval"][1] <= FLOOR_RATIO
+    close = within_drop(drop, FLOOR_DROP_PP)
+    misses = ([] if fast else [f"latency misses by {row[key] / FLOOR_RATIO:.2f}x"]) + \
+             ([] if close else [f"accuracy by {drop - FLOOR_DROP_PP:.2f} pp"])
+    return {"target": target,
+            "value": f"{row['candidate']}: {ratio_text(row, key)} the MatMul's "
+                     f"{row['floor_us_b1']['matmul']:.1f} µs ({row['latency_us_b1']:.1f} µs), test "
+                     f"drop {drop:.2f} pp vs params.yaml's teacher"
+                     + (f"; {', '.join(misses)}" if misses else ""),
+            "met": fast and close}
 
 
 def serving_check(serving: dict) -> dict:

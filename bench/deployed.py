@@ -89,6 +89,8 @@ def retime(project: Path, deployed_file: str, threads: int, rounds: int = 10) ->
             **noise.speedup("torch", "deployed").fields("retimed_speedup_b1_vs_torch"),
             **noise.speedup("baseline", "deployed", THROUGHPUT_BATCH).fields(
                 "retimed_throughput_ratio_b256_vs_ort_fp32"),
+            # times the floor: how many MatMul calls one call of the deployed file costs
+            **noise.speedup("deployed", "matmul").fields("latency_vs_matmul_b1"),
             "latency_us_b1": 1e3 * figures["deployed"]["latency_ms_p50_b1"],
             "throughput_sps_b256": figures["deployed"]["throughput_sps_b256"],
             "served_latency_us_b1": 1e3 * figures["served"]["latency_ms_p50_b1"],

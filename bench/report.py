@@ -6,7 +6,7 @@ still shows the earlier ones, and names the failed sections first.
 
 from __future__ import annotations
 
-from bench.checks import CACHED_RERUN_TARGET_PCT, UNSEARCHED, ratio_text
+from bench.checks import CACHED_RERUN_TARGET_PCT, UNSEARCHED, low_bit_rows, ratio_text
 
 
 def serving_lines(report: dict) -> list[str]:
@@ -171,6 +171,27 @@ def _judged(report: dict) -> list[str]:
     return lines
 
 
+def low_bit_lines(rows: list[dict]) -> list[str]:
+    """Every 4-bit, ternary and binary file beside the same model's int8 weight-only file."""
+    found = [row for task in dict.fromkeys(row["task"] for row in rows)
+             for row in low_bit_rows(rows, task)]
+    if not found:
+        return []
+    lines = ["", "### Weights in fewer than 8 bits", "",
+             "Each 4-bit, ternary or binary file against the int8 weight-only file of the same "
+             "model, with its accuracy (drop against the teacher) and whether it is on compare's "
+             "front (validation accuracy, size, batch-1 latency).", "",
+             "| task | candidate | bytes | smaller than int8 weights | val acc (drop pp) | test acc "
+             "(drop pp) | on the front |", "|---|---|---:|---:|---:|---:|---|"]
+    for row in found:
+        smaller = row.get("smaller_than_int8_weights")
+        lines.append(f"| {row['task']} | {row['candidate']} | {int(row['size_bytes']):,} | "
+                     f"{f'{smaller:.2f}x' if smaller else 'n/a'} | {row['val_accuracy']:.4f} "
+                     f"({row['val_accuracy_drop_pp']:.2f}) | {row['accuracy']:.4f} "
+                     f"({row['accuracy_drop_pp']:.2f}) | {'yes' if row['pareto'] else 'no'} |")
+    return lines
+
+
 def _deployed(deployed: dict) -> list[str]:
     lines = ["", "## The deployed candidates, timed again", "",
              "After compare's choice, in fresh rounds: the deployed file, the deployable graph users "
@@ -178,8 +199,9 @@ def _deployed(deployed: dict) -> list[str]:
              "one-node Identity graph, one MatMul of the input's width x classes), all with the "
              "same session settings.", "",
              "| task | candidate | us b1 | served us b1 | samples/s b256 | floor us (identity, "
-             "matmul) | vs ORT fp32 b1 | vs ORT fp32 b256 | vs torch b1 | vs params.yaml teacher |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+             "matmul) | times the matmul b1 | vs ORT fp32 b1 | vs ORT fp32 b256 | vs torch b1 | "
+             "vs params.yaml teacher |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for task, found in deployed.items():
         floor = found["floor_us_b1"]
         fixed = found.get("vs_params_yaml_teacher")
@@ -188,6 +210,7 @@ def _deployed(deployed: dict) -> list[str]:
         lines.append(f"| {task} | {found['candidate']} | {found['latency_us_b1']:.1f} | "
                      f"{found['served_latency_us_b1']:.1f} | {found['throughput_sps_b256']:,.0f} | "
                      f"{floor['identity']:.1f}, {floor['matmul']:.1f} | "
+                     f"{ratio_text(found, 'latency_vs_matmul_b1')} | "
                      f"{ratio_text(found, 'retimed_speedup_b1_vs_ort_fp32')} | "
                      f"{ratio_text(found, 'retimed_throughput_ratio_b256_vs_ort_fp32')} | "
                      f"{ratio_text(found, 'retimed_speedup_b1_vs_torch')} | {versus} |")
@@ -230,7 +253,7 @@ def markdown(report: dict) -> str:
     if report.get("pipeline"):
         lines += _pipeline(report["pipeline"])
     if report.get("compression"):
-        lines += _compression(report) + _judged(report)
+        lines += _compression(report) + _judged(report) + low_bit_lines(report["compression"])
     if report.get("deployed"):
         lines += _deployed(report["deployed"])
     pruning = report.get("structured_pruning_torch_b1")

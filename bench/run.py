@@ -180,11 +180,13 @@ def stages_at_once(workdir: Path, full: float) -> dict[str, Any]:
             "saved_pct": round(100 * (one_at_a_time - side_by_side) / one_at_a_time, 1)}
 
 
-BENCH_FIELDS = ("candidate", "file", "val_accuracy", "val_accuracy_drop_pp", "accuracy",
-                "accuracy_drop_pp", "params_count", "size_bytes", "size_ratio",
+BENCH_FIELDS = ("candidate", "file", "method", "parent", "val_accuracy", "val_accuracy_drop_pp",
+                "accuracy", "accuracy_drop_pp", "params_count", "size_bytes", "size_ratio",
                 "latency_ms_p50_b1", "throughput_sps_b256", "deployed", "pareto",
                 *checks.INTERVALS, *(f"{key}_interval" for key in checks.INTERVALS),
                 *JUDGED, "second_runtime", "second_runtime_error")
+
+
 def stage_report(project: Path, stage: str) -> dict:
     """Every candidate `stage` made or measured in `project`, with all its figures."""
     from tasks.services import io
@@ -452,7 +454,9 @@ def targets(report: dict) -> list[dict]:
     found = []
     for task in (UNSEARCHED, "digits"):
         if task in tasks:
-            found += checks.deployed_checks(rows, task)
+            found += [*checks.deployed_checks(rows, task), checks.floor_check(rows, task)]
+    found += [checks.low_bit_check(rows, task) for task in (UNSEARCHED, "digits", "mnist1d")
+              if task in tasks]
     if "mnist1d" in tasks:
         found += [checks.mnist1d_check(rows), checks.recipe_check(rows)]
         if report.get("ensembles", {}).get("mnist1d"):

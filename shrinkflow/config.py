@@ -317,7 +317,7 @@ class QuantizeConfig(_Section):
 
     methods: tuple[Literal["fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static",
                            "qat", "ternary", "binary"], ...] = Field(
-        ("fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static"),
+        ("fp16", "int8_weights", "int4_weights", "int8_dynamic", "int8_static", "ternary"),
         description="quantized variants made of each candidate",
     )
     calibration: Literal["minmax", "percentile", "entropy"] = Field(

@@ -171,6 +171,73 @@ class TestImageChecks:
         assert not checks.image_checks(rows)[1]["met"]
 
 
+class TestLowBitCheck:
+    def _rows(self, **ternary) -> list[dict]:
+        def quantized(method: str, size: int, **figures) -> dict:
+            return _row(f"student-kd-{method}", **{
+                "parent": "student-kd", "method": method, "size_bytes": size, "pareto": False,
+                "val_accuracy_drop_pp": 0.0, "accuracy_drop_pp": 0.0, **figures})
+
+        return [_teacher(method="fp32", parent="baseline"), quantized("int8_weights", 9_000),
+                quantized("int4_weights", 5_300, pareto=True, val_accuracy=0.96),  # 1.7x
+                quantized("ternary", 3_000, **{"pareto": True, "accuracy_drop_pp": 0.25,
+                                               "val_accuracy_drop_pp": 0.2, **ternary})]
+
+    def test_a_small_close_file_on_the_front_passes_and_is_reported_against_its_int8_file(self):
+        check = checks.low_bit_check(self._rows(), "mnist1d")
+        assert check["met"], check
+        assert check["value"] == ("student-kd-ternary: 3.00x smaller than its int8 weight-only "
+                                  "file (3,000 bytes), test drop 0.25 pp (validation 0.20 pp)")
+
+    @pytest.mark.parametrize("change", [
+        {"pareto": False},  # dominated: the 4-bit file (1.7x) is no substitute
+        {"size_bytes": 5_100},  # 1.76x smaller than its int8 weight-only file
+        {"val_accuracy_drop_pp": 0.75},  # too far on validation: not picked
+        {"accuracy_drop_pp": 0.75},  # picked on validation, too far on test
+    ])
+    def test_a_file_short_of_one_target_fails(self, change):
+        assert not checks.low_bit_check(self._rows(**change), "mnist1d")["met"]
+
+    def test_the_report_sets_each_low_bit_file_beside_its_int8_file(self):
+        from bench.report import low_bit_lines
+
+        lines = low_bit_lines(self._rows())
+        assert "| mnist1d | student-kd-ternary | 3,000 | 3.00x | 0.9500 (0.20) | 0.9500 (0.25) | yes |" \
+            in lines
+        assert "| mnist1d | student-kd-int4_weights | 5,300 | 1.70x | 0.9600 (0.00) | 0.9500 (0.00) | yes |" \
+            in lines
+        assert low_bit_lines(self._rows()[:2]) == []
+
+    def test_no_low_bit_file_fails(self):
+        rows = [row for row in self._rows() if row["method"] not in checks.LOW_BIT]
+        check = checks.low_bit_check(rows, "mnist1d")
+        assert not check["met"] and check["value"] == "no low-bit file made"
+
+
+class TestFloorCheck:
+    def _rows(self, interval=(1.3, 1.45), drop: float = 0.28) -> list[dict]:
+        return [_row("student-kd-int8_weights", task="digits", deployed=True,
+                     latency_vs_matmul_b1=1.4, latency_vs_matmul_b1_interval=list(interval),
+                     latency_us_b1=12.6, floor_us_b1={"identity": 8.1, "matmul": 9.0},
+                     vs_params_yaml_teacher={"accuracy_drop_pp": drop})]
+
+    def test_close_to_the_floor_and_to_the_teacher_passes(self):
+        check = checks.floor_check(self._rows(), "digits")
+        assert check["met"] and check["value"] == (
+            "student-kd-int8_weights: 1.40x [1.30, 1.45] the MatMul's 9.0 µs (12.6 µs), test drop "
+            "0.28 pp vs params.yaml's teacher")
+
+    def test_a_miss_fails_and_says_by_how_much(self):
+        check = checks.floor_check(self._rows(interval=(1.35, 1.6), drop=0.56), "digits")
+        assert not check["met"]
+        assert check["value"].endswith("; latency misses by 0.93x, accuracy by 0.26 pp")
+
+    def test_a_model_not_timed_against_the_floor_fails(self):
+        rows = [{key: value for key, value in self._rows()[0].items()
+                 if not key.startswith("latency_vs")}]
+        assert not checks.floor_check(rows, "digits")["met"]
+
+
 TABLE = {"rows": 500_000, "csv_mb": 79.0, "prepare_s": 53.2, "prepare_peak_rss_mb": 1517.0,
          "floor_rows": 2_000, "floor_prepare_s": 9.4, "floor_peak_rss_mb": 488.0,
          "full_run_s": 1500.0, "deployed": "student-kd-int8_weights",
