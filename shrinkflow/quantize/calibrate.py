@@ -17,7 +17,7 @@ from shrinkflow.quantize.graph import (
     preprocess,
     quantizable_nodes,
     quiet,
-    relative_errors,
+    rank_by_sensitivity,
     save_lean,
 )
 
@@ -133,18 +133,21 @@ class Calibrated:
             )
         return save_lean(load_onnx(out), dst)
 
-    def sensitivity(self, method: CalibrationName, per_channel: bool) -> list[tuple[str, float]]:
-        """(node, relative logit error on the calibration rows, `relative_errors`) when only
-        that weighted node is int8, most sensitive first."""
+    def sensitivity(self, method: CalibrationName, per_channel: bool,
+                    x: np.ndarray | None = None) -> list[tuple[str, float, float]]:
+        """`rank_by_sensitivity` of the weighted nodes, each int8 alone, on rows `x` (default:
+        the calibration rows), most sensitive first."""
         from shrinkflow.export import onnx_predictor
+
+        rows = self.x if x is None else calibration_rows(x)
 
         def logits_with(name: str) -> np.ndarray:
             path = self.quantize(self.workdir / "single.onnx", method, per_channel,
                                  only_nodes=[name])
-            return onnx_predictor(path)(self.x)
+            return onnx_predictor(path)(rows)
 
-        return relative_errors(quantizable_nodes(self.pre), logits_with,
-                               onnx_predictor(self.pre)(self.x))
+        return rank_by_sensitivity(quantizable_nodes(self.pre), logits_with,
+                                   onnx_predictor(self.pre)(rows))
 
 
 def to_int8_static(

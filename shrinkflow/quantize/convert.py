@@ -17,7 +17,7 @@ from shrinkflow.quantize.graph import (
     load_onnx,
     preprocess,
     quiet,
-    relative_errors,
+    rank_by_sensitivity,
     save_lean,
     sort_topologically,
 )
@@ -102,8 +102,8 @@ def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLO
 
 def int4_sensitivity(src: str | Path, x: np.ndarray, workdir: Path,
                      block_size: int = INT4_BLOCK) -> list[str]:
-    """The weights of `src` (`weight_names`), most sensitive to 4 bits first: ranked by the
-    logit error on rows `x` when only that weight is 4-bit, the others at 8 (`relative_errors`)."""
+    """The weights of `src` (`weight_names`), most sensitive to 4 bits first: ranked on rows `x`
+    with only that weight 4-bit, the others at 8 (`rank_by_sensitivity`)."""
     from shrinkflow.export import onnx_predictor
 
     names = weight_names(src)
@@ -113,7 +113,7 @@ def int4_sensitivity(src: str | Path, x: np.ndarray, workdir: Path,
                                keep_int8=[other for other in names if other != name])
         return onnx_predictor(path)(x)
 
-    return [name for name, _ in relative_errors(names, logits_with, onnx_predictor(src)(x))]
+    return [name for name, *_ in rank_by_sensitivity(names, logits_with, onnx_predictor(src)(x))]
 
 
 def weight_names(src: str | Path) -> list[str]:

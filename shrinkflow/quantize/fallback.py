@@ -98,6 +98,7 @@ def quantize_with_fallback(
     reference_accuracy: float,
     cfg: QuantizeConfig,
     qat: Callable[[], Path] | None = None,
+    ranking_x: np.ndarray | None = None,
 ) -> FallbackResult:
     """int8 static with `quantize.calibration`; while the accuracy drop exceeds
     `quantize.max_accuracy_drop_pp`, try the `quantize.fallback` steps in order.
@@ -109,16 +110,18 @@ def quantize_with_fallback(
 
     Steps: a calibration name tries that calibration (skipped if already tried);
     exclude_sensitive ranks the weighted nodes by sensitivity (`Calibrated.sensitivity`, with the
-    best calibration so far) and keeps the 1, 2, ... most sensitive in float (at least one stays
-    int8); qat as above. The chain stops at the first accepted attempt. The chosen file (the
-    accepted one, or the most accurate with `accepted=False`: the caller decides) is written to
-    `dst`; the other attempts live in a temporary directory that is removed.
+    best calibration so far, on the rows `ranking_x`: by default the calibration rows; rows the
+    model fits less surely, such as the validation inputs, tell the nodes apart better) and
+    keeps the 1, 2, ... most sensitive in float (at least one stays int8); qat as above. The
+    chain stops at the first accepted attempt. The chosen file (the accepted one, or the most
+    accurate with `accepted=False`: the caller decides) is written to `dst`; the other attempts
+    live in a temporary directory that is removed.
     """
     _check_reference(reference_accuracy)
     x = calibration_rows(calibration_x)[: cfg.calibration_samples]
 
     with tempfile.TemporaryDirectory(prefix="shrinkflow-fallback-") as tmp:
-        chain = _Chain(Path(tmp), evaluate, reference_accuracy, cfg)
+        chain = _Chain(Path(tmp), evaluate, reference_accuracy, cfg, ranking_x)
         work = Calibrated(src, x, cfg.percentile, chain.subdir("source"))
         done = chain.attempt("initial", work, cfg.calibration)
         for step in cfg.fallback:
@@ -145,6 +148,7 @@ class _Chain:
     evaluate: Callable[[Path], float]
     reference_accuracy: float
     cfg: QuantizeConfig
+    ranking_x: np.ndarray | None = None  # the rows exclude_sensitive ranks nodes on
     tried: list[tuple[Attempt, Path]] = field(default_factory=list)
 
     def subdir(self, name: str) -> Path:
@@ -185,7 +189,8 @@ class _Chain:
         with the calibration of the most accurate int8 static attempt so far."""
         calibration = max((a for a, _ in self.tried if a.method == "int8_static"),
                           key=lambda a: a.accuracy).calibration
-        ranking = [name for name, _ in work.sensitivity(calibration, self.cfg.per_channel)]
+        ranking = [name for name, *_ in work.sensitivity(calibration, self.cfg.per_channel,
+                                                          self.ranking_x)]
         return any(self.attempt("exclude_sensitive", work, calibration, tuple(ranking[:count]))
                    for count in range(1, len(ranking)))
 

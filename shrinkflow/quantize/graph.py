@@ -134,14 +134,19 @@ def quantizable_nodes(path: str | Path) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type in WEIGHTED_OPS]
 
 
-def relative_errors(names: Sequence[str], logits_with: Callable[[str], np.ndarray],
-                    reference: np.ndarray) -> list[tuple[str, float]]:
-    """(name, relative logit error) for each of `names`, most sensitive first: the error of
-    `logits_with(name)` (the model with only that part quantized) against the float `reference`
-    logits, mean((logits - reference)^2) / mean(reference^2). Cheap, label-free and
-    deterministic: a ranking signal, not a metric."""
+def rank_by_sensitivity(names: Sequence[str], logits_with: Callable[[str], np.ndarray],
+                        reference: np.ndarray) -> list[tuple[str, float, float]]:
+    """(name, disagreement, relative error) for each of `names`, most sensitive first, from
+    `logits_with(name)`, the logits with only that part quantized, against the float `reference`
+    logits on the same rows: first the share of rows whose top class changes (what the accuracy
+    check will see), then mean((logits - reference)^2) / mean(reference^2), which orders the parts
+    that change no top class. Label-free and deterministic: a ranking signal, not a metric."""
     power = float(np.mean(reference**2)) or 1.0
-    scores = [(name, float(np.mean((logits_with(name) - reference) ** 2)) / power)
-              for name in names]
+    top = reference.argmax(axis=1)
+    scores = []
+    for name in names:
+        logits = logits_with(name)
+        scores.append((name, float(np.mean(logits.argmax(axis=1) != top)),
+                       float(np.mean((logits - reference) ** 2)) / power))
     # the name breaks ties so the order is reproducible
-    return sorted(scores, key=lambda item: (-item[1], item[0]))
+    return sorted(scores, key=lambda item: (-item[1], -item[2], item[0]))

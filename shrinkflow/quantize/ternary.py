@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from shrinkflow.config import TrainConfig
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.quantize.convert import packed, replace_weights, store_weights_int8
-from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, relative_errors, save_lean
+from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, rank_by_sensitivity, save_lean
 from shrinkflow.train import EpochLog, fit
 
 THRESHOLD = 0.7  # of mean|w|: at or below it a ternary weight is 0 (TWN's rule)
@@ -94,9 +94,9 @@ def low_bit_training(model: nn.Module, train: Split, val: Split, cfg: TrainConfi
 
 
 def ternary_sensitivity(model: nn.Module, x: np.ndarray, binary: bool = False) -> list[str]:
-    """`model`'s hidden layers (`hidden_layers`), most sensitive to 2 bits first: ranked by the
-    logit error on rows `x` when only that layer's weights are ternary (binary) values, before
-    any training (`relative_errors`)."""
+    """`model`'s hidden layers (`hidden_layers`), most sensitive to 2 bits first: ranked on rows
+    `x` with only that layer's weights ternary (binary) values, before any training
+    (`rank_by_sensitivity`)."""
     import copy
 
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -112,8 +112,8 @@ def ternary_sensitivity(model: nn.Module, x: np.ndarray, binary: bool = False) -
             layer.weight.copy_(ternarize(layer.weight, binary))
         return logits(single)
 
-    return [name for name, _ in relative_errors(list(hidden_layers(model)), logits_with,
-                                                logits(model))]
+    return [name for name, *_ in rank_by_sensitivity(list(hidden_layers(model)), logits_with,
+                                                     logits(model))]
 
 
 def ternary_codes(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:

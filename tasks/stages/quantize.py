@@ -14,7 +14,8 @@ Unstructured-pruned candidates are quantized from a dense copy, and their zeros 
 again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
-accuracy checks of the fallback chain use the validation split, never the test split. int8
+accuracy checks of the fallback chain, and its ranking of the layers to keep (which reads the
+inputs only), use the validation split, never the test split. int8
 static, 4-bit, ternary and binary files go through the accuracy-aware fallback
 (`quantize.max_accuracy_drop_pp`, `quantize.fallback`): the low-bit ones keep their most
 sensitive weights at 8 bits, one more at a time, while they lose too much.
@@ -128,7 +129,7 @@ def _counts(report: dict[str, dict[str, Any]]) -> dict[str, int]:
     `quantize.max_accuracy_drop_pp` on validation (the most accurate attempt is kept)."""
     return {"candidates": len(report),
             "beyond_drop": sum(not record["accepted"] for record in report.values()
-                                           if "accepted" in record)}
+                               if "accepted" in record)}
 
 
 def _made_by(cfg: QuantizeConfig, method: str, source: Candidate) -> dict[str, Any]:
@@ -166,7 +167,7 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
     if method == "int4_weights":
         result = quantize.low_bit_with_fallback(
             dst, lambda kept, path: quantize.to_int4_weights(src, path, keep_int8=kept),
-            lambda: quantize.int4_sensitivity(src, calibration, scratch),
+            lambda: quantize.int4_sensitivity(src, splits.val.x, scratch),
             evaluate, reference, cfg, method)
     elif method in ("ternary", "binary"):  # the same: hidden weights trained to 2-bit values
         arch, model = load_torch(catalog.path(source.torch), produced_by=source.parent)
@@ -183,12 +184,12 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
                 path)
 
         result = quantize.low_bit_with_fallback(
-            dst, trained, lambda: quantize.ternary_sensitivity(model, calibration, binary),
+            dst, trained, lambda: quantize.ternary_sensitivity(model, splits.val.x, binary),
             evaluate, reference, cfg, method)
     else:
         result = quantize.quantize_with_fallback(
             src, dst, calibration, evaluate, reference, cfg,
-            qat=qat_float_onnx if source.torch is not None else None)
+            qat=qat_float_onnx if source.torch is not None else None, ranking_x=splits.val.x)
     if not result.accepted:
         log.warning("%s-%s: no attempt within %.2f pp; kept the most accurate (%s)",
                     source.name, method, cfg.max_accuracy_drop_pp, result.chosen.step)

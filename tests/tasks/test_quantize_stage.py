@@ -58,8 +58,14 @@ def test_quantize__makes_every_method_of_every_candidate_and_keeps_unstructured_
     fp32_accuracy = pruned["unstructured-80"]["accuracy"]
     assert abs(int8_accuracy - fp32_accuracy) <= 2 / 360 + 1e-9, (
         f"int8 weights {int8_accuracy:.4f} vs fp32 {fp32_accuracy:.4f}")
-    # and: reports/quantize/metrics.json counts them (no int8 static here: no fallback chain)
-    assert io.read_metrics(catalog, "quantize") == {"candidates": 6, "beyond_drop": 0}
+    # and: the ternary files went through the fallback chain, each attempt recorded on
+    # validation, and reports/quantize/metrics.json counts those no attempt brought within the drop
+    ternaries = [quantized[name] for name in names if name.endswith("-ternary")]
+    for record in ternaries:
+        assert record["attempts"][0]["step"] == "initial" and record["attempts"][0]["method"] == "ternary"
+        assert record["accepted"] == any(attempt["accepted"] for attempt in record["attempts"])
+    assert io.read_metrics(catalog, "quantize") == {
+        "candidates": 6, "beyond_drop": sum(not record["accepted"] for record in ternaries)}
     # and: metrics/quantize.json shows the count and the best on validation, not on test
     best = max(quantized.values(), key=lambda row: row["val_accuracy"])
     assert json.loads(catalog.metrics_file("quantize").read_text()) == {

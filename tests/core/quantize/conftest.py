@@ -75,7 +75,8 @@ def static_variants(fp32: Path, calibration: np.ndarray, workdir: Path) -> dict[
 
 
 @pytest.fixture(scope="package")
-def sensitivity(fp32: Path, calibration: np.ndarray, tmp_path_factory) -> list[tuple[str, float]]:
+def sensitivity(fp32: Path, calibration: np.ndarray, tmp_path_factory
+                ) -> list[tuple[str, float, float]]:
     """The ranking the fallback's exclude_sensitive step computes for the fp32 model (minmax,
     per channel: what it uses after a minmax initial attempt)."""
     work = Calibrated(fp32, calibration, 99.99, tmp_path_factory.mktemp("sensitivity"))

@@ -117,11 +117,12 @@ def test_sensitivity_ranks_every_weighted_node_most_sensitive_first(
     sensitivity, fp32, calibration, tmp_path
 ):
     # given the ranking of the fp32 model's weighted nodes (each quantized alone, minmax)
-    assert sorted(name for name, _ in sensitivity) == sorted(q.quantizable_nodes(fp32)), sensitivity
-    # then the largest relative logit error comes first and none is negative
-    errors = [error for _, error in sensitivity]
-    assert errors == sorted(errors, reverse=True) and all(e >= 0 for e in errors), (
-        f"most sensitive first, errors non-negative: {sensitivity}")
+    assert sorted(name for name, *_ in sensitivity) == sorted(q.quantizable_nodes(fp32)), sensitivity
+    # then the most changed top classes come first, then the largest relative logit error
+    scores = [(changed, error) for _, changed, error in sensitivity]
+    assert scores == sorted(scores, reverse=True) and all(
+        0 <= changed <= 1 and error >= 0 for changed, error in scores), (
+        f"most sensitive first, shares and errors non-negative: {sensitivity}")
     # and a fresh calibration of the same model gives the same ranking
     again = Calibrated(fp32, calibration, 99.99, tmp_path).sensitivity("minmax", per_channel=True)
     assert again == sensitivity, "the ranking should be reproducible"

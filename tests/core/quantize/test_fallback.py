@@ -92,7 +92,7 @@ def test_fallback_exclude_sensitive_grows_the_exclusion_most_sensitive_first(
     result = q.quantize_with_fallback(fp32, tmp_path / "out.onnx", calibration, evaluate, 0.99,
                                       _cfg(fallback=("exclude_sensitive",)))
     # then the nodes left in float follow the sensitivity ranking, one more per attempt
-    ranking = [name for name, _ in sensitivity]
+    ranking = [name for name, *_ in sensitivity]
     excluded = [a.excluded_nodes for a in result.attempts]
     assert excluded == [(), tuple(ranking[:1]), tuple(ranking[:2])], (excluded, ranking)
     assert result.accepted and sorted(float_weighted_nodes(result.path)) == sorted(ranking[:2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -22,3 +23,17 @@ def test_a_missing_onnx_file_is_named_before_anything_is_written(tmp_path: Path)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         q.to_int8_dynamic(tmp_path / "missing.onnx", tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists(), "nothing should be written"
+
+
+def test_a_part_that_changes_top_classes_ranks_before_a_larger_but_harmless_logit_error():
+    from shrinkflow.quantize.graph import rank_by_sensitivity
+
+    reference = np.array([[4.0, 0.0], [0.0, 4.0], [2.0, 1.9], [1.0, 3.0]])
+    quantized = {
+        "shifts_every_logit": reference + np.array([[0.9, 0.0]]),  # big error, no top class moves
+        "flips_a_close_row": reference + np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.2], [0, 0]]),
+        "exact": reference,
+    }
+    ranking = rank_by_sensitivity(sorted(quantized), quantized.__getitem__, reference)
+    assert [name for name, *_ in ranking] == ["flips_a_close_row", "shifts_every_logit", "exact"]
+    assert ranking[0][1] == 0.25 and ranking[1][1] == 0.0 and ranking[1][2] > ranking[0][2]
