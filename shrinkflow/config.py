@@ -339,8 +339,9 @@ class QuantizeConfig(_Section):
         ("percentile", "entropy", "exclude_sensitive", "qat"),
         description="what to try, in order, when int8 static loses too much",
     )
-    qat_epochs: int = Field(5, ge=1, description="quantization-aware (and ternary, binary) "
-                            "fine-tuning epochs")
+    qat_epochs: int = Field(5, ge=1, description="quantization-aware fine-tuning epochs")
+    low_bit_epochs: int = Field(30, ge=1, description="ternary and binary fine-tuning epochs "
+                                "(2-bit weights need more than QAT's int8 ones)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ TINY = [
     "distill.student.width=4",
     "distill.epochs=2",
     "quantize.methods=[int8_dynamic, int8_static]",
+    "quantize.low_bit_epochs=1",
     "measure.warmup=2",
     "measure.repeats=10",
     "measure.throughput_repeats=3",

@@ -25,7 +25,8 @@ this CPU:
                    sensitive layers kept in float, then QAT; every attempt is recorded.
 
 Keys read from params.yaml `quantize` (`QuantizeConfig`, which validates them, so these functions
-do not re-check choices and bounds; read by `quantize_with_fallback` and `qat_train_config`):
+do not re-check choices and bounds; read by `quantize_with_fallback` and `qat_train_config`;
+`low_bit_epochs` by the stage):
   calibration           minmax | percentile | entropy: the calibration tried first
   calibration_samples   at most this many rows of the calibration array are used
   percentile            percentile calibration keeps this share (in %) of |activation| values
@@ -37,6 +38,7 @@ do not re-check choices and bounds; read by `quantize_with_fallback` and `qat_tr
                         float, one more at a time; for 4-bit, ternary and binary files: at 8
                         bits), qat (quantization-aware training)
   qat_epochs            epochs of quantization-aware fine-tuning
+  low_bit_epochs        epochs of ternary and binary fine-tuning
 (`quantize.methods`, which variants to make, is read by the stage that calls these functions.)
 
 Calibration. ONNX Runtime's `quantize_static` does not pass histogram sizes on to its calibrators,
@@ -78,13 +80,19 @@ from shrinkflow.quantize.fallback import (
     quantize_with_fallback,
 )
 from shrinkflow.quantize.graph import quantizable_nodes
-from shrinkflow.quantize.qat import export_qat_onnx, qat_train_config, quantization_aware_training
+from shrinkflow.quantize.qat import (
+    export_qat_onnx,
+    fine_tune_config,
+    qat_train_config,
+    quantization_aware_training,
+)
 from shrinkflow.quantize.ternary import low_bit_training, ternary_sensitivity, to_ternary_weights
 
 __all__ = [
     "Attempt",
     "FallbackResult",
     "export_qat_onnx",
+    "fine_tune_config",
     "int4_sensitivity",
     "low_bit_with_fallback",
     "qat_train_config",

@@ -141,11 +141,16 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+def fine_tune_config(train_cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """Fine-tuning settings of an already trained model: `epochs` epochs at a tenth of the
+    learning rate (a full rate would undo the training), no early stop before the end."""
+    return train_cfg.model_copy(update={"epochs": epochs, "lr": train_cfg.lr / 10,
+                                        "patience": max(train_cfg.patience, epochs)})
+
+
 def qat_train_config(train_cfg: TrainConfig, cfg: QuantizeConfig) -> TrainConfig:
-    """Fine-tuning settings for QAT: `quantize.qat_epochs` epochs at a tenth of the learning rate
-    (the model is already trained; a full rate would undo it), no early stop before the end."""
-    return train_cfg.model_copy(update={"epochs": cfg.qat_epochs, "lr": train_cfg.lr / 10,
-                                        "patience": max(train_cfg.patience, cfg.qat_epochs)})
+    """Fine-tuning settings for QAT: `fine_tune_config` for `quantize.qat_epochs`."""
+    return fine_tune_config(train_cfg, cfg.qat_epochs)
 
 
 def quantization_aware_training(

@@ -3,9 +3,9 @@ QAT, and ternary or binary weights of every candidate.
 
 Reads the candidates.json manifests of the stages declared before it in `tasks.services.dag` that make
 candidates (models/{baseline,pruned,distilled}/), data/processed/ and params.yaml `quantize`,
-`baseline.train` / `baseline.augment` (QAT and the ternary and binary fine-tuning reuse the
-training loop; they need the candidate's torch model, and are skipped, with the reason, for one
-without).
+`baseline.train` / `baseline.augment` (QAT and the ternary and binary fine-tuning, for
+`quantize.qat_epochs` and `quantize.low_bit_epochs`, reuse the training loop; they need the
+candidate's torch model, and are skipped, with the reason, for one without).
 Writes models/quantized/<candidate>-<method>.onnx with candidates.json, reports/quantize/
 candidates.json (each file's accuracy and size, every attempt of the fallback chain) and
 metrics/quantize.json (how many candidates, the best one's accuracies on validation and test) and
@@ -176,7 +176,7 @@ def _quantize_one(method: str, source: Candidate, src: Path, dst: Path, calibrat
         def trained(kept: tuple[str, ...], path: Path) -> Path:
             tuned = quantize.low_bit_training(
                 model, splits.train, splits.val,
-                quantize.qat_train_config(params.baseline.train, cfg),
+                quantize.fine_tune_config(params.baseline.train, cfg.low_bit_epochs),
                 data.Augmenter(params.baseline.augment, spec.kind), binary=binary,
                 on_epoch_end=tracking.log_epoch, keep=kept)
             return quantize.to_ternary_weights(
