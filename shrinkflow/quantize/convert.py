@@ -117,15 +117,9 @@ def int4_sensitivity(src: str | Path, x: np.ndarray, workdir: Path,
 
 
 def weight_names(src: str | Path) -> list[str]:
-    """The float weight initializers (2-D or more) of `src`'s Conv/Gemm/MatMul nodes, sorted:
-    what the weight-only methods store in fewer bits."""
-    from onnx import numpy_helper
-
-    graph = load_onnx(src).graph
-    initializers = {init.name: init for init in graph.initializer}
-    return sorted(name for name in _weight_axes(graph, WEIGHTED_OPS, initializers)
-                  if (weight := numpy_helper.to_array(initializers[name])).dtype == np.float32
-                  and weight.ndim >= 2)
+    """The names of `src`'s Conv/Gemm/MatMul weights that weight-only methods store in fewer bits
+    (`_float_weights`)."""
+    return sorted(name for name, _, _ in _float_weights(load_onnx(src).graph, WEIGHTED_OPS))
 
 
 INT4_OPSET = 21
@@ -187,15 +181,10 @@ def replace_weights(model: onnx.ModelProto, op_types: Sequence[str], expand: Exp
     """Replace each float32 weight (2-D or more) of `op_types` nodes by the initializers and
     nodes `expand(name, weight, output-channel axis)` returns for it (None: the weight stays).
     The nodes go first: they read only initializers, so the graph stays sorted."""
-    from onnx import numpy_helper
-
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     new_nodes = []
-    for name, axis in sorted(_weight_axes(graph, op_types, initializers).items()):
-        weight = numpy_helper.to_array(initializers[name])
-        if weight.dtype != np.float32 or weight.ndim < 2:
-            continue
+    for name, axis, weight in _float_weights(graph, op_types):
         found = expand(name, weight, axis)
         if found is None:
             continue
@@ -246,6 +235,21 @@ def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_s
     model.graph.initializer.extend([numpy_helper.from_array(np.asarray([0], np.int64), "int4_zero"),
                                     numpy_helper.from_array(np.asarray([1], np.int64), "int4_one")])
     replace_weights(model, op_types, expand)
+
+
+def _float_weights(graph: onnx.GraphProto, op_types: Sequence[str]
+                   ) -> list[tuple[str, int, np.ndarray]]:
+    """(name, output-channel axis, array) of each float32 weight initializer (2-D or more) of
+    `op_types` nodes, by name: what the weight-only methods store in fewer bits."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    found = []
+    for name, axis in sorted(_weight_axes(graph, op_types, initializers).items()):
+        weight = numpy_helper.to_array(initializers[name])
+        if weight.dtype == np.float32 and weight.ndim >= 2:
+            found.append((name, axis, weight))
+    return found
 
 
 def _weight_axes(graph: onnx.GraphProto, op_types: Sequence[str],

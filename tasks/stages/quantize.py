@@ -15,10 +15,10 @@ again afterwards, so they keep both savings.
 
 Calibration rows are the last `quantize.calibration_samples` rows of the training split; the
 accuracy checks of the fallback chain, and its ranking of the layers to keep (which reads the
-inputs only), use the validation split, never the test split. int8
-static, 4-bit, ternary and binary files go through the accuracy-aware fallback
-(`quantize.max_accuracy_drop_pp`, `quantize.fallback`): the low-bit ones keep their most
-sensitive weights at 8 bits, one more at a time, while they lose too much.
+inputs only), use the validation split, never the test split. int8 static, 4-bit, ternary and
+binary files go through the accuracy-aware fallback (`quantize.max_accuracy_drop_pp`,
+`quantize.fallback`): the low-bit ones keep their most sensitive weights at 8 bits, one more at a
+time, while they lose too much.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from tasks.services.catalog import Catalog
 from tasks.services.io import load_processed
 
 log = logging.getLogger("shrinkflow.quantize")
-# methods that only convert the file: no data, no fallback
 # the numbers a method's file computes with
 PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int4_weights": "int4 weights",
              "int8_dynamic": "int8", "int8_static": "int8", "qat": "int8",
@@ -54,6 +53,7 @@ PRECISION = {"fp16": "fp16", "int8_weights": "int8 weights", "int4_weights": "in
 # methods that fine-tune the source's torch model, by what they do
 TRAINED = {"qat": "quantization-aware training", "ternary": "ternary training",
            "binary": "binary training"}
+# methods that only convert the file: no data, no fallback
 CONVERSIONS = {"fp16": quantize.to_fp16, "int8_weights": quantize.to_int8_weights,
                "int8_dynamic": quantize.to_int8_dynamic}
 
