@@ -57,8 +57,9 @@ calibrators and explicit sizes, and handed to `quantize_static` as a calibration
                    through a straight-through estimator, stored as packed INT2 (opset 25).
   low_bit_with_fallback
                    4-bit, ternary or binary weights, and when they lose too much accuracy, the
-                   most sensitive weights (int4_sensitivity, ternary_sensitivity) kept at 8 bits,
-                   one more at a time; every attempt is recorded.
+                   most sensitive weights (int4_sensitivity, ternary_sensitivity) kept one step
+                   up (4-bit at 8 bits, ternary and binary at 4), one more at a time; every
+                   attempt is recorded.
 
 Modules, each importing only modules listed before it: graph (ONNX helpers), convert (needs no
 data), calibrate (int8 static, sensitivity), qat (quantization-aware training), ternary (ternary

@@ -94,8 +94,9 @@ def to_int4_weights(src: str | Path, dst: str | Path, block_size: int = INT4_BLO
     the weights expanded once when the session loads. The weights shrink about 7x from float32
     (4 bits and a quarter of a bit of scale each). The weights named in `keep_int8` (see
     `weight_names`) are stored as int8 weights instead."""
+    kept = frozenset(keep_int8)
     model = load_at_opset(src, INT4_OPSET)  # INT4 tensors and their Cast came with opset 21
-    _store_weights_int4(model, WEIGHTED_OPS, block_size, frozenset(keep_int8))
+    store_weights_int4(model, WEIGHTED_OPS, block_size, lambda name, *_: name not in kept)
     store_weights_int8(model, WEIGHTED_OPS)
     return save_lean(model, dst)
 
@@ -151,6 +152,14 @@ def int4_blockwise(weight: np.ndarray, axis: int, block_size: int
     return values, scale
 
 
+def on_int4_grid(weight: np.ndarray, axis: int, block_size: int = INT4_BLOCK) -> bool:
+    """Whether `weight` holds 4-bit values that `int4_blockwise` stores without loss (a layer
+    trained to them, as `low_bit_training` trains the layers it keeps out of 2 bits)."""
+    block = block_for(weight.size // weight.shape[axis], block_size)
+    values, scale = int4_blockwise(weight, axis, block)
+    return np.allclose(int4_expand(values, scale, weight.shape, axis), weight, rtol=1e-3, atol=1e-6)
+
+
 def int4_expand(values: np.ndarray, scale: np.ndarray, shape: tuple[int, ...], axis: int
                 ) -> np.ndarray:
     """The float32 weight of shape `shape` that `int4_blockwise` values and scales stand for."""
@@ -197,15 +206,15 @@ def replace_weights(model: onnx.ModelProto, op_types: Sequence[str], expand: Exp
     graph.node.extend(new_nodes + nodes)
 
 
-def _store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_size: int,
-                        keep: frozenset[str]) -> None:
-    """Replace the float weights of `op_types` nodes (but those in `keep`) by packed INT4 values
-    and float16 block scales, expanded by Cast, Mul, Reshape, Slice and Transpose nodes that ONNX
-    Runtime folds into a float32 weight when the session loads."""
+def store_weights_int4(model: onnx.ModelProto, op_types: Sequence[str], block_size: int,
+                       which: Callable[[str, np.ndarray, int], bool]) -> None:
+    """Replace the float weights of `op_types` nodes for which `which(name, weight, axis)` holds
+    by packed INT4 values and float16 block scales, expanded by Cast, Mul, Reshape, Slice and
+    Transpose nodes that ONNX Runtime folds into a float32 weight when the session loads."""
     from onnx import TensorProto, helper, numpy_helper
 
     def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list] | None:
-        if name in keep:
+        if not which(name, weight, axis):
             return None
         moved = [weight.shape[axis], *(size for dim, size in enumerate(weight.shape) if dim != axis)]
         width = int(np.prod(moved[1:]))

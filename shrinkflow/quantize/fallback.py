@@ -1,7 +1,7 @@
 """The accuracy-aware fallback: int8 static, and while it loses too much accuracy, other
 calibrations, the most sensitive layers kept in float, then QAT; low-bit weights (4-bit, ternary,
-binary), and while they lose too much, the most sensitive weights kept at 8 bits. Every attempt
-is recorded."""
+binary), and while they lose too much, the most sensitive weights kept one step up in precision.
+Every attempt is recorded."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Attempt:
     step: str  # what produced it: initial | minmax | percentile | entropy | exclude_sensitive | qat
     method: str  # int8_static, qat (int8 static of the QAT-trained model), or a low-bit method
     calibration: str  # none for weight-only methods
-    excluded_nodes: tuple[str, ...]  # left in float (int8 static), or at 8 bits (low-bit)
+    excluded_nodes: tuple[str, ...]  # left in float (int8 static), or kept one step up (low-bit)
     accuracy: float
     drop_pp: float  # reference accuracy minus this one, in percentage points
     size_bytes: int
@@ -63,9 +63,11 @@ def low_bit_with_fallback(
 ) -> FallbackResult:
     """A low-bit file (4-bit, ternary or binary weights), and while its accuracy drop exceeds
     `quantize.max_accuracy_drop_pp` (and `quantize.fallback` lists exclude_sensitive), the same
-    with the 1, 2, ... most sensitive weights kept at 8 bits (at least one stays low-bit).
+    with the 1, 2, ... most sensitive weights kept one step up in precision (at least one stays
+    low-bit).
 
-    make(kept, path) writes the file with the weights named in `kept` at 8 bits to `path`.
+    make(kept, path) writes the file with the weights named in `kept` one step up (4-bit: at 8
+    bits; ternary and binary: at 4 bits) to `path`.
     ranking() -> every low-bit weight's name, most sensitive first (called only when needed).
     evaluate, reference_accuracy, the choice and `dst`: as `quantize_with_fallback`.
     """

@@ -7,19 +7,22 @@ Ternary Weight Networks) or {-a, +a} (binary, the extreme setting of the same me
   binary   every weight becomes +-a, a = mean|w|
 The network's first weighted layer and its classifier stay as they are (as Trained Ternary
 Quantization keeps them): they hold few weights and most of the accuracy a few bits would cost.
-The accuracy-aware fallback may keep more of them (`keep`, ranked by `ternary_sensitivity`).
+The accuracy-aware fallback may keep hidden layers out of 2 bits too (`keep`, ranked by
+`ternary_sensitivity`): those train to 4-bit values instead, one step up in precision.
 
 `low_bit_training` fine-tunes a torch model with its hidden weights replaced by their ternary (or
-binary) values in the forward pass while the float weights learn through the straight-through
-gradient (`torch.nn.utils.parametrize`), then leaves the ternary values in place.
-`to_ternary_weights` stores every weight that holds at most three values per channel as packed
-ONNX INT2 codes (four to a byte) and a float16 scale per channel, expanded when the session loads
-(opset 25); the remaining float weights are stored as int8 weights.
+binary, or kept layers' 4-bit) values in the forward pass while the float weights learn through
+the straight-through gradient (`torch.nn.utils.parametrize`), then leaves those values in place.
+`to_ternary_weights` stores every weight at the fewest bits that hold it exactly: at most three
+values per channel as packed ONNX INT2 codes (four to a byte) and a float16 scale per channel,
+4-bit values as `to_int4_weights` stores them, the remaining float weights as int8 weights; all
+expanded when the session loads (opset 25).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,15 @@ from torch.nn.utils import parametrize
 
 from shrinkflow.config import TrainConfig
 from shrinkflow.data import Augmenter, Split
-from shrinkflow.quantize.convert import packed, replace_weights, store_weights_int8
+from shrinkflow.quantize.convert import (
+    INT4_BLOCK,
+    block_for,
+    on_int4_grid,
+    packed,
+    replace_weights,
+    store_weights_int4,
+    store_weights_int8,
+)
 from shrinkflow.quantize.graph import WEIGHTED_OPS, load_at_opset, rank_by_sensitivity, save_lean
 from shrinkflow.train import EpochLog, fit
 
@@ -52,15 +63,29 @@ def ternarize(weight: torch.Tensor, binary: bool = False) -> torch.Tensor:
     return (torch.sign(flat) * keep * scale).view_as(weight)
 
 
-class _StraightThrough(nn.Module):
-    """The ternary values forward, the float weight's gradient backward."""
+def int4_values(weight: torch.Tensor, block_size: int = INT4_BLOCK) -> torch.Tensor:
+    """`weight`'s 4-bit values as `int4_blockwise` stores them: each output channel (axis 0) in
+    blocks of `block_for` weights, each block symmetric with a float16 scale max|w| / 7."""
+    flat = weight.flatten(1)
+    width = flat.shape[1]
+    block = block_for(width, block_size)
+    blocks = -(-width // block)
+    grouped = nn.functional.pad(flat, (0, blocks * block - width)).view(len(flat), blocks, block)
+    absmax = grouped.abs().amax(dim=2, keepdim=True)
+    scale = torch.where(absmax > 0, absmax / 7.0, torch.ones_like(absmax)).half().float()
+    values = torch.clamp(torch.round(grouped / scale), -7, 7) * scale
+    return values.view(len(flat), -1)[:, :width].reshape(weight.shape)
 
-    def __init__(self, binary: bool) -> None:
+
+class _StraightThrough(nn.Module):
+    """The low-bit values forward, the float weight's gradient backward."""
+
+    def __init__(self, values: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
-        self.binary = binary
+        self.values = values
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + (ternarize(weight, self.binary) - weight).detach()
+        return weight + (self.values(weight) - weight).detach()
 
 
 def hidden_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -75,21 +100,22 @@ def low_bit_training(model: nn.Module, train: Split, val: Split, cfg: TrainConfi
                      augment: Augmenter | None = None, binary: bool = False,
                      on_epoch_end: Callable[[EpochLog], None] | None = None,
                      keep: Collection[str] = ()) -> nn.Module:
-    """A copy of `model` whose hidden layers' weights (but those named in `keep`, which stay
-    float) are ternary (binary) values, fine-tuned for `cfg.epochs` through the
+    """A copy of `model` whose hidden layers' weights are ternary (binary) values, those named in
+    `keep` 4-bit values (`int4_values`), fine-tuned for `cfg.epochs` through the
     straight-through estimator (early stopping on validation as every fit)."""
     import copy
 
     tuned = copy.deepcopy(model)
-    layers = [layer for name, layer in hidden_layers(tuned).items() if name not in keep]
-    for layer in layers:
-        parametrize.register_parametrization(layer, "weight", _StraightThrough(binary))
+    layers = {layer: int4_values if name in keep else partial(ternarize, binary=binary)
+              for name, layer in hidden_layers(tuned).items()}
+    for layer, values in layers.items():
+        parametrize.register_parametrization(layer, "weight", _StraightThrough(values))
     fit(tuned, train, val, cfg, augment, on_epoch_end=on_epoch_end,
         description="binary" if binary else "ternary")
-    for layer in layers:  # the float weights back, then their exact ternary values
+    for layer, values in layers.items():  # the float weights back, then their exact values
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         with torch.no_grad():
-            layer.weight.copy_(ternarize(layer.weight, binary))
+            layer.weight.copy_(values(layer.weight))
     return tuned
 
 
@@ -133,8 +159,8 @@ def ternary_codes(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray
 
 def to_ternary_weights(src: str | Path, dst: str | Path) -> Path:
     """Store the ternary (or binary) weights of the float ONNX file `src` (made from
-    `low_bit_training`'s model) as INT2 codes and per-channel scales, the other weights as int8
-    weights; see the module docstring."""
+    `low_bit_training`'s model) as INT2 codes and per-channel scales, its 4-bit weights as INT4
+    blocks, the other weights as int8 weights; see the module docstring."""
     from onnx import TensorProto, helper, numpy_helper
 
     def expand(name: str, weight: np.ndarray, axis: int) -> tuple[list, list] | None:
@@ -150,6 +176,8 @@ def to_ternary_weights(src: str | Path, dst: str | Path) -> Path:
 
     model = load_at_opset(src, INT2_OPSET)
     replace_weights(model, WEIGHTED_OPS, expand)
+    store_weights_int4(model, WEIGHTED_OPS, INT4_BLOCK,
+                       lambda _, weight, axis: on_int4_grid(weight, axis))
     store_weights_int8(model, WEIGHTED_OPS)
     return save_lean(model, dst)
 

@@ -17,8 +17,9 @@ Calibration rows are the last `quantize.calibration_samples` rows of the trainin
 accuracy checks of the fallback chain, and its ranking of the layers to keep (which reads the
 inputs only), use the validation split, never the test split. int8 static, 4-bit, ternary and
 binary files go through the accuracy-aware fallback (`quantize.max_accuracy_drop_pp`,
-`quantize.fallback`): the low-bit ones keep their most sensitive weights at 8 bits, one more at a
-time, while they lose too much.
+`quantize.fallback`): the low-bit ones keep their most sensitive weights one step up in precision
+(4-bit weights at 8 bits, ternary and binary layers at 4), one more at a time, while they lose
+too much.
 """
 
 from __future__ import annotations

@@ -13,7 +13,20 @@ import torch
 from shrinkflow import quantize as q
 from shrinkflow.export import export_onnx, onnx_predictor
 from shrinkflow.measure import file_size
-from shrinkflow.quantize.ternary import THRESHOLD, hidden_layers, ternarize, ternary_codes
+from shrinkflow.quantize.convert import (
+    INT4_BLOCK,
+    block_for,
+    int4_blockwise,
+    int4_expand,
+    on_int4_grid,
+)
+from shrinkflow.quantize.ternary import (
+    THRESHOLD,
+    hidden_layers,
+    int4_values,
+    ternarize,
+    ternary_codes,
+)
 
 
 def _reference(weight: np.ndarray, binary: bool) -> np.ndarray:
@@ -102,7 +115,8 @@ def test_training_leaves_ternary_hidden_weights_the_file_computes_with(trained, 
     assert (logits.argmax(1) == splits.test.y).mean() > 0.85
 
 
-def test_sensitivity_ranks_every_hidden_layer_and_a_kept_one_stays_float(trained, splits):
+def test_sensitivity_ranks_every_hidden_layer_and_a_kept_one_trains_to_4_bits(trained, splits,
+                                                                               workdir):
     from shrinkflow.config import TrainConfig
 
     ranking = q.ternary_sensitivity(trained, splits.train.x[:128])
@@ -111,6 +125,28 @@ def test_sensitivity_ranks_every_hidden_layer_and_a_kept_one_stays_float(trained
     tuned = q.low_bit_training(trained, splits.train, splits.val,
                                TrainConfig(epochs=1, lr=3e-4, patience=1), keep=[kept])
     for name, layer in hidden_layers(tuned).items():
+        weight = layer.weight.detach()
         levels = {len(set(np.unique(np.abs(row))) - {0.0})
-                  for row in layer.weight.detach().numpy().reshape(layer.weight.shape[0], -1)}
+                  for row in weight.numpy().reshape(weight.shape[0], -1)}
         assert (max(levels) > 1) == (name == kept), (name, levels)
+        assert torch.equal(int4_values(weight), weight) == (name == kept), name
+    # the file stores the kept layer as INT4 blocks, the others in INT2, and answers as the model
+    path = q.to_ternary_weights(export_onnx(tuned, (1, 8, 8), workdir / "kept.onnx"),
+                                workdir / "kept-ternary.onnx")
+    types = {init.name: init.data_type for init in onnx.load(str(path)).graph.initializer}
+    assert types[f"{kept}.weight_int4"] == onnx.TensorProto.INT4
+    assert sum(t == onnx.TensorProto.INT2 for t in types.values()) == len(ranking) - 1
+    with torch.no_grad():
+        expected = tuned.eval()(torch.from_numpy(splits.test.x)).numpy()
+    assert (onnx_predictor(path)(splits.test.x).argmax(1) == expected.argmax(1)).mean() >= 0.97
+
+
+def test_4_bit_training_values_match_the_stored_blocks():
+    # a width of 72 weights per channel: blocks of 36, no padding; 67: blocks of 64, padded
+    for shape in ((8, 8, 3, 3), (6, 67)):
+        weight = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        values = int4_values(weight).numpy()
+        width = int(np.prod(shape[1:]))
+        blocks, scale = int4_blockwise(weight.numpy(), 0, block_for(width, INT4_BLOCK))
+        np.testing.assert_allclose(values, int4_expand(blocks, scale, shape, 0), rtol=1e-6)
+        assert on_int4_grid(values, 0) and not on_int4_grid(weight.numpy(), 0)
