@@ -152,12 +152,17 @@ def int4_blockwise(weight: np.ndarray, axis: int, block_size: int
     return values, scale
 
 
+def int4_round_trip(weight: np.ndarray, axis: int, block_size: int = INT4_BLOCK) -> np.ndarray:
+    """The float32 weight that `weight` becomes once stored in 4-bit blocks (`block_for`,
+    `int4_blockwise`) and expanded again, as the session does when it loads."""
+    block = block_for(weight.size // weight.shape[axis], block_size)
+    return int4_expand(*int4_blockwise(weight, axis, block), weight.shape, axis)
+
+
 def on_int4_grid(weight: np.ndarray, axis: int, block_size: int = INT4_BLOCK) -> bool:
     """Whether `weight` holds 4-bit values that `int4_blockwise` stores without loss (a layer
     trained to them, as `low_bit_training` trains the layers it keeps out of 2 bits)."""
-    block = block_for(weight.size // weight.shape[axis], block_size)
-    values, scale = int4_blockwise(weight, axis, block)
-    return np.allclose(int4_expand(values, scale, weight.shape, axis), weight, rtol=1e-3, atol=1e-6)
+    return np.allclose(int4_round_trip(weight, axis, block_size), weight, rtol=1e-3, atol=1e-6)
 
 
 def int4_expand(values: np.ndarray, scale: np.ndarray, shape: tuple[int, ...], axis: int

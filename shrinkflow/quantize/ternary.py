@@ -34,7 +34,7 @@ from shrinkflow.config import TrainConfig
 from shrinkflow.data import Augmenter, Split
 from shrinkflow.quantize.convert import (
     INT4_BLOCK,
-    block_for,
+    int4_round_trip,
     on_int4_grid,
     packed,
     replace_weights,
@@ -64,17 +64,11 @@ def ternarize(weight: torch.Tensor, binary: bool = False) -> torch.Tensor:
 
 
 def int4_values(weight: torch.Tensor, block_size: int = INT4_BLOCK) -> torch.Tensor:
-    """`weight`'s 4-bit values as `int4_blockwise` stores them: each output channel (axis 0) in
-    blocks of `block_for` weights, each block symmetric with a float16 scale max|w| / 7."""
-    flat = weight.flatten(1)
-    width = flat.shape[1]
-    block = block_for(width, block_size)
-    blocks = -(-width // block)
-    grouped = nn.functional.pad(flat, (0, blocks * block - width)).view(len(flat), blocks, block)
-    absmax = grouped.abs().amax(dim=2, keepdim=True)
-    scale = torch.where(absmax > 0, absmax / 7.0, torch.ones_like(absmax)).half().float()
-    values = torch.clamp(torch.round(grouped / scale), -7, 7) * scale
-    return values.view(len(flat), -1)[:, :width].reshape(weight.shape)
+    """`weight`'s 4-bit values, exactly as the file stores them (`int4_round_trip` along the
+    output channels, axis 0). No gradient flows through them: the straight-through estimator
+    takes the float weight's."""
+    array = weight.detach().cpu().numpy()
+    return torch.from_numpy(int4_round_trip(array, 0, block_size)).to(weight)
 
 
 class _StraightThrough(nn.Module):
